@@ -1,0 +1,103 @@
+"""ccancel inside the controller: one request in, the selection made here
+(never one request per job from the client), permissions checked per job, the
+cancel events told to each job actor, and the reply sent only once every
+cancel intent is on disk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crane import messages as m
+from crane.actors import events as ev
+from crane.actors.job import Job
+from crane.selection import check_filters, select
+
+MAX_MESSAGE = 320
+
+
+def validate(req: m.Cancel) -> str | None:
+    if not req.ids and not req.filters:
+        return "at least one job id or filter is required"
+    for item in req.ids:
+        if len(item) != 2 or not isinstance(item[0], int) or item[0] <= 0:
+            return "invalid job id"
+        if item[1] is not None and (not isinstance(item[1], int) or item[1] <= 0):
+            return "invalid step id"
+    err = check_filters(req.filters)
+    if err:
+        return err
+    if req.force and req.graceful:
+        return "--force and --graceful cannot be used together"
+    if req.signal is not None and (req.graceful or req.end_state != "CANCELLED"):
+        return "--signal cannot be combined with --graceful or --end-state"
+    if req.signal is not None and not 1 <= req.signal <= 64:
+        return f"invalid signal {req.signal}"
+    if req.end_state not in ("CANCELLED", "FINISHED"):
+        return f'invalid end state "{req.end_state}": use CANCELLED or FINISHED'
+    if req.grace is not None and not 0 <= req.grace <= 86400:
+        return "--grace must be between 0 and 86400 seconds"
+    if len(req.message) > MAX_MESSAGE:
+        return f"--message is longer than {MAX_MESSAGE} characters"
+    return None
+
+
+def describe(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "name": job.name, "partition": job.partition, "state": job.state,
+            "user": job.user}  # fmt: skip
+
+
+def handle_cancel(ctl: Any, caller: Any, req: m.Cancel, rid: str, reply: Any) -> None:
+    """``reply(message)`` is called once, after the intents are persisted."""
+    err = validate(req)
+    if err:
+        reply(m.Error(2, err))
+        return
+    ids = [(int(a), b) for a, b in req.ids]  # type: ignore[arg-type]
+    sel = select(
+        ids,
+        req.filters,
+        active=lambda jid: ctl.jobs[jid].job if jid in ctl.jobs else None,
+        all_active=lambda: (a.job for a in list(ctl.jobs.values())),
+        finished_state=ctl.finished_state,
+        may_act=lambda job: ctl.may_act(caller, job),
+        sees_all=caller.admin_level != "none",
+    )
+    refused = [{"job_id": j, "step_id": s, "reason": r} for j, s, r in sel.refused]
+    if req.dry_run:
+        reply(m.Ok({
+            "dry_run": True,
+            "would_cancel": [describe(j) for j in sel.jobs],
+            "would_cancel_steps": [{**describe(j), "step_id": s} for j, s in sel.steps],
+            "not_cancelled": refused,
+        }))  # fmt: skip
+        return
+    cancelled: dict[int, list[int]] = {}
+    path = "user" if caller.admin_level == "none" else "admin"
+    for job in sel.jobs:
+        if req.signal is not None and job.state not in ("RUNNING", "SUSPENDED"):
+            refused.append({"job_id": job.id, "step_id": None, "reason": f"Job is {job.state}, not running"})
+            continue
+        cancelled.setdefault(job.id, [])
+        ctl.job_event(job.id, _event(caller, req, rid, path, None))
+    for job, step_id in sel.steps:
+        cancelled.setdefault(job.id, []).append(step_id)
+        ctl.job_event(job.id, _event(caller, req, rid, path, step_id))
+    ctl.metrics["cancel_requests"] += 1
+    ctl.metrics["jobs_cancelled"] += len(cancelled)
+    result = {
+        "cancelled": [{"job_id": j, "steps": sorted(s)} for j, s in sorted(cancelled.items())],
+        "not_cancelled": refused,
+        "dry_run": False,
+        "signal": req.signal,
+    }
+    # the job actors persist their intent as they process the events queued above;
+    # the barrier is queued behind those writes once they have run.
+    ctl.after_persisted(lambda: reply(m.Ok(result)))
+
+
+def _event(caller: Any, req: m.Cancel, rid: str, path: str, step_id: int | None) -> ev.CancelEv:
+    return ev.CancelEv(
+        by_uid=caller.uid, by_name=caller.name, path=path, step_id=step_id,
+        message=req.message, force=req.force, graceful=req.graceful, grace=req.grace,
+        end_state=req.end_state, signal=req.signal, rid=rid,
+    )  # fmt: skip

@@ -1,0 +1,157 @@
+"""Messages between the controller's actors (events in) and what the pure
+state machines ask the I/O layer to do (actions out). Wire messages live in
+``crane.messages``; these never leave the process."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from crane import messages as m
+
+# ------------------------------------------------------------------ events to a job
+
+
+@dataclass(slots=True)
+class Allocated:
+    nodes: list[str]
+    cpus: int  # per node
+
+
+@dataclass(slots=True)
+class StepStartedEv:
+    node: str
+    step_id: int
+    pid: int
+
+
+@dataclass(slots=True)
+class StepEndedEv:
+    node: str
+    step_id: int
+    exit_code: int
+    signal: int
+    reason: str
+
+
+@dataclass(slots=True)
+class ReleasedEv:
+    node: str
+    kill_failed: bool = False
+
+
+@dataclass(slots=True)
+class CancelEv:
+    by_uid: int
+    by_name: str
+    path: str = "user"  # user | preemption | timeout | node_failure | admin
+    step_id: int | None = None
+    message: str = ""
+    force: bool = False
+    graceful: bool = False
+    grace: float | None = None
+    end_state: str = "CANCELLED"
+    signal: int | None = None
+    rid: str = ""
+    requeue: bool = False  # preemption in REQUEUE mode
+    reason: str = ""  # shown in cqueue/cacct, e.g. "Preempted by job 12"
+
+
+@dataclass(slots=True)
+class NewStepEv:
+    argv: list[str]
+    cpus: int
+    env: dict[str, str]
+    cwd: str
+    reply: asyncio.Future[Any] | None = None
+
+
+@dataclass(slots=True)
+class NodeDownEv:
+    node: str
+
+
+@dataclass(slots=True)
+class AgentStepsEv:
+    """The node's agent (re-)registered and runs these steps of this job."""
+
+    node: str
+    steps: list[int]
+
+
+@dataclass(slots=True)
+class ControlEv:
+    action: str  # hold | release | requeue | suspend | resume
+    reply: asyncio.Future[Any] | None = None
+
+
+# ------------------------------------------------------------------ events to the scheduler
+
+
+@dataclass(slots=True)
+class Enqueue:
+    req: Any  # crane.actors.scheduler.Request
+
+
+@dataclass(slots=True)
+class Dequeue:
+    job_id: int
+
+
+@dataclass(slots=True)
+class FreeNode:
+    job_id: int
+    node: str
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    node: str
+    up: bool | None = None
+    drain: bool | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Suspended:
+    """A job's cpus are lent (True) or taken back (False) on its nodes."""
+
+    job_id: int
+    suspended: bool
+
+
+# ------------------------------------------------------------------ actions out of a job
+
+
+@dataclass(slots=True)
+class ToNode:
+    node: str
+    msg: m.Message
+
+
+@dataclass(slots=True)
+class ToScheduler:
+    msg: Any
+
+
+@dataclass(slots=True)
+class Persist:
+    pass
+
+
+@dataclass(slots=True)
+class Terminal:
+    """The job reached a terminal state; waiters may be told once persisted."""
+
+
+@dataclass(slots=True)
+class Reply:
+    future: asyncio.Future[Any] | None
+    value: Any = None
+
+
+@dataclass(slots=True)
+class Log:
+    text: str
+    extra: dict[str, Any] = field(default_factory=dict)

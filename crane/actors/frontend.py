@@ -1,0 +1,283 @@
+"""The CLI-facing side of the controller: one handler per request type.
+
+The caller's identity comes from the transport (kernel peer credentials on
+the ipc socket); nothing in a message body is trusted for identity. Each
+handler validates, then either answers at once or tells actors and answers
+when they (and the store) are done.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from typing import Any
+
+from crane import messages as m
+from crane.actors import cancel
+from crane.actors import events as ev
+from crane.actors.job import Job
+from crane.selection import check_filters, matches
+
+SPEC_KEYS = {
+    "name": str, "partition": str, "qos": str, "account": str, "cpus": int, "memory": int,
+    "nnodes": int, "nodelist": list, "exclusive": bool, "time_limit": int, "script": str,
+    "argv": list, "cwd": str, "env": dict, "stdout": str, "stderr": str, "hold": bool,
+}  # fmt: skip
+MAX_REPEAT = 1_000_000
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def user_gid(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
+
+
+def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
+    for k, v in spec.items():
+        t = SPEC_KEYS.get(k)
+        if t is None:
+            return f"unknown job field {k!r}"
+        if v is None:
+            continue
+        if not isinstance(v, t) or (t is int and isinstance(v, bool)):
+            return f"job field {k} must be {t.__name__}"
+    if spec.get("partition") and spec["partition"] not in cfg.partitions:
+        return f"invalid partition: {spec['partition']}"
+    for k in ("cpus", "nnodes"):
+        if k in spec and spec[k] is not None and spec[k] < 1:
+            return f"{k} must be at least 1"
+    if spec.get("memory") is not None and spec["memory"] < 0:
+        return "memory must not be negative"
+    if spec.get("time_limit") is not None and spec["time_limit"] < 1:
+        return "time limit must be positive"
+    if not spec.get("script") and not spec.get("argv"):
+        return "a script or a command is required"
+    if any(not isinstance(a, str) for a in spec.get("argv") or []):
+        return "argv must be a list of strings"
+    for n in spec.get("nodelist") or []:
+        if n not in cfg.nodes:
+            return f"invalid node name: {n}"
+    env = spec.get("env") or {}
+    if any(not isinstance(k, str) or not isinstance(v, str) for k, v in env.items()):
+        return "env must map strings to strings"
+    return None
+
+
+def fits_partition(spec: dict[str, Any], cfg: Any, part: str) -> str | None:
+    p = cfg.partitions[part]
+    nodes = [cfg.nodes[n] for n in p.nodes]
+    nnodes = spec.get("nnodes") or 1
+    if spec.get("nodelist"):
+        if any(n not in p.nodes for n in spec["nodelist"]):
+            return f"requested nodes are not in partition {part}"
+        nnodes = max(nnodes, len(spec["nodelist"]))
+    cpus, mem = spec.get("cpus") or 1, spec.get("memory") or 0
+    big = [n for n in nodes if n.cpus >= cpus and n.memory >= mem]
+    if len(big) < nnodes:
+        return f"Requested node configuration is not available in partition {part}"
+    return None
+
+
+def job_view(job: Job, reason: str | None = None) -> dict[str, Any]:
+    c = job.cancel or {}
+    return {
+        "job_id": job.id, "name": job.name, "user": job.user, "uid": job.uid,
+        "account": job.account, "partition": job.partition, "qos": job.qos,
+        "state": job.state, "reason": reason if reason is not None else job.reason,
+        "nodes": list(job.nodes), "num_nodes": len(job.nodes) or job.nnodes,
+        "cpus": job.cpus, "memory": job.memory, "time_limit": job.time_limit,
+        "submit_time": job.submit_time, "start_time": job.start_time, "end_time": job.end_time,
+        "exit_code": job.exit_code, "exit_signal": job.exit_signal, "priority": job.priority,
+        "steps": [{"step_id": s, **{k: v for k, v in st.items() if k != "cancelled"},
+                   "cancelled_by": (st.get("cancelled") or {}).get("by_name")}
+                  for s, st in sorted(job.steps.items())],
+        "cancelled_by": c.get("by_name"), "cancel_path": c.get("path"),
+        "message": c.get("message", ""), "cancel_time": c.get("time"),
+        "requeue_count": job.requeue_count, "held": job.held, "exclusive": job.exclusive,
+        "stdout": job.stdout, "stderr": job.stderr, "work_dir": job.cwd,
+    }  # fmt: skip
+
+
+class Frontend:
+    """Not an actor of its own: it runs in the CLI endpoint's callback and only
+    tells actors; it keeps no job state."""
+
+    def __init__(self, ctl: Any) -> None:
+        self.ctl = ctl
+
+    def handle(self, peer: Any, msg: m.Message, rid: int, reply: Any) -> None:
+        ctl = self.ctl
+        if peer.uid is None:
+            reply(m.Error(5, "authentication failed: no peer credentials"))
+            return
+        caller = ctl.caller(peer.uid)
+        handler = getattr(self, "on_" + msg.TYPE, None)
+        if handler is None:
+            reply(m.Error(2, f"{msg.TYPE} is not a request"))
+            return
+        handler(caller, msg, f"{peer.pid}:{rid}", reply)
+
+    # ---------------------------------------------------------------- jobs
+
+    def on_SubmitJob(self, caller: Any, msg: m.SubmitJob, rid: str, reply: Any) -> None:
+        ctl, cfg, spec = self.ctl, self.ctl.cfg, msg.spec
+        if not 1 <= msg.repeat <= MAX_REPEAT:
+            reply(m.Error(2, f"--repeat must be between 1 and {MAX_REPEAT}"))
+            return
+        err = check_spec(spec, cfg)
+        part = spec.get("partition") or cfg.default_partition
+        err = err or fits_partition(spec, cfg, part)
+        if err:
+            reply(m.Error(2, err))
+            return
+        try:
+            account, qos = ctl.accounts_check_submit(caller, spec, part, msg.repeat)
+        except ValueError as e:
+            reply(m.Error(2, str(e)))
+            return
+        now = time.time()
+        ids = []
+        nodelist = spec.get("nodelist") or []
+        proto = Job(
+            id=0, name=spec.get("name") or "job", uid=caller.uid, user=caller.name,
+            gid=user_gid(caller.uid), account=account, qos=qos or "", partition=part,
+            cpus=spec.get("cpus") or 1, memory=spec.get("memory") or 0,
+            nnodes=max(spec.get("nnodes") or 1, len(nodelist)), nodelist_req=nodelist,
+            exclusive=bool(spec.get("exclusive")), time_limit=spec.get("time_limit"),
+            script=spec.get("script") or "", argv=spec.get("argv") or [],
+            cwd=spec.get("cwd") or "/", env=spec.get("env") or {}, priority=ctl.qos_priority(qos),
+            submit_time=now, held=bool(spec.get("hold")),
+        )  # fmt: skip
+        for _ in range(msg.repeat):
+            job_id = ctl.next_job_id
+            ctl.next_job_id += 1
+            job = Job.from_dict({**proto.to_dict(), "id": job_id})
+            out = spec.get("stdout") or os.path.join(job.cwd, "crane-%j.out")
+            job.stdout = out.replace("%j", str(job_id))
+            job.stderr = (spec.get("stderr") or out).replace("%j", str(job_id))
+            ctl.add_job(job)
+            ids.append(job_id)
+        ctl.store.put_next_id(ctl.next_job_id)
+        ctl.metrics["jobs_submitted"] += len(ids)
+        ctl.store.barrier(lambda: reply(m.Ok({"job_ids": ids})))
+
+    def on_QueryJobs(self, caller: Any, msg: m.QueryJobs, rid: str, reply: Any) -> None:
+        err = check_filters(msg.filters)
+        if err:
+            reply(m.Error(2, err))
+            return
+        ctl = self.ctl
+        f = msg.filters
+        if not msg.history:
+            reasons = ctl.scheduler.reasons
+            out = [
+                job_view(a.job, reasons.get(a.job.id) if a.job.state == "PENDING" and not a.job.held and not a.job.reason.startswith("Preempted") else None)
+                for a in ctl.jobs.values() if matches(a.job, f)
+            ]  # fmt: skip
+            reply(m.Ok({"jobs": out}))
+            return
+
+        def read() -> None:
+            jobs = [Job.from_dict(d) for d in ctl.store.finished_jobs()]
+            reply(m.Ok({"jobs": [job_view(j) for j in jobs if matches(j, f)]}))
+
+        ctl.store.barrier(read)
+
+    def on_QueryNodes(self, caller: Any, msg: m.QueryNodes, rid: str, reply: Any) -> None:
+        cfg = self.ctl.cfg
+        parts = [{"name": p.name, "nodes": p.nodes, "priority": p.priority,
+                  "default": p.name == cfg.default_partition} for p in cfg.partitions.values()]  # fmt: skip
+        nodes = self.ctl.scheduler.snapshot()
+        for n in nodes:
+            na = self.ctl.nodes[n["name"]]
+            n["cgroup"] = na.cgroup_mode
+        reply(m.Ok({"partitions": parts, "nodes": nodes}))
+
+    def on_Cancel(self, caller: Any, msg: m.Cancel, rid: str, reply: Any) -> None:
+        cancel.handle_cancel(self.ctl, caller, msg, rid, reply)
+
+    def on_WaitJobs(self, caller: Any, msg: m.WaitJobs, rid: str, reply: Any) -> None:
+        self.ctl.wait_jobs(msg.job_ids, lambda: reply(m.Ok()))
+
+    # ---------------------------------------------------------------- steps
+
+    def _own_job(self, caller: Any, job_id: int, reply: Any) -> Any:
+        actor = self.ctl.jobs.get(job_id)
+        if actor is None:
+            reply(m.Error(4, f"Job {job_id} not found or not active"))
+            return None
+        if not self.ctl.may_act(caller, actor.job):
+            reply(m.Error(4, "Permission denied"))
+            return None
+        return actor
+
+    def on_StartStep(self, caller: Any, msg: m.StartStep, rid: str, reply: Any) -> None:
+        actor = self._own_job(caller, msg.job_id, reply)
+        if actor is None:
+            return
+        if not msg.argv or msg.cpus < 1:
+            reply(m.Error(2, "a command is required"))
+            return
+        fut = self.ctl.loop.create_future()
+        fut.add_done_callback(lambda f: reply(f.result()))
+        actor.tell(ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, fut))
+
+    def on_WaitStep(self, caller: Any, msg: m.WaitStep, rid: str, reply: Any) -> None:
+        actor = self._own_job(caller, msg.job_id, reply)
+        if actor is None:
+            return
+        fut = self.ctl.loop.create_future()
+        fut.add_done_callback(lambda f: reply(f.result()))
+        actor.wait_step(msg.step_id, fut)
+
+    # ---------------------------------------------------------------- control
+
+    def on_Control(self, caller: Any, msg: m.Control, rid: str, reply: Any) -> None:
+        ctl = self.ctl
+        if msg.action == "update_node":
+            if caller.admin_level == "none":
+                reply(m.Error(4, "Permission denied"))
+                return
+            node, state = msg.args.get("node"), str(msg.args.get("state", "")).upper()
+            if node not in ctl.nodes or state not in ("DRAIN", "RESUME", "IDLE"):
+                reply(m.Error(2, f"invalid node update: node={node} state={state}"))
+                return
+            reason = str(msg.args.get("reason") or ("drained by " + caller.name))
+            ctl.scheduler.tell(ev.NodeStatus(node, drain=state == "DRAIN", reason=reason))
+            ctl.store.barrier(lambda: reply(m.Ok()))
+            return
+        job_id = msg.args.get("job_id")
+        if not isinstance(job_id, int):
+            reply(m.Error(2, "a job id is required"))
+            return
+        if msg.action not in ("hold", "release", "suspend", "resume", "requeue"):
+            reply(m.Error(2, f"unknown action {msg.action}"))
+            return
+        actor = self._own_job(caller, job_id, reply)
+        if actor is None:
+            return
+        if msg.action == "requeue":
+            if actor.job.state not in ("RUNNING", "SUSPENDED"):
+                reply(m.Error(4, f"Job {job_id} is {actor.job.state}, not running"))
+                return
+            actor.tell(ev.CancelEv(caller.uid, caller.name, "admin", requeue=True, reason="Requeued by " + caller.name))
+            ctl.after_persisted(lambda: reply(m.Ok()))
+            return
+        if msg.action in ("suspend", "resume") and caller.admin_level == "none":
+            reply(m.Error(4, "Permission denied"))
+            return
+        fut = ctl.loop.create_future()
+        fut.add_done_callback(lambda f: ctl.store.barrier(lambda: reply(f.result())))
+        actor.tell(ev.ControlEv(msg.action, fut))
+
+    def on_AcctOp(self, caller: Any, msg: m.AcctOp, rid: str, reply: Any) -> None:
+        self.ctl.accounting(caller, msg.op, reply)

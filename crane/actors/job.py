@@ -1,0 +1,443 @@
+"""One job: its record and its state machine.
+
+``JobMachine.handle(event, now)`` is pure: it changes the job record and
+returns actions (``ToNode``, ``ToScheduler``, ``Persist``, ``Terminal``,
+``Reply``). ``JobActor`` executes those actions against the controller. Tests
+drive ``JobMachine`` directly, with no sockets.
+
+Life of a job::
+
+    PENDING --Allocated--> RUNNING --batch step ends / cancel--> COMPLETING
+        --every node released--> COMPLETED | FAILED | CANCELLED | TIMEOUT | OUT_OF_MEMORY
+    PENDING --cancel--> CANCELLED (start = end = now)
+    RUNNING --requeue (preemption)--> COMPLETING --released--> PENDING
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import singledispatchmethod
+from typing import Any
+
+from crane import messages as m
+from crane.actors import events as ev
+from crane.actors.base import Actor
+
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING"}
+CANCELLABLE = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED"}
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    name: str
+    uid: int
+    user: str
+    gid: int
+    account: str
+    qos: str
+    partition: str
+    cpus: int = 1  # per node
+    memory: int = 0  # bytes per node, 0 = unlimited
+    nnodes: int = 1
+    nodelist_req: list[str] = field(default_factory=list)
+    exclusive: bool = False
+    time_limit: int | None = None  # seconds
+    script: str = ""
+    argv: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    env: dict[str, str] = field(default_factory=dict)
+    stdout: str = ""
+    stderr: str = ""
+    priority: int = 0
+    submit_time: float = 0.0
+    start_time: float | None = None
+    end_time: float | None = None
+    state: str = "PENDING"
+    reason: str = ""
+    exit_code: int = 0
+    exit_signal: int = 0
+    nodes: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    steps: dict[int, dict[str, Any]] = field(default_factory=dict)
+    next_step: int = 2
+    end_reason: str = ""  # TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | LOST
+    cancel: dict[str, Any] | None = None  # who/when/why/how: the durable cancel intent
+    held: bool = False
+    requeue_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        d = dict(d)
+        d["steps"] = {int(k): v for k, v in (d.get("steps") or {}).items()}
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def step_spec(self, step_id: int, argv: list[str], env: dict[str, str], cwd: str, cpus: int) -> dict[str, Any]:
+        full_env = dict(env)
+        full_env.update(
+            CRANE_JOB_ID=str(self.id),
+            CRANE_STEP_ID=str(step_id),
+            CRANE_JOB_NAME=self.name,
+            CRANE_JOB_NODELIST=",".join(self.nodes),
+            CRANE_CPUS_ON_NODE=str(cpus),
+            CRANE_JOB_ACCOUNT=self.account,
+            CRANE_JOB_PARTITION=self.partition,
+            CRANE_JOB_QOS=self.qos,
+        )
+        return {
+            "uid": self.uid,
+            "gid": self.gid,
+            "user": self.user,
+            "argv": argv,
+            "script": self.script if step_id == 1 else "",
+            "cwd": cwd,
+            "env": full_env,
+            "stdout": self.stdout if step_id == 1 else "",
+            "stderr": self.stderr if step_id == 1 else "",
+            "cpus": cpus,
+            "memory": self.memory,
+            "time_limit": self.time_limit if step_id == 1 else None,
+        }
+
+
+def cancel_banner(job: Job, cancel: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(cancel.get("time", time.time())))
+    text = f"*** JOB {job.id} CANCELLED AT {when} BY {cancel.get('by_name', '?')}"
+    if cancel.get("message"):
+        text += f": {cancel['message']}"
+    return text + " ***"
+
+
+class JobMachine:
+    """Pure transitions of one job. ``self.job`` is the record it owns."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    # The job starts its life here (submission or recovery after a restart).
+    def start(self, now: float) -> list[Any]:
+        j = self.job
+        if j.state == "PENDING":
+            if j.held:
+                j.reason = j.reason or "JobHeldUser"
+                return []
+            return [ev.ToScheduler(ev.Enqueue(j.id))]
+        if j.state == "COMPLETING":  # a cancel or cleanup in flight before a restart: redo it
+            return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel)
+        return []
+
+    @singledispatchmethod
+    def handle(self, event: Any, now: float) -> list[Any]:
+        raise TypeError(f"job {self.job.id}: unexpected event {type(event).__name__}")
+
+    # ---------------------------------------------------------- allocation and steps
+
+    @handle.register
+    def _(self, e: ev.Allocated, now: float) -> list[Any]:
+        j = self.job
+        if j.state != "PENDING" or j.held:
+            # cancelled or held while the scheduler placed it: give the nodes back
+            return [ev.ToScheduler(ev.FreeNode(j.id, n)) for n in e.nodes]
+        j.state, j.reason, j.start_time, j.end_time = "RUNNING", "", now, None
+        j.nodes, j.released, j.cpus = list(e.nodes), [], e.cpus
+        j.steps = {1: {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": ["batch"]}}
+        j.next_step, j.end_reason, j.exit_code, j.exit_signal = 2, "", 0, 0
+        spec = j.step_spec(1, j.argv, j.env, j.cwd, e.cpus)
+        return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
+
+    @handle.register
+    def _(self, e: ev.NewStepEv, now: float) -> list[Any]:
+        j = self.job
+        if j.state != "RUNNING":
+            return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}, not running"))]
+        if j.cancel and j.cancel.get("graceful"):
+            return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is being cancelled: no new steps"))]
+        if e.cpus > j.cpus:
+            return [ev.Reply(e.reply, m.Error(2, f"step asks {e.cpus} cpus, the job has {j.cpus}"))]
+        sid = j.next_step
+        j.next_step += 1
+        j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": e.argv[:8]}
+        spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus)
+        return [
+            ev.ToNode(j.nodes[0], m.LaunchStep(j.id, sid, spec)),
+            ev.Persist(),
+            ev.Reply(e.reply, m.Ok({"step_id": sid, "node": j.nodes[0]})),
+        ]
+
+    @handle.register
+    def _(self, e: ev.StepStartedEv, now: float) -> list[Any]:
+        st = self.job.steps.get(e.step_id)
+        if st is not None:
+            st["pid"] = e.pid
+        return []
+
+    @handle.register
+    def _(self, e: ev.StepEndedEv, now: float) -> list[Any]:
+        j = self.job
+        st = j.steps.get(e.step_id)
+        if st is None or st.get("state") != "RUNNING":
+            return []  # duplicate report (e.g. after a re-registration)
+        st.update(end=now, exit_code=e.exit_code, signal=e.signal)
+        if st.get("cancelled"):
+            st["state"] = "CANCELLED"
+        elif e.reason:
+            st["state"] = {"LOST": "FAILED", "LAUNCH_FAILED": "FAILED"}.get(e.reason, e.reason)
+        else:
+            st["state"] = "COMPLETED" if e.exit_code == 0 and e.signal == 0 else "FAILED"
+        if e.reason == "LOST":
+            st["reason"] = "Node re-registered but step lost"
+        actions: list[Any] = [ev.Persist(), ev.Reply(None, ("step_done", e.step_id, st))]
+        if e.step_id == 1 and j.state in ("RUNNING", "SUSPENDED"):
+            j.exit_code, j.exit_signal = e.exit_code, e.signal
+            if e.reason in ("TIMEOUT", "OUT_OF_MEMORY"):
+                j.end_reason = e.reason
+            elif e.reason in ("LOST", "LAUNCH_FAILED"):
+                j.end_reason = "FAILED"
+                j.reason = st.get("reason", "Launch failed" if e.reason == "LAUNCH_FAILED" else "")
+            actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+        elif e.step_id == 1 and j.state == "COMPLETING":
+            j.exit_code, j.exit_signal = e.exit_code, e.signal
+        return actions
+
+    @handle.register
+    def _(self, e: ev.ReleasedEv, now: float) -> list[Any]:
+        j = self.job
+        if e.node not in j.nodes or e.node in j.released:
+            return []
+        j.released.append(e.node)
+        actions: list[Any] = [ev.ToScheduler(ev.FreeNode(j.id, e.node))]
+        if e.kill_failed:
+            actions.append(ev.ToScheduler(ev.NodeStatus(e.node, drain=True, reason="Kill task failed")))
+        if j.state != "COMPLETING":
+            # an agent released the job on its own (its steps vanished): end it
+            if j.state in ("RUNNING", "SUSPENDED"):
+                j.end_reason = j.end_reason or "FAILED"
+                actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+            return actions
+        if len(j.released) >= len(j.nodes):
+            actions += self._finish(now)
+        return actions
+
+    # ---------------------------------------------------------- cancel, signal, control
+
+    @handle.register
+    def _(self, e: ev.CancelEv, now: float) -> list[Any]:
+        j = self.job
+        if e.signal is not None:
+            return self._signal(e)
+        if e.step_id is not None:
+            return self._cancel_step(e)
+        if j.state not in CANCELLABLE:
+            if j.state == "COMPLETING" and j.cancel and e.force and not j.cancel.get("force"):
+                j.cancel["force"] = True  # escalate a graceful kill in progress
+                return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
+            return []  # duplicate cancel: harmless
+        j.cancel = {
+            "by_uid": e.by_uid, "by_name": e.by_name, "path": e.path, "message": e.message,
+            "time": now, "force": e.force, "graceful": e.graceful, "grace": e.grace,
+            "end_state": e.end_state, "rid": e.rid, "requeue": e.requeue, "reason": e.reason,
+        }  # fmt: skip
+        if e.reason:
+            j.reason = e.reason
+        if j.state == "PENDING":
+            j.start_time = j.end_time = now
+            j.state = "COMPLETED" if e.end_state == "FINISHED" else "CANCELLED"
+            return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Terminal()]
+        if e.graceful:
+            return [ev.Persist()]  # running steps finish; no new ones start
+        return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
+
+    def _signal(self, e: ev.CancelEv) -> list[Any]:
+        j = self.job
+        assert e.signal is not None
+        if e.step_id is None:
+            return [ev.ToNode(n, m.SignalJob(j.id, None, e.signal)) for n in j.nodes if n not in j.released]
+        st = j.steps[e.step_id]
+        return [ev.ToNode(st["node"], m.SignalJob(j.id, e.step_id, e.signal))]
+
+    def _cancel_step(self, e: ev.CancelEv) -> list[Any]:
+        j = self.job
+        st = j.steps.get(e.step_id or 0)
+        if st is None or st.get("state") != "RUNNING":
+            return []
+        st["cancelled"] = {"by_name": e.by_name, "by_uid": e.by_uid, "message": e.message}
+        grace = 0.0 if e.force else (e.grace or 0.0)
+        banner = cancel_banner(j, {"by_name": e.by_name, "message": e.message}).replace(
+            f"JOB {j.id}", f"STEP {j.id}.{e.step_id}"
+        )
+        kill = m.KillJob(j.id, e.step_id, grace, e.force, "CANCELLED", banner)
+        return [ev.ToNode(st["node"], kill), ev.Persist()]
+
+    @handle.register
+    def _(self, e: ev.ControlEv, now: float) -> list[Any]:
+        j = self.job
+        if e.action == "hold":
+            if j.state != "PENDING":
+                return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not pending"))]
+            j.held, j.reason = True, "JobHeldUser"
+            return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
+        if e.action == "release":
+            if not j.held:
+                return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not held"))]
+            j.held, j.reason = False, ""
+            return [ev.ToScheduler(ev.Enqueue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
+        if e.action in ("suspend", "resume"):
+            want = e.action == "suspend"
+            if j.state != ("RUNNING" if want else "SUSPENDED"):
+                return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}"))]
+            j.state = "SUSPENDED" if want else "RUNNING"
+            live = [n for n in j.nodes if n not in j.released]
+            return [ev.ToNode(n, m.SuspendJob(j.id, want)) for n in live] + [
+                ev.ToScheduler(ev.Suspended(j.id, want)), ev.Persist(), ev.Reply(e.reply, m.Ok())
+            ]
+        return [ev.Reply(e.reply, m.Error(2, f"unknown action {e.action}"))]
+
+    # ---------------------------------------------------------- node events
+
+    @handle.register
+    def _(self, e: ev.NodeDownEv, now: float) -> list[Any]:
+        j = self.job
+        if e.node not in j.nodes or e.node in j.released or j.state not in ACTIVE:
+            return []
+        for st in j.steps.values():
+            if st.get("node") == e.node and st.get("state") == "RUNNING":
+                st.update(state="FAILED", end=now, reason="Node down")
+        if not j.cancel:
+            j.end_reason, j.reason = "NODE_FAIL", f"Node {e.node} down"
+        actions: list[Any] = []
+        if j.state != "COMPLETING":
+            actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+        return actions + self.handle(ev.ReleasedEv(e.node), now)
+
+    @handle.register
+    def _(self, e: ev.AgentStepsEv, now: float) -> list[Any]:
+        """Reconcile after the node's agent (re-)registered."""
+        j = self.job
+        if e.node not in j.nodes or e.node in j.released:
+            return []
+        actions: list[Any] = []
+        if j.state == "COMPLETING":  # deliver the kill that may have been lost
+            return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel, only=e.node)
+        for sid, st in j.steps.items():
+            if st.get("node") == e.node and st.get("state") == "RUNNING" and sid not in e.steps:
+                actions += self.handle(ev.StepEndedEv(e.node, sid, -1, 0, "LOST"), now)
+        return actions
+
+    # ---------------------------------------------------------- helpers
+
+    def _kill_nodes(self, cancel: dict[str, Any], cleanup: bool, only: str | None = None) -> list[Any]:
+        """Send KillJob to every node not yet released. ``cleanup``: the batch
+        step ended by itself; kill leftovers at once and run the epilog."""
+        j = self.job
+        j.state = "COMPLETING"
+        if cleanup:
+            kill = m.KillJob(j.id, None, 0.0, False, "COMPLETED", "", self._epilog_env())
+        else:
+            force = bool(cancel.get("force"))
+            grace = 0.0 if force else float(cancel.get("grace") or 0.0)
+            banner = cancel_banner(j, cancel) if cancel.get("path") != "preemption" else (
+                f"*** JOB {j.id} PREEMPTED: {cancel.get('reason', '')} ***"
+            )
+            kill = m.KillJob(j.id, None, grace, force, "CANCELLED", banner, self._epilog_env())
+        targets = [n for n in j.nodes if n not in j.released and (only is None or n == only)]
+        return [ev.ToNode(n, kill) for n in targets]
+
+    def _epilog_env(self) -> dict[str, str]:
+        j = self.job
+        return {
+            "CRANE_JOB_ID": str(j.id), "CRANE_JOB_USER": j.user, "CRANE_JOB_UID": str(j.uid),
+            "CRANE_JOB_NODELIST": ",".join(j.nodes), "CRANE_JOB_PARTITION": j.partition,
+        }  # fmt: skip
+
+    def final_state(self) -> str:
+        j = self.job
+        c = j.cancel
+        if c:
+            return "COMPLETED" if c.get("end_state") == "FINISHED" else "CANCELLED"
+        if j.end_reason in ("TIMEOUT", "OUT_OF_MEMORY"):
+            return j.end_reason
+        if j.end_reason in ("NODE_FAIL", "FAILED"):
+            return "FAILED"
+        return "COMPLETED" if j.exit_code == 0 and j.exit_signal == 0 else "FAILED"
+
+    def _finish(self, now: float) -> list[Any]:
+        j = self.job
+        for st in j.steps.values():
+            if st.get("state") == "RUNNING":
+                st.update(state="CANCELLED" if j.cancel else "COMPLETED", end=now)
+        if j.cancel and j.cancel.get("requeue"):
+            j.requeue_count += 1
+            j.state, j.reason = "PENDING", j.cancel.get("reason", "Requeued")
+            j.cancel, j.nodes, j.released, j.steps = None, [], [], {}
+            j.start_time = j.end_time = None
+            return [ev.Persist(), ev.ToScheduler(ev.Enqueue(j.id))]
+        j.state, j.end_time = self.final_state(), now
+        if j.state == "TIMEOUT":
+            j.reason = "ExceedTimeLimit"
+        return [ev.Persist(), ev.Terminal()]
+
+
+class JobActor(Actor):
+    """Runs a JobMachine and carries out its actions through the controller."""
+
+    __slots__ = ("machine", "ctl", "step_waiters")
+
+    def __init__(self, job: Job, ctl: Any) -> None:
+        super().__init__()
+        self.machine = JobMachine(job)
+        self.ctl = ctl
+        self.step_waiters: dict[int, list[Any]] | None = None
+
+    @property
+    def job(self) -> Job:
+        return self.machine.job
+
+    def describe(self) -> str:
+        return f"job {self.machine.job.id}"
+
+    def start(self) -> None:
+        self.execute(self.machine.start(time.time()))
+
+    def receive(self, msg: Any) -> None:
+        self.execute(self.machine.handle(msg, time.time()))
+
+    def execute(self, actions: list[Any]) -> None:
+        ctl = self.ctl
+        for a in actions:
+            if isinstance(a, ev.ToNode):
+                ctl.to_node(a.node, a.msg)
+            elif isinstance(a, ev.ToScheduler):
+                msg = a.msg
+                if isinstance(msg, ev.Enqueue) and isinstance(msg.req, int):
+                    msg = ev.Enqueue(ctl.request_of(self.machine.job))
+                ctl.scheduler.tell(msg)
+            elif isinstance(a, ev.Persist):
+                ctl.store.put_job(self.machine.job.to_dict())
+            elif isinstance(a, ev.Terminal):
+                ctl.job_terminal(self)
+            elif isinstance(a, ev.Reply):
+                if isinstance(a.value, tuple) and a.value[0] == "step_done":
+                    self._step_done(a.value[1], a.value[2])
+                elif a.future is not None and not a.future.done():
+                    a.future.set_result(a.value)
+
+    def wait_step(self, step_id: int, fut: Any) -> None:
+        st = self.job.steps.get(step_id)
+        if st is not None and st.get("state") != "RUNNING":
+            fut.set_result(m.Ok({"step": st}))
+            return
+        if self.step_waiters is None:
+            self.step_waiters = {}
+        self.step_waiters.setdefault(step_id, []).append(fut)
+
+    def _step_done(self, step_id: int, st: dict[str, Any]) -> None:
+        if not self.step_waiters:
+            return
+        for fut in self.step_waiters.pop(step_id, []):
+            if not fut.done():
+                fut.set_result(m.Ok({"step": dict(st)}))

@@ -1,0 +1,132 @@
+"""One node actor per configured node: the link to its agent.
+
+It knows whether the agent is registered and alive (heartbeats), sends what
+job actors ask it to send, keeps an outbox while the agent is away (delivered
+on re-registration, so a cancel for an unreachable node is not lost), forwards
+the agent's reports to the job actors, and reconciles both ways when the agent
+(re-)registers: steps the controller expects but the agent lacks end as lost;
+jobs the agent runs that the controller does not know are killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from crane import messages as m
+from crane.actors import events as ev
+from crane.actors.base import Actor
+
+log = logging.getLogger("crane.node")
+OUTBOX_MAX = 100_000
+
+
+@dataclass(slots=True)
+class FromAgent:
+    identity: bytes
+    msg: m.Message
+
+
+@dataclass(slots=True)
+class Send:
+    msg: m.Message
+
+
+@dataclass(slots=True)
+class Tick:
+    now: float
+
+
+class NodeActor(Actor):
+    __slots__ = ("name", "ctl", "identity", "registered", "last_seen", "outbox", "cgroup_mode")
+
+    def __init__(self, name: str, ctl: Any) -> None:
+        super().__init__()
+        self.name = name
+        self.ctl = ctl
+        self.identity: bytes = name.encode()
+        self.registered = False
+        self.last_seen = 0.0
+        self.outbox: deque[m.Message] = deque(maxlen=OUTBOX_MAX)
+        self.cgroup_mode = "?"
+
+    def describe(self) -> str:
+        return f"node {self.name}"
+
+    def receive(self, msg: Any) -> None:
+        if isinstance(msg, Send):
+            self._send(msg.msg)
+        elif isinstance(msg, FromAgent):
+            self._from_agent(msg.identity, msg.msg)
+        elif isinstance(msg, Tick):
+            if self.registered and msg.now - self.last_seen > self.ctl.cfg.craned_timeout:
+                self._lost(f"no heartbeat for {self.ctl.cfg.craned_timeout:g}s")
+
+    def _send(self, msg: m.Message) -> None:
+        if self.registered and self.ctl.agent_endpoint.send(self.identity, msg):
+            return
+        self.outbox.append(msg)
+
+    def _from_agent(self, identity: bytes, msg: m.Message) -> None:
+        if isinstance(msg, m.Register):
+            self._register(identity, msg)
+            return
+        if not self.registered:
+            # the controller restarted, or timed the agent out: ask it to register again
+            self.ctl.agent_endpoint.send(identity, m.RegisterAck(False, "register again"))
+            return
+        self.last_seen = time.monotonic()
+        if isinstance(msg, m.Heartbeat):
+            return
+        if isinstance(msg, m.StepStarted):
+            self.ctl.job_event(msg.job_id, ev.StepStartedEv(self.name, msg.step_id, msg.pid))
+        elif isinstance(msg, m.StepEnded):
+            self._step_ended(msg)
+        elif isinstance(msg, m.JobReleased):
+            self.ctl.job_event(msg.job_id, ev.ReleasedEv(self.name, msg.kill_failed))
+        else:
+            log.warning("node %s: unexpected %s", self.name, msg.TYPE)
+
+    def _step_ended(self, msg: m.StepEnded) -> None:
+        e = ev.StepEndedEv(self.name, msg.step_id, msg.exit_code, msg.signal, msg.reason)
+        self.ctl.job_event(msg.job_id, e)
+
+    def _register(self, identity: bytes, msg: m.Register) -> None:
+        conf = self.ctl.cfg.nodes[self.name]
+        self.identity = identity
+        self.registered = True
+        self.last_seen = time.monotonic()
+        self.cgroup_mode = msg.cgroup
+        self.ctl.agent_endpoint.send(identity, m.RegisterAck(True))
+        log.info("node %s registered (%d steps running, cgroup %s)", self.name, len(msg.steps), msg.cgroup)
+        if msg.cpus < conf.cpus:
+            log.warning("node %s reports %d cpus, config says %d", self.name, msg.cpus, conf.cpus)
+        # reports the agent could not deliver while we were apart
+        for body in msg.ended:
+            try:
+                self._step_ended(m.StepEnded(**body))
+            except TypeError:
+                log.warning("node %s: malformed ended step %r", self.name, body)
+        # reconcile: what the agent runs against what we expect
+        running: dict[int, list[int]] = {}
+        for job_id, step_id in (tuple(s[:2]) for s in msg.steps if len(s) >= 2):
+            running.setdefault(job_id, []).append(step_id)
+        for job_id in running:
+            if not self.ctl.job_expected_on(job_id, self.name):
+                log.warning("node %s runs unknown job %d: killing it", self.name, job_id)
+                self.ctl.agent_endpoint.send(identity, m.KillJob(job_id, None, 0.0, True, "ORPHAN"))
+        for job_id in self.ctl.jobs_on_node(self.name):
+            self.ctl.job_event(job_id, ev.AgentStepsEv(self.name, running.get(job_id, [])))
+        while self.outbox and self.registered:
+            self._send(self.outbox.popleft())
+        self.ctl.scheduler.tell(ev.NodeStatus(self.name, up=True))
+
+    def _lost(self, why: str) -> None:
+        log.warning("node %s is DOWN: %s", self.name, why)
+        self.registered = False
+        self.ctl.scheduler.tell(ev.NodeStatus(self.name, up=False, reason=why))
+        for job_id in self.ctl.jobs_on_node(self.name):
+            self.ctl.job_event(job_id, ev.NodeDownEv(self.name))

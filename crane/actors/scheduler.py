@@ -1,0 +1,228 @@
+"""The scheduler actor: the pending queue and every node's resource ledger.
+
+Scheduling is event-driven: any change (a job queued, resources freed, a node
+up) schedules one pass on the next loop turn; there is no timer. A pass walks
+the queue in priority order and places what fits (``place`` is pure). A job
+that does not fit may trigger preemption (``crane.preempt``): the freed
+resources are reserved for the preemptor before any victim is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from crane.actors import events as ev
+from crane.actors.base import Actor
+
+log = logging.getLogger("crane.scheduler")
+
+
+@dataclass(slots=True)
+class Request:
+    job_id: int
+    partition: str
+    cpus: int
+    memory: int
+    nnodes: int
+    exclusive: bool
+    nodelist: list[str]
+    qos: str
+    priority: int
+    uid: int
+
+
+@dataclass(slots=True)
+class NodeLedger:
+    name: str
+    cpus: int
+    memory: int
+    cpus_free: int
+    mem_free: int
+    up: bool = False
+    drain: bool = False
+    reason: str = ""
+    jobs: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # job -> (cpus, mem, exclusive)
+    suspended: set[int] = field(default_factory=set)
+
+    def usable(self) -> bool:
+        return self.up and not self.drain
+
+    def exclusive_holder(self) -> int | None:
+        for jid, (_, _, excl) in self.jobs.items():
+            if excl and jid not in self.suspended:
+                return jid
+        return None
+
+    def fits(self, cpus: int, memory: int, exclusive: bool) -> bool:
+        if not self.usable() or self.exclusive_holder() is not None:
+            return False
+        if exclusive:
+            return not (set(self.jobs) - self.suspended)
+        return self.cpus_free >= cpus and (memory == 0 or self.mem_free >= memory)
+
+    def take(self, job_id: int, cpus: int, memory: int, exclusive: bool) -> None:
+        if exclusive:
+            cpus, memory = self.cpus_free, self.mem_free
+        self.jobs[job_id] = (cpus, memory, exclusive)
+        self.cpus_free -= cpus
+        self.mem_free -= memory
+
+    def give(self, job_id: int) -> bool:
+        got = self.jobs.pop(job_id, None)
+        if got is None:
+            return False
+        if job_id not in self.suspended:
+            self.cpus_free += got[0]
+            self.mem_free += got[1]
+        self.suspended.discard(job_id)
+        return True
+
+    def state(self) -> str:
+        if not self.up:
+            return "DOWN"
+        if self.drain:
+            return "DRAIN" if not self.jobs else "DRAINING"
+        if not self.jobs:
+            return "IDLE"
+        return "ALLOC" if self.cpus_free <= 0 or self.exclusive_holder() else "MIX"
+
+
+def place(req: Request, ledgers: dict[str, NodeLedger], members: list[str]) -> list[str] | None:
+    """Pick ``req.nnodes`` nodes of ``members`` that fit the request, the -w
+    nodes first. Pure: reads the ledgers, changes nothing."""
+    required = [n for n in req.nodelist if n in ledgers]
+    if len(required) != len(req.nodelist) or any(n not in members for n in required):
+        return None
+    chosen = [n for n in required if ledgers[n].fits(req.cpus, req.memory, req.exclusive)]
+    if len(chosen) != len(required):
+        return None
+    if len(chosen) >= req.nnodes:
+        return chosen[: max(req.nnodes, len(required))]
+    for n in members:
+        if n not in chosen and ledgers[n].fits(req.cpus, req.memory, req.exclusive):
+            chosen.append(n)
+            if len(chosen) == req.nnodes:
+                return chosen
+    return None
+
+
+class Scheduler(Actor):
+    __slots__ = ("ctl", "ledgers", "pending", "reasons", "_pass_scheduled", "reserved", "passes")
+
+    def __init__(self, ctl: Any) -> None:
+        super().__init__()
+        self.ctl = ctl
+        cfg = ctl.cfg
+        self.ledgers = {
+            n.name: NodeLedger(n.name, n.cpus, n.memory, n.cpus, n.memory) for n in cfg.nodes.values()
+        }
+        self.pending: dict[int, Request] = {}
+        self.reasons: dict[int, str] = {}
+        self.reserved: dict[int, list[int]] = {}  # preemptor -> victims still dying
+        self._pass_scheduled = False
+        self.passes = 0
+
+    def receive(self, msg: Any) -> None:
+        if isinstance(msg, ev.Enqueue):
+            req: Request = msg.req
+            self.pending[req.job_id] = req
+            self.reasons[req.job_id] = "Priority"
+        elif isinstance(msg, ev.Dequeue):
+            self.pending.pop(msg.job_id, None)
+            self.reasons.pop(msg.job_id, None)
+        elif isinstance(msg, ev.FreeNode):
+            led = self.ledgers.get(msg.node)
+            if led is None or not led.give(msg.job_id):
+                return
+        elif isinstance(msg, ev.NodeStatus):
+            led = self.ledgers.get(msg.node)
+            if led is None:
+                return
+            if msg.up is not None:
+                led.up = msg.up
+            if msg.drain is not None:
+                led.drain = msg.drain
+                led.reason = msg.reason if msg.drain else ""
+                self.ctl.store.put_node(led.name, {"drain": led.drain, "reason": led.reason})
+        elif isinstance(msg, ev.Suspended):
+            for led in self.ledgers.values():
+                if msg.job_id in led.jobs:
+                    c, mem, _ = led.jobs[msg.job_id]
+                    if msg.suspended and msg.job_id not in led.suspended:
+                        led.suspended.add(msg.job_id)
+                        led.cpus_free += c
+                        led.mem_free += mem
+                    elif not msg.suspended and msg.job_id in led.suspended:
+                        led.suspended.discard(msg.job_id)
+                        led.cpus_free -= c
+                        led.mem_free -= mem
+        else:
+            log.warning("scheduler: unexpected %r", msg)
+            return
+        self.request_pass()
+
+    def request_pass(self) -> None:
+        if not self._pass_scheduled:
+            self._pass_scheduled = True
+            assert Actor._loop is not None
+            Actor._loop.call_soon(self._schedule)
+
+    def _schedule(self) -> None:
+        self._pass_scheduled = False
+        if not self.pending:
+            return
+        self.passes += 1
+        parts = self.ctl.cfg.partitions
+        order = sorted(self.pending.values(), key=lambda r: (-r.priority, r.job_id))
+        free_cpus = sum(led.cpus_free for led in self.ledgers.values() if led.usable())
+        for req in order:
+            if free_cpus <= 0 and not req.exclusive and not self.ctl.preemption_enabled():
+                self.reasons[req.job_id] = "Resources"
+                continue
+            if req.job_id in self.reserved:
+                continue  # waiting for its victims to die
+            members = parts[req.partition].nodes if req.partition in parts else []
+            nodes = place(req, self.ledgers, members)
+            if nodes is None:
+                if self.ctl.preemption_enabled() and self.ctl.try_preempt(req, self.ledgers, members):
+                    self.reasons[req.job_id] = "Waiting for preemption"
+                else:
+                    self.reasons[req.job_id] = "Resources"
+                continue
+            self._allocate(req, nodes)
+            free_cpus -= req.cpus * len(nodes)
+
+    def _allocate(self, req: Request, nodes: list[str]) -> None:
+        # an exclusive job gets every cpu of its nodes (the smallest node counts)
+        cpus = min(self.ledgers[n].cpus_free for n in nodes) if req.exclusive else req.cpus
+        for n in nodes:
+            self.ledgers[n].take(req.job_id, req.cpus, req.memory, req.exclusive)
+        del self.pending[req.job_id]
+        self.reasons.pop(req.job_id, None)
+        self.reserved.pop(req.job_id, None)
+        self.ctl.job_event(req.job_id, ev.Allocated(nodes, cpus))
+
+    # restore allocations of running jobs after a controller restart
+    def adopt(self, job_id: int, nodes: list[str], cpus: int, memory: int, exclusive: bool, suspended: bool) -> None:
+        for n in nodes:
+            led = self.ledgers.get(n)
+            if led is not None and job_id not in led.jobs:
+                led.take(job_id, cpus, memory, exclusive)
+                if suspended:
+                    c, mem, _ = led.jobs[job_id]
+                    led.suspended.add(job_id)
+                    led.cpus_free += c
+                    led.mem_free += mem
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for led in self.ledgers.values():
+            out.append({
+                "name": led.name, "state": led.state(), "cpus": led.cpus, "cpus_free": led.cpus_free,
+                "cpus_alloc": led.cpus - led.cpus_free, "memory": led.memory, "mem_free": led.mem_free,
+                "reason": led.reason, "jobs": sorted(led.jobs), "time": time.time(),
+            })  # fmt: skip
+        return out

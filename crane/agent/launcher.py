@@ -1,0 +1,170 @@
+"""Fork/exec of step processes into their cgroup, as the job's user.
+
+The caller (an asyncio agent) owns reaping: ``spawn`` returns a bare pid and never
+waits on it. Between fork and exec the child touches neither asyncio nor logging.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import pwd
+import signal
+
+from crane.agent.cgroup import StepCgroup
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+
+def set_child_subreaper() -> None:
+    """Make orphaned descendants (double-fork escapees) reparent to this process."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: %s", os.strerror(err))
+    except (OSError, AttributeError) as e:
+        log.warning("prctl(PR_SET_CHILD_SUBREAPER) unavailable: %s", e)
+
+
+def _groups(user: str, gid: int) -> list[int]:
+    try:
+        return os.getgrouplist(user, gid)
+    except (KeyError, OSError):
+        return [gid]
+
+
+def _home(user: str) -> str | None:
+    try:
+        return pwd.getpwnam(user).pw_dir
+    except KeyError:
+        return None
+
+
+def spawn(
+    cg: StepCgroup,
+    argv: list[str],
+    *,
+    uid: int,
+    gid: int,
+    user: str,
+    cwd: str,
+    env: dict[str, str],
+    stdout: str,
+    stderr: str,
+) -> int:
+    """Start ``argv`` in its own session inside ``cg``; returns the pid (== pgid).
+
+    The step's cgroup must already exist (``cg.create()``). Launch failures in the
+    child are reported on the step's stderr (or the agent's stderr if that cannot
+    be opened) and the child exits 127.
+    """
+    if not argv:
+        raise ValueError("empty argv")
+    root = os.geteuid() == 0
+    if not root and uid != os.getuid():
+        raise PermissionError(errno.EPERM, f"cannot run as uid {uid} without root")
+    # Everything that may allocate locks (NSS, logging) is resolved here, pre-fork.
+    groups = _groups(user, gid) if root else []
+    fallback_dirs = [d for d in (_home(user), "/") if d]
+    out_path = os.path.join(cwd, stdout)
+    err_path = os.path.join(cwd, stderr)
+    full_env = {**env, **cg.marker_env()}
+    try:
+        maxfd = os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        maxfd = 65536
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        _child(
+            cg,
+            argv,
+            root,
+            uid,
+            gid,
+            groups,
+            cwd,
+            fallback_dirs,
+            out_path,
+            err_path,
+            full_env,
+            maxfd,
+        )
+    cg.pgid = pid
+    return pid
+
+
+def _reset_signals() -> None:
+    try:
+        signal.set_wakeup_fd(-1)  # do not poke the agent's event loop
+    except (ValueError, OSError):
+        pass
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)  # also undoes Python's SIGPIPE/SIGXFSZ ignore
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _child(
+    cg: StepCgroup,
+    argv: list[str],
+    root: bool,
+    uid: int,
+    gid: int,
+    groups: list[int],
+    cwd: str,
+    fallback_dirs: list[str],
+    out_path: str,
+    err_path: str,
+    env: dict[str, str],
+    maxfd: int,
+) -> None:
+    err_fd = 2
+    try:
+        _reset_signals()
+        os.setsid()
+        cg.attach_pid(os.getpid())
+        if root:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+        out_fd = os.open(out_path, _OUT_FLAGS, 0o644)
+        if err_path != out_path:
+            err_fd = os.open(err_path, _OUT_FLAGS, 0o644)
+        else:
+            err_fd = out_fd
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        err_fd = 2
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            for alt in fallback_dirs:
+                try:
+                    os.chdir(alt)
+                except OSError:
+                    continue
+                os.write(2, f"crane: cannot chdir to {cwd}: {e.strerror}; using {alt}\n".encode())
+                break
+            else:
+                raise
+        os.closerange(3, maxfd)
+        os.execvpe(argv[0], argv, env)
+    except BaseException as e:  # noqa: BLE001 - the child must always _exit
+        try:
+            os.write(err_fd, f"crane: cannot launch {argv[0]!r}: {e}\n".encode(errors="replace"))
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(127)

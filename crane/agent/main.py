@@ -1,0 +1,146 @@
+"""craned: the node agent. One DEALER socket to the controller (identity =
+node name), registration with the steps it already runs, heartbeats, and the
+dispatch of the controller's orders to the StepManager."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import zmq
+
+from crane import messages as m
+from crane import transport
+from crane.agent import cgroup as cgmod
+from crane.agent.launcher import set_child_subreaper
+from crane.agent.steps import StepManager
+from crane.config import Config, ConfigError, load
+
+log = logging.getLogger("craned")
+
+
+class Agent:
+    def __init__(self, cfg: Config, node: str) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.mode = cgmod.detect_mode() if os.geteuid() == 0 else "none"
+        self.scope = f"crane/{cfg.cluster}/{node}"
+        self.state_dir = os.path.join(cfg.resolve(cfg.craned_state_dir), node)
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.ctx = zmq.Context()
+        self.endpoint: transport.Endpoint | None = None
+        self.steps = StepManager(node, self.scope, self.state_dir, self.mode, self.send, cfg.epilog)
+        self.registered = False
+        self.stopping = asyncio.Event()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def send(self, msg: m.Message) -> None:
+        if self.endpoint is not None and not self.endpoint.send(b"", msg):
+            log.warning("send of %s failed (controller away); it is re-sent on registration", msg.TYPE)
+
+    def register(self) -> None:
+        conf = self.cfg.nodes[self.node]
+        self.send(m.Register(
+            self.node, conf.cpus, conf.memory, self.steps.running(),
+            list(self.steps.ended.values()), self.mode,
+        ))  # fmt: skip
+
+    def on_message(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
+        if isinstance(msg, m.RegisterAck):
+            if msg.ok:
+                if not self.registered:
+                    log.info("registered with the controller")
+                self.registered = True
+            else:
+                log.info("controller asks to register again (%s)", msg.reason)
+                self.registered = False
+                if "unknown node" in msg.reason:
+                    log.error("the controller does not know node %s", self.node)
+                self.register()
+        elif isinstance(msg, m.LaunchStep):
+            self.steps.launch(msg)
+        elif isinstance(msg, m.KillJob):
+            self._spawn(self.steps.kill_job(msg))
+        elif isinstance(msg, m.SignalJob):
+            self.steps.signal_job(msg)
+        elif isinstance(msg, m.SuspendJob):
+            self.steps.suspend_job(msg)
+        else:
+            log.warning("unexpected %s from the controller", msg.TYPE)
+
+    def on_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
+        log.warning("bad frame from the controller: %s", why)
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        set_child_subreaper()
+        loop.add_signal_handler(signal.SIGCHLD, self.steps.reap)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self.steps.adopt()
+        self.steps.reap()
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.node.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # exponential backoff up to 2 s
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+        sock.connect(self.cfg.agent_address)
+        self.endpoint = transport.Endpoint(sock, self.on_message, self.on_bad, router=False)
+        log.info("craned %s up (cgroup mode %s), controller %s", self.node, self.mode, self.cfg.agent_address)
+        self.register()
+        hb = asyncio.ensure_future(self._heartbeat())
+        await self.stopping.wait()
+        hb.cancel()
+        # steps keep running: their cgroups outlive the agent, which re-adopts them
+        self.endpoint.close()
+        self.ctx.term()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+            if self.registered:
+                self.send(m.Heartbeat(self.node))
+            else:
+                self.register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="craned", description="Crane node agent")
+    ap.add_argument("-C", "--config")
+    ap.add_argument("-n", "--node", required=True, help="this node's name in the config")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"craned: {e}", file=sys.stderr)
+        sys.exit(1)
+    if args.node not in cfg.nodes:
+        print(f"craned: node {args.node} is not in the config {cfg.path}", file=sys.stderr)
+        sys.exit(1)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s craned[{args.node}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+    async def amain() -> None:
+        await Agent(cfg, args.node).run()
+
+    asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    main()

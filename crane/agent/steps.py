@@ -1,0 +1,357 @@
+"""The node agent's steps: launch, reap, kill, suspend, report.
+
+Every step lives in its own cgroup (``agent.cgroup``), which is the unit of
+signalling and killing: processes that left the process group die too. A
+step is reported ended only when its main process has exited AND its cgroup
+is empty; a job is reported released only when all its steps on this node
+have ended and the epilog has run (skipped by ``--force``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crane import messages as m
+from crane.agent import cgroup as cgmod
+from crane.agent.launcher import spawn
+
+log = logging.getLogger("craned.steps")
+KILL_RETRIES = 10
+POLL = 0.01
+
+
+@dataclass(slots=True)
+class StepRun:
+    job_id: int
+    step_id: int
+    spec: dict[str, Any]
+    cg: cgmod.StepCgroup
+    pid: int = 0
+    start: float = 0.0
+    status: int | None = None  # raw wait status of the main process
+    adopted: bool = False
+    kill_reason: str = ""
+    killing: bool = False
+    reported: bool = False
+    timer: asyncio.TimerHandle | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class StepManager:
+    def __init__(self, node: str, scope: str, state_dir: str, mode: str,
+                 send: Callable[[m.Message], None], epilog: str = "") -> None:  # fmt: skip
+        self.node = node
+        self.scope = scope
+        self.state_dir = state_dir
+        self.mode = mode
+        self.send = send
+        self.epilog = epilog
+        self.steps: dict[tuple[int, int], StepRun] = {}
+        self.children: dict[int, Callable[[int], None]] = {}  # pid -> on exit(status)
+        self.ended: dict[tuple[int, int], dict[str, Any]] = {}  # reports kept until the job is released
+        self.released: dict[int, float] = {}  # recently released jobs
+        self.releasing: set[int] = set()
+        os.makedirs(os.path.join(state_dir, "steps"), exist_ok=True)
+        os.makedirs(os.path.join(state_dir, "scripts"), mode=0o755, exist_ok=True)
+        os.chmod(state_dir, 0o755)
+        os.chmod(os.path.join(state_dir, "scripts"), 0o755)
+
+    # ------------------------------------------------------------ reaping
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            cb = self.children.pop(pid, None)
+            if cb is not None:
+                try:
+                    cb(status)
+                except Exception:
+                    log.exception("exit callback for pid %d failed", pid)
+
+    # ------------------------------------------------------------ launch
+
+    def launch(self, msg: m.LaunchStep) -> None:
+        key = (msg.job_id, msg.step_id)
+        if key in self.steps or key in self.ended or msg.job_id in self.released:
+            log.info("launch of %d.%d already done: ignored", *key)
+            return
+        spec = msg.spec
+        cg = cgmod.StepCgroup(self.scope, msg.job_id, msg.step_id, self.mode)
+        run = StepRun(msg.job_id, msg.step_id, spec, cg, start=time.time())
+        self.steps[key] = run
+        try:
+            cg.create(spec.get("memory") or None)
+            argv = list(spec.get("argv") or [])
+            if spec.get("script"):
+                argv = [self._write_script(msg.job_id, spec)]
+            self._save(run)
+            pid = spawn(
+                cg, argv, uid=int(spec["uid"]), gid=int(spec["gid"]), user=str(spec["user"]),
+                cwd=str(spec.get("cwd") or "/"), env=dict(spec.get("env") or {}),
+                stdout=str(spec.get("stdout") or "/dev/null"), stderr=str(spec.get("stderr") or spec.get("stdout") or "/dev/null"),
+            )  # fmt: skip
+        except Exception as e:
+            log.error("launch of %d.%d failed: %s", msg.job_id, msg.step_id, e)
+            run.status = 127 << 8
+            self._report(run, "LAUNCH_FAILED")
+            return
+        run.pid = pid
+        self.children[pid] = lambda status, r=run: self._main_exited(r, status)
+        self.send(m.StepStarted(msg.job_id, msg.step_id, pid))
+        if spec.get("time_limit"):
+            loop = asyncio.get_running_loop()
+            run.timer = loop.call_later(float(spec["time_limit"]), self._timeout, run)
+
+    def _write_script(self, job_id: int, spec: dict[str, Any]) -> str:
+        path = os.path.join(self.state_dir, "scripts", f"job_{job_id}.sh")
+        script = spec["script"]
+        if not script.startswith("#!"):
+            script = "#!/bin/sh\n" + script
+        with open(path, "w") as f:
+            f.write(script)
+        os.chmod(path, 0o755)
+        return path
+
+    def _save(self, run: StepRun) -> None:
+        path = os.path.join(self.state_dir, "steps", f"{run.job_id}.{run.step_id}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump({"job_id": run.job_id, "step_id": run.step_id, "spec": run.spec, "start": run.start}, f)
+        os.replace(path + ".tmp", path)
+        self.write_users()
+
+    def adopt(self) -> None:
+        """After a restart: take back every step whose cgroup still exists."""
+        for job_id, step_id in cgmod.existing_steps(self.scope, self.mode):
+            path = os.path.join(self.state_dir, "steps", f"{job_id}.{step_id}.json")
+            try:
+                with open(path) as f:
+                    spec = json.load(f)["spec"]
+            except (OSError, ValueError, KeyError):
+                spec = {}
+            cg = cgmod.StepCgroup(self.scope, job_id, step_id, self.mode)
+            run = StepRun(job_id, step_id, spec, cg, adopted=True)
+            self.steps[(job_id, step_id)] = run
+            log.info("adopted step %d.%d (%d processes)", job_id, step_id, len(cg.pids()))
+            asyncio.ensure_future(self._watch_adopted(run))
+        self.write_users()
+
+    async def _watch_adopted(self, run: StepRun) -> None:
+        # not our child: we cannot wait() for it; its cgroup emptying is the end
+        while not run.cg.empty():
+            await asyncio.sleep(0.5 if not run.killing else POLL)
+        if not run.reported:
+            if run.status is None:
+                run.status = 255 << 8
+            self._report(run, run.kill_reason or "LOST")
+
+    # ------------------------------------------------------------ ends
+
+    def _main_exited(self, run: StepRun, status: int) -> None:
+        run.status = status
+        if run.timer:
+            run.timer.cancel()
+        asyncio.ensure_future(self._finish(run))
+
+    async def _finish(self, run: StepRun) -> None:
+        """The main process is gone: kill what it left behind, then report."""
+        if not run.cg.empty():
+            run.cg.kill()
+            ok = await self._wait_empty(run, 5.0)
+            if not ok:
+                log.error("step %d.%d: processes survive cgroup kill", run.job_id, run.step_id)
+        reason = run.kill_reason
+        if not reason and run.cg.oom_killed():
+            reason = "OUT_OF_MEMORY"
+        self._report(run, reason)
+
+    def _report(self, run: StepRun, reason: str) -> None:
+        if run.reported:
+            return
+        run.reported = True
+        status = run.status if run.status is not None else 0
+        if os.WIFSIGNALED(status):
+            code, sig = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+        else:
+            code, sig = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0, 0
+        if reason == "CANCELLED_STEP":
+            reason = "CANCELLED"
+        body = {"job_id": run.job_id, "step_id": run.step_id, "exit_code": code, "signal": sig, "reason": reason}
+        self.ended[(run.job_id, run.step_id)] = body
+        self.steps.pop((run.job_id, run.step_id), None)
+        run.cg.remove()
+        try:
+            os.unlink(os.path.join(self.state_dir, "steps", f"{run.job_id}.{run.step_id}.json"))
+        except OSError:
+            pass
+        self.write_users()
+        run.done.set()
+        self.send(m.StepEnded(**body))
+
+    def _timeout(self, run: StepRun) -> None:
+        if not run.reported and not run.killing:
+            log.info("step %d.%d exceeded its time limit", run.job_id, run.step_id)
+            self._write_banner(run, f"*** JOB {run.job_id} CANCELLED AT {_now()} DUE TO TIME LIMIT ***")
+            asyncio.ensure_future(self._kill_step(run, 0.0, "TIMEOUT"))
+
+    # ------------------------------------------------------------ kill
+
+    async def _wait_empty(self, run: StepRun, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not run.cg.empty():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(POLL)
+        return True
+
+    async def _kill_step(self, run: StepRun, grace: float, reason: str) -> bool:
+        """SIGCONT, SIGTERM, grace, SIGKILL through the cgroup; retry; True if empty."""
+        if run.killing:
+            if grace == 0:
+                run.cg.kill()  # escalation of a graceful kill in progress
+            await run.done.wait()
+            return True
+        run.killing = True
+        run.kill_reason = reason
+        run.cg.thaw()
+        run.cg.signal(signal.SIGCONT)
+        if grace > 0:
+            run.cg.signal(signal.SIGTERM)
+            await self._wait_empty(run, grace)
+        for _ in range(KILL_RETRIES):
+            if run.cg.empty():
+                break
+            run.cg.kill()
+            if await self._wait_empty(run, 0.5):
+                break
+        empty = run.cg.empty()
+        if run.adopted or run.pid == 0:
+            if empty:
+                self._report(run, reason)
+        else:
+            try:
+                await asyncio.wait_for(run.done.wait(), 5.0 if empty else 0.1)
+            except TimeoutError:
+                pass
+        return empty
+
+    async def kill_job(self, msg: m.KillJob) -> None:
+        runs = [r for (j, s), r in list(self.steps.items()) if j == msg.job_id and (msg.step_id is None or s == msg.step_id)]
+        grace = 0.0 if msg.force else msg.grace
+        if msg.banner:
+            for r in runs:
+                self._write_banner(r, msg.banner)
+        reason = "CANCELLED" if msg.reason == "CANCELLED" else ""
+        results = await asyncio.gather(*(self._kill_step(r, grace, reason) for r in runs))
+        failed = not all(results)
+        if msg.step_id is not None:
+            return
+        if msg.job_id in self.releasing:
+            return
+        self.releasing.add(msg.job_id)
+        try:
+            ok = True
+            if self.epilog and not msg.force and msg.job_id not in self.released:
+                ok = await self.run_epilog(msg.env or {"CRANE_JOB_ID": str(msg.job_id)})
+            cgmod.remove_job(self.scope, msg.job_id, self.mode)
+            for key in [k for k in self.ended if k[0] == msg.job_id]:
+                del self.ended[key]
+            self.released[msg.job_id] = time.time()
+            if len(self.released) > 10_000:
+                for j in sorted(self.released, key=self.released.__getitem__)[:5_000]:
+                    del self.released[j]
+            try:
+                os.unlink(os.path.join(self.state_dir, "scripts", f"job_{msg.job_id}.sh"))
+            except OSError:
+                pass
+            self.send(m.JobReleased(msg.job_id, ok, failed))
+        finally:
+            self.releasing.discard(msg.job_id)
+
+    def _write_banner(self, run: StepRun, text: str) -> None:
+        path = run.spec.get("stderr")
+        if not path:
+            return
+        try:
+            with open(path, "a") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            log.info("cannot write banner to %s: %s", path, e)
+
+    async def run_epilog(self, env: dict[str, str]) -> bool:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        full = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env, "CRANE_NODE": self.node}
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.error("epilog fork failed: %s", e)
+            return False
+        if pid == 0:  # child
+            try:
+                os.setsid()
+                os.execve(self.epilog, [self.epilog], full)
+            finally:
+                os._exit(127)
+        self.children[pid] = lambda st: fut.done() or fut.set_result(st)
+        try:
+            status = await asyncio.wait_for(fut, 120)
+        except TimeoutError:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            log.error("epilog timed out")
+            return False
+        ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        if not ok:
+            log.error("epilog failed with status %d", status)
+        return ok
+
+    # ------------------------------------------------------------ signal / suspend
+
+    def signal_job(self, msg: m.SignalJob) -> None:
+        for (j, s), r in self.steps.items():
+            if j == msg.job_id and (msg.step_id is None or s == msg.step_id):
+                r.cg.signal(msg.signal)
+
+    def suspend_job(self, msg: m.SuspendJob) -> None:
+        for (j, _s), r in self.steps.items():
+            if j == msg.job_id:
+                if msg.suspend:
+                    r.cg.freeze()
+                else:
+                    r.cg.thaw()
+
+    # ------------------------------------------------------------ ssh access
+
+    def write_users(self) -> None:
+        """The uids with a running step here, for crane-pam-check."""
+        uids = sorted({int(r.spec["uid"]) for r in self.steps.values() if "uid" in r.spec})
+        path = os.path.join(self.state_dir, "users")
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write("".join(f"{u}\n" for u in uids))
+            os.chmod(path + ".tmp", 0o644)
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            log.warning("cannot write %s: %s", path, e)
+
+    def running(self) -> list[list[int]]:
+        return [[j, s] for (j, s) in self.steps]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,151 @@
+"""cbatch: submit a batch job (a script with #CBATCH lines, or --wrap)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from crane.cli.common import CliError, call, click_main, load_config, print_json
+
+PROG = "cbatch"
+
+
+def script_options(script: str) -> list[str]:
+    """The arguments of the #CBATCH lines at the top of a script (before the
+    first command), as Slurm reads #SBATCH lines."""
+    args: list[str] = []
+    for line in script.splitlines()[1:] if script.startswith("#!") else script.splitlines():
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#CBATCH"):
+            try:
+                args += shlex.split(s[len("#CBATCH") :].split(" #", 1)[0])
+            except ValueError as e:
+                raise CliError(f"bad #CBATCH line {s!r}: {e}") from None
+        elif not s.startswith("#"):
+            break
+    return args
+
+
+def build_spec(o: dict[str, Any], script: str | None, wrap: str | None) -> dict[str, Any]:
+    from crane.ids import expand_nodes, parse_memory, parse_time_limit
+
+    spec: dict[str, Any] = {}
+    if wrap is not None:
+        spec["script"] = "#!/bin/sh\n" + wrap + "\n"
+        spec["name"] = o.get("job_name") or "wrap"
+    else:
+        assert script is not None
+        spec["script"] = script
+    for key, field in (("partition", "partition"), ("qos", "qos"), ("account", "account"),
+                       ("job_name", "name"), ("output", "stdout"), ("error", "stderr")):  # fmt: skip
+        if o.get(key):
+            spec[field] = o[key]
+    if o.get("cpus_per_task") is not None:
+        spec["cpus"] = o["cpus_per_task"]
+    if o.get("nodes") is not None:
+        spec["nnodes"] = o["nodes"]
+    try:
+        if o.get("mem"):
+            spec["memory"] = parse_memory(o["mem"])
+        if o.get("time"):
+            spec["time_limit"] = parse_time_limit(o["time"])
+        if o.get("nodelist"):
+            spec["nodelist"] = expand_nodes(o["nodelist"])
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if o.get("exclusive"):
+        spec["exclusive"] = True
+    if o.get("hold"):
+        spec["hold"] = True
+    cwd = o.get("chdir") or os.getcwd()
+    spec["cwd"] = os.path.abspath(cwd)
+    for k in ("stdout", "stderr"):
+        if k in spec and not os.path.isabs(spec[k]):
+            spec[k] = os.path.join(spec["cwd"], spec[k])
+    if o.get("export_env", True):
+        spec["env"] = {k: v for k, v in os.environ.items() if not k.startswith("CRANE_")}
+    return spec
+
+
+OPTIONS = [
+    click.option("-p", "--partition"),
+    click.option("-q", "--qos"),
+    click.option("-A", "--account"),
+    click.option("-J", "--job-name"),
+    click.option("-N", "--nodes", type=click.IntRange(1, 10_000)),
+    click.option("-c", "--cpus-per-task", type=click.IntRange(1, 100_000)),
+    click.option("--mem"),
+    click.option("-t", "--time"),
+    click.option("-w", "--nodelist"),
+    click.option("--exclusive", is_flag=True, default=None),
+    click.option("-o", "--output"),
+    click.option("-e", "--error"),
+    click.option("-D", "--chdir"),
+    click.option("-H", "--hold", is_flag=True, default=None),
+]
+
+
+def _parse_script_args(args: list[str]) -> dict[str, Any]:
+    """Parse #CBATCH arguments with the same options as the command line."""
+    sub = click.Command("cbatch-script", params=[], callback=lambda **kw: kw)
+    for opt in OPTIONS:
+        opt(sub)
+    try:
+        return sub.main(args, standalone_mode=False)  # type: ignore[no-any-return]
+    except click.UsageError as e:
+        raise CliError(f"in #CBATCH lines: {e.format_message()}") from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("script", required=False, type=click.Path(dir_okay=False))
+@click.option("--wrap", help="run COMMAND as the job's script")
+@click.option("--repeat", type=click.IntRange(1, 1_000_000), default=1, help="submit N identical jobs")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-C", "--config")
+def command(script: str | None, wrap: str | None, repeat: int, as_json: bool, config: str | None, **opts: Any) -> int:
+    """Submit a batch job."""
+    if (script is None) == (wrap is None):
+        raise CliError("give a script or --wrap COMMAND (not both)")
+    text = None
+    if script is not None:
+        try:
+            with open(script) if script != "-" else sys.stdin as f:
+                text = f.read()
+        except OSError as e:
+            raise CliError(f"cannot read {script}: {e.strerror}") from None
+        if not text.strip():
+            raise CliError(f"{script} is empty")
+        merged = _parse_script_args(script_options(text))
+        for k, v in opts.items():
+            if v is not None:
+                merged[k] = v
+        opts = merged
+        if not opts.get("job_name"):
+            opts["job_name"] = os.path.basename(script)
+    spec = build_spec(opts, text, wrap)
+    from crane import messages as m
+
+    cfg = load_config(config)
+    data = call(cfg, m.SubmitJob(spec, repeat), timeout=120)
+    ids = data["job_ids"]
+    if as_json:
+        print_json({"job_id": ids[0]} if repeat == 1 else {"job_ids": ids})
+    elif repeat == 1:
+        print(f"Job id allocated: {ids[0]}.")
+    else:
+        print(f"Job ids allocated: {ids[0]}-{ids[-1]}.")
+    return 0
+
+
+for _opt in OPTIONS:
+    command = _opt(command)
+
+
+def main() -> None:
+    click_main(command, PROG)

@@ -1,0 +1,228 @@
+"""ccancel: cancel jobs and steps by id or by filters (SPEC §5).
+
+One request carries the whole selection; the controller selects, checks
+permissions per job and answers once every cancel is on disk. ``--wait``
+then blocks until every selected job is terminal and its processes are gone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from crane.cli.common import (
+    EXIT_ARGS,
+    EXIT_PARTIAL,
+    CliError,
+    call,
+    click_main,
+    load_config,
+    print_json,
+)
+
+PROG = "ccancel"
+
+
+def parse_selection(ids: str | None, o: dict[str, Any]) -> tuple[list[list[int | None]], dict[str, Any]]:
+    from crane.ids import IdListError, expand_nodes, parse_id_list, parse_state_filter
+
+    parsed: list[list[int | None]] = []
+    if ids is not None:
+        try:
+            parsed = [[j, s] for j, s in parse_id_list(ids)]
+        except IdListError as e:
+            raise CliError(str(e), EXIT_ARGS) from None
+    filters: dict[str, Any] = {}
+    for key in ("name", "user", "account", "partition", "qos"):
+        if o.get(key) is not None:
+            filters[key] = o[key]
+    if o.get("state") is not None:
+        try:
+            filters["states"] = sorted(str(s) for s in parse_state_filter(o["state"]))
+        except ValueError as e:
+            raise CliError(str(e), EXIT_ARGS) from None
+    if o.get("nodes") is not None:
+        try:
+            filters["nodes"] = expand_nodes(o["nodes"])
+        except ValueError as e:
+            raise CliError(str(e), EXIT_ARGS) from None
+    if not parsed and not filters:
+        raise CliError("at least one job id or filter is required", EXIT_ARGS)
+    return parsed, filters
+
+
+def check_combinations(o: dict[str, Any]) -> None:
+    if o["force"] and o["graceful"]:
+        raise CliError("--force and --graceful cannot be used together")
+    if o["signal"] is not None and (o["graceful"] or o["end_state"] is not None):
+        raise CliError("--signal cannot be combined with --graceful or --end-state")
+    if o["signal"] is not None and o["force"]:
+        raise CliError("--signal cannot be combined with --force")
+    if o["message"] is not None and len(o["message"]) > 320:
+        raise CliError("--message is longer than 320 characters")
+    if o["grace"] is not None and o["force"]:
+        raise CliError("--grace cannot be combined with --force")
+
+
+def format_result(res: dict[str, Any], quiet: bool, signal_name: str | None) -> list[str]:
+    from crane.ids import format_ids
+
+    lines: list[str] = []
+    whole = [c["job_id"] for c in res["cancelled"] if not c["steps"]]
+    if whole and not quiet:
+        if signal_name:
+            lines.append(f"Signal {signal_name} sent to job {format_ids(whole)}.")
+        else:
+            lines.append(f"Job {format_ids(whole)} cancelled successfully.")
+    for c in res["cancelled"]:
+        for s in c["steps"]:
+            if not quiet:
+                verb = f"Signal {signal_name} sent to" if signal_name else "cancelled successfully"
+                lines.append(f"{verb} step {c['job_id']}.{s}." if signal_name else f"Step {c['job_id']}.{s} {verb}.")
+    for f in res["not_cancelled"]:
+        kind, ident = ("step", f"{f['job_id']}.{f['step_id']}") if f["step_id"] else ("job", str(f["job_id"]))
+        lines.append(f"Failed to cancel {kind}: {ident}. Reason: {f['reason']}.")
+    return lines
+
+
+def wait_terminal(cfg: Any, job_ids: list[int], progress: bool) -> None:
+    from crane import messages as m
+
+    if not progress:
+        call(cfg, m.WaitJobs(job_ids), timeout=0)
+        return
+    # a progress bar on a terminal: poll the queue, then confirm with WaitJobs
+    total = len(job_ids)
+    wanted = set(job_ids)
+    while True:
+        data = call(cfg, m.QueryJobs({"jobs": sorted(wanted)}))
+        left = len(data["jobs"])
+        done = total - left
+        bar = "#" * (30 * done // total)
+        sys.stderr.write(f"\rccancel: waiting [{bar:<30}] {done}/{total}")
+        sys.stderr.flush()
+        if left == 0:
+            break
+        time.sleep(0.2)  # a progress display refresh, not a wait for a condition
+    sys.stderr.write("\n")
+    call(cfg, m.WaitJobs(job_ids), timeout=0)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job_ids", required=False)
+@click.option("-n", "--name")
+@click.option("-u", "--user")
+@click.option("-A", "--account")
+@click.option("-p", "--partition")
+@click.option("-q", "--qos")
+@click.option("-t", "--state")
+@click.option("-w", "--nodes")
+@click.option("-s", "--signal", "signal_")
+@click.option("--force", is_flag=True)
+@click.option("--graceful", is_flag=True)
+@click.option("--grace", type=click.FloatRange(0, 86400))
+@click.option("-m", "--message")
+@click.option("--end-state", type=click.Choice(["CANCELLED", "FINISHED"], case_sensitive=False))
+@click.option("--dry-run", "--whatif", "dry_run", is_flag=True)
+@click.option("-i", "--interactive", "--confirm", "interactive", is_flag=True)
+@click.option("--wait", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-C", "--config")
+@click.option("-v", "--verbose", is_flag=True)
+@click.option("-Q", "--quiet", is_flag=True)
+@click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
+def command(job_ids: str | None, **o: Any) -> int:
+    """Cancel jobs or steps: JOB_ID[.STEP_ID][,JOB_ID[.STEP_ID]...] and/or filters."""
+    from crane import messages as m
+
+    o["signal"] = o.pop("signal_")
+    check_combinations(o)
+    ids, filters = parse_selection(job_ids, o)
+    signo = None
+    if o["signal"] is not None:
+        from crane.ids import parse_signal
+
+        try:
+            signo = parse_signal(o["signal"])
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    verbose = o["verbose"] and not o["quiet"]
+    cfg = load_config(o["config"])
+    req = m.Cancel(
+        ids=ids, filters=filters, signal=signo, force=o["force"], graceful=o["graceful"],
+        grace=o["grace"], message=o["message"] or "",
+        end_state=(o["end_state"] or "CANCELLED").upper(), dry_run=o["dry_run"] or o["interactive"],
+    )  # fmt: skip
+    if verbose:
+        print(f"ccancel: selecting ids={job_ids or '-'} filters={filters}", file=sys.stderr)
+    t0 = time.monotonic()
+    res = call(cfg, req)
+    if o["interactive"] and not o["dry_run"]:
+        res = _confirm(cfg, req, res)
+    if req.dry_run:
+        return _print_dry_run(res, o["as_json"])
+    if verbose:
+        print(f"ccancel: controller answered in {1000 * (time.monotonic() - t0):.1f} ms "
+              "(every cancel is on disk)", file=sys.stderr)  # fmt: skip
+    if o["wait"] and res["cancelled"]:
+        jobs = [c["job_id"] for c in res["cancelled"] if not c["steps"]]
+        steps = [c for c in res["cancelled"] if c["steps"]]
+        if jobs:
+            wait_terminal(cfg, jobs, sys.stderr.isatty() and len(jobs) > 5 and not o["quiet"])
+        for c in steps:
+            for s in c["steps"]:
+                call(cfg, m.WaitStep(c["job_id"], s), timeout=0)
+        if verbose:
+            print(f"ccancel: all selected jobs terminal after {1000 * (time.monotonic() - t0):.1f} ms",
+                  file=sys.stderr)  # fmt: skip
+    if o["as_json"]:
+        print_json({"cancelled": res["cancelled"], "not_cancelled": res["not_cancelled"], "dry_run": False})
+    else:
+        for line in format_result(res, o["quiet"], o["signal"] and o["signal"].upper()):
+            print(line)
+    return EXIT_PARTIAL if res["not_cancelled"] else 0
+
+
+def _print_dry_run(res: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print_json({
+            "cancelled": [{"job_id": j["job_id"], "steps": []} for j in res["would_cancel"]]
+            + [{"job_id": s["job_id"], "steps": [s["step_id"]]} for s in res["would_cancel_steps"]],
+            "not_cancelled": res["not_cancelled"], "dry_run": True,
+        })  # fmt: skip
+    else:
+        for j in res["would_cancel"]:
+            print(f"Would cancel job {j['job_id']} (name={j['name']}, partition={j['partition']}, state={j['state']}).")
+        for s in res["would_cancel_steps"]:
+            print(f"Would cancel step {s['job_id']}.{s['step_id']} (name={s['name']}, partition={s['partition']}, state={s['state']}).")
+        for line in format_result({"cancelled": [], "not_cancelled": res["not_cancelled"]}, True, None):
+            print(line)
+    return EXIT_PARTIAL if res["not_cancelled"] else 0
+
+
+def _confirm(cfg: Any, req: Any, res: dict[str, Any]) -> dict[str, Any]:
+
+    if not sys.stdin.isatty():
+        raise CliError("--interactive needs a terminal")
+    chosen: list[list[int | None]] = []
+    for j in res["would_cancel"]:
+        answer = input(f"Cancel job {j['job_id']} ({j['name']}, {j['partition']})? [y/N] ")
+        if answer.strip().lower() in ("y", "yes"):
+            chosen.append([j["job_id"], None])
+    for s in res["would_cancel_steps"]:
+        answer = input(f"Cancel step {s['job_id']}.{s['step_id']} ({s['name']}, {s['partition']})? [y/N] ")
+        if answer.strip().lower() in ("y", "yes"):
+            chosen.append([s["job_id"], s["step_id"]])
+    if not chosen:
+        return {"cancelled": [], "not_cancelled": res["not_cancelled"], "dry_run": False}
+    req.ids, req.filters, req.dry_run = chosen, {}, False
+    out = call(cfg, req)
+    out["not_cancelled"] = res["not_cancelled"] + out["not_cancelled"]
+    return out
+
+
+def main() -> None:
+    click_main(command, PROG)

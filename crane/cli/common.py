@@ -1,0 +1,97 @@
+"""What every CLI shares: exit codes, the one-line error format, finding the
+config, and one request to the controller. Imports are kept lazy so that a
+CLI pays only for what it uses."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from crane import messages as m
+    from crane.config import Config
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_ARGS = 2
+EXIT_UNREACHABLE = 3
+EXIT_PARTIAL = 4
+EXIT_AUTH = 5
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ARGS) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def die(prog: str, message: str, code: int) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def load_config(path: str | None) -> Config:
+    from crane.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as e:
+        raise CliError(str(e), EXIT_INTERNAL) from None
+
+
+def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
+    """One request; returns the Ok payload or raises CliError with the
+    documented exit code."""
+    from crane import messages as mm
+    from crane.transport import Client, Unreachable
+
+    try:
+        client = Client(cfg.cli_address, timeout)
+        reply = client.request(msg)
+    except Unreachable as e:
+        raise CliError(f"cannot reach the controller: {e}", EXIT_UNREACHABLE) from None
+    if isinstance(reply, mm.Error):
+        raise CliError(reply.message, reply.code if 1 <= reply.code <= 5 else EXIT_INTERNAL)
+    if not isinstance(reply, mm.Ok):
+        raise CliError(f"unexpected reply {reply.TYPE}", EXIT_INTERNAL)
+    return reply.data
+
+
+def run(prog: str, fn: Any, *args: Any, **kw: Any) -> NoReturn:
+    """Run a CLI body; every failure becomes one line on stderr and an exit code."""
+    try:
+        code = fn(*args, **kw)
+    except CliError as e:
+        die(prog, str(e), e.code)
+    except KeyboardInterrupt:
+        die(prog, "interrupted", EXIT_INTERNAL)
+    except BrokenPipeError:
+        sys.exit(EXIT_OK)
+    sys.exit(code or 0)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=False))
+
+
+def click_main(command: Any, prog: str) -> NoReturn:
+    """Run a click command with our error format for usage errors (exit 2)."""
+    import click
+
+    try:
+        rv = command.main(prog_name=prog, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        print(e.format_message() if hasattr(e, "format_message") else str(e))
+        sys.exit(EXIT_ARGS)
+    except click.UsageError as e:
+        die(prog, e.format_message(), EXIT_ARGS)
+    except click.exceptions.Abort:
+        die(prog, "aborted", EXIT_INTERNAL)
+    except CliError as e:
+        die(prog, str(e), e.code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        sys.exit(EXIT_OK)
+    sys.exit(rv or 0)

@@ -1,0 +1,93 @@
+"""crane: the umbrella command. ``crane local up|down|status`` runs a
+one-machine cluster (SPEC §2)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from crane.cli.common import CliError, click_main
+
+PROG = "crane"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
+def command() -> None:
+    """Crane workload manager."""
+
+
+@command.group()
+def local() -> None:
+    """A controller and N node agents on this machine."""
+
+
+@local.command()
+@click.option("--nodes", "-N", type=click.IntRange(1, 512), default=4)
+@click.option("--cpus", type=click.IntRange(1, 4096), default=4)
+@click.option("--memory", default="8G")
+@click.option("--dir", "base", type=click.Path(file_okay=False))
+@click.option("--preempt-mode", type=click.Choice(["CANCEL", "REQUEUE", "SUSPEND", "OFF"], case_sensitive=False), default="CANCEL")
+@click.option("--epilog", type=click.Path(dir_okay=False))
+def up(nodes: int, cpus: int, memory: str, base: str | None, preempt_mode: str, epilog: str | None) -> None:
+    """Start a local cluster and print how to use it."""
+    from crane.local import LocalCluster, default_dir, make_config
+
+    base = os.path.abspath(base or default_dir())
+    lc = LocalCluster(base)
+    if lc.pids():
+        raise CliError(f"a local cluster already runs in {base}: crane local down --dir {base}", 1)
+    extra: dict[str, Any] = {}
+    if preempt_mode.upper() == "OFF":
+        extra["Preempt"] = {"PreemptType": "none", "PreemptMode": "OFF"}
+    else:
+        extra["Preempt"] = {"PreemptType": "qos", "PreemptMode": preempt_mode.upper()}
+    if epilog:
+        extra["Epilog"] = os.path.abspath(epilog)
+    lc.write_config(make_config(base, nodes, cpus, memory, **extra))
+    try:
+        lc.up()
+    except (TimeoutError, RuntimeError) as e:
+        lc.down()
+        raise CliError(str(e), 1) from None
+    print(f"Local cluster up: {nodes} nodes, config {lc.config_path}")
+    print(f"export CRANE_CONF={lc.config_path}")
+
+
+@local.command()
+@click.option("--dir", "base", type=click.Path(file_okay=False))
+def down(base: str | None) -> None:
+    """Cancel every job and stop the local cluster."""
+    from crane.local import LocalCluster, default_dir
+
+    lc = LocalCluster(base or default_dir())
+    if not lc.pids():
+        raise CliError(f"no local cluster in {lc.base}", 1)
+    lc.down()
+    print("Local cluster stopped.")
+
+
+@local.command()
+@click.option("--dir", "base", type=click.Path(file_okay=False))
+def status(base: str | None) -> None:
+    """Show the local cluster's processes and nodes."""
+    from crane.local import LocalCluster, _alive, default_dir
+
+    lc = LocalCluster(base or default_dir())
+    pids = lc.pids()
+    if not pids:
+        raise CliError(f"no local cluster in {lc.base}", 1)
+    for key, pid in sorted(pids.items()):
+        print(f"{key:<20} pid {pid:<8} {'running' if _alive(pid) else 'dead'}")
+    try:
+        for n, st in sorted(lc.nodes_state().items()):
+            print(f"{n:<20} {st}")
+    except CliError as e:
+        print(f"controller: {e}")
+    print(f"export CRANE_CONF={lc.config_path}")
+
+
+def main() -> None:
+    click_main(command, PROG)

@@ -1,0 +1,247 @@
+"""YAML config → a typed, validated Config. Every error names its key, in one line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_PATH = "/etc/crane/config.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class NodeConf:
+    name: str
+    cpus: int
+    memory: int  # bytes
+
+
+@dataclass(slots=True)
+class PartitionConf:
+    name: str
+    nodes: list[str]
+    priority: int = 0
+    grace_time: int = 0
+    preempt_mode: str | None = None
+
+
+@dataclass(slots=True)
+class Config:
+    path: str
+    cluster: str = "crane"
+    control_machine: str = "127.0.0.1"
+    agent_port: int = 10011
+    cli_port: int = 10012
+    base_dir: str = "/var/lib/crane"
+    db_path: str = "cranectld/crane.db"
+    nodes: dict[str, NodeConf] = field(default_factory=dict)
+    partitions: dict[str, PartitionConf] = field(default_factory=dict)
+    default_partition: str = ""
+    preempt_type: str = "none"
+    preempt_mode: str = "OFF"
+    preempt_exempt_time: int = 0
+    kill_wait: float = 0.0
+    auth_type: str = "local"
+    cli_endpoint: str = ""  # ipc path or tcp://host:port; derived when empty
+    agent_endpoint: str = ""
+    craned_timeout: float = 30.0
+    heartbeat_interval: float = 2.0
+    epilog: str = ""
+    prolog: str = ""
+    auto_create_users: bool = False
+    craned_state_dir: str = "craned"
+    log_dir: str = "log"
+
+    def resolve(self, rel: str) -> str:
+        return rel if os.path.isabs(rel) else os.path.join(self.base_dir, rel)
+
+    @property
+    def db_file(self) -> str:
+        return self.resolve(self.db_path)
+
+    @property
+    def cli_address(self) -> str:
+        if self.cli_endpoint:
+            return self.cli_endpoint
+        if self.auth_type == "local":
+            return "ipc://" + self.resolve("cranectld.sock")
+        return f"tcp://{self.control_machine}:{self.cli_port}"
+
+    @property
+    def agent_address(self) -> str:
+        return self.agent_endpoint or f"tcp://{self.control_machine}:{self.agent_port}"
+
+
+_KEYS = {
+    "ClusterName": ("cluster", str),
+    "ControlMachine": ("control_machine", str),
+    "CraneCtldListenPort": ("agent_port", int),
+    "CraneCtldCliPort": ("cli_port", int),
+    "CraneBaseDir": ("base_dir", str),
+    "CraneCtldDbPath": ("db_path", str),
+    "DefaultPartition": ("default_partition", str),
+    "KillWait": ("kill_wait", float),
+    "CliEndpoint": ("cli_endpoint", str),
+    "AgentEndpoint": ("agent_endpoint", str),
+    "CranedTimeout": ("craned_timeout", float),
+    "HeartbeatInterval": ("heartbeat_interval", float),
+    "Epilog": ("epilog", str),
+    "Prolog": ("prolog", str),
+    "AutoCreateUsers": ("auto_create_users", bool),
+    "CranedStateDir": ("craned_state_dir", str),
+    "LogDir": ("log_dir", str),
+    "PreemptExemptTime": ("preempt_exempt_time", int),
+}
+_STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth"}
+PREEMPT_TYPES = ("none", "qos", "partition")
+PREEMPT_MODES = ("OFF", "CANCEL", "REQUEUE", "SUSPEND")
+
+
+def _typed(key: str, value: Any, typ: type) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return float(value)
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return value
+    if typ is str and isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+
+
+def find_path(explicit: str | None) -> str:
+    return explicit or os.environ.get("CRANE_CONF") or DEFAULT_PATH
+
+
+def load(explicit: str | None = None) -> Config:
+    import yaml
+
+    path = find_path(explicit)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path}{where}: not valid YAML") from None
+    return parse(raw, path)
+
+
+def parse(raw: Any, path: str = "<config>") -> Config:
+    from crane.ids import expand_nodes, parse_memory
+
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping")
+    cfg = Config(path=path)
+    for key, value in raw.items():
+        if key in _KEYS:
+            attr, typ = _KEYS[key]
+            setattr(cfg, attr, _typed(key, value, typ))
+        elif key not in _STRUCT_KEYS:
+            raise ConfigError(f"{key}: unknown key")
+    if not os.path.isabs(cfg.base_dir):
+        cfg.base_dir = os.path.abspath(os.path.join(os.path.dirname(path), cfg.base_dir))
+
+    for i, item in enumerate(raw.get("Nodes") or []):
+        where = f"Nodes[{i}]"
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"{where}: needs name, cpu and memory")
+        for k in item:
+            if k not in ("name", "cpu", "memory"):
+                raise ConfigError(f"{where}.{k}: unknown key")
+        try:
+            names = expand_nodes(str(item["name"]))
+        except ValueError as e:
+            raise ConfigError(f"{where}.name: {e}") from None
+        cpus = _typed(f"{where}.cpu", item.get("cpu", 1), int)
+        try:
+            mem = parse_memory(str(item.get("memory", "1G")))
+        except ValueError as e:
+            raise ConfigError(f"{where}.memory: {e}") from None
+        if cpus < 1:
+            raise ConfigError(f"{where}.cpu: must be at least 1")
+        for n in names:
+            if n in cfg.nodes:
+                raise ConfigError(f"{where}.name: node {n} defined twice")
+            cfg.nodes[n] = NodeConf(n, cpus, mem)
+
+    for i, item in enumerate(raw.get("Partitions") or []):
+        where = f"Partitions[{i}]"
+        if not isinstance(item, dict) or "name" not in item or "nodes" not in item:
+            raise ConfigError(f"{where}: needs name and nodes")
+        for k in item:
+            if k not in ("name", "nodes", "priority", "GraceTime", "PreemptMode"):
+                raise ConfigError(f"{where}.{k}: unknown key")
+        try:
+            members = expand_nodes(str(item["nodes"]))
+        except ValueError as e:
+            raise ConfigError(f"{where}.nodes: {e}") from None
+        for n in members:
+            if n not in cfg.nodes:
+                raise ConfigError(f"{where}.nodes: unknown node {n}")
+        mode = item.get("PreemptMode")
+        if mode is not None and str(mode).upper() not in PREEMPT_MODES:
+            raise ConfigError(f"{where}.PreemptMode: must be one of {', '.join(PREEMPT_MODES)}")
+        p = PartitionConf(
+            str(item["name"]),
+            members,
+            _typed(f"{where}.priority", item.get("priority", 0), int),
+            _typed(f"{where}.GraceTime", item.get("GraceTime", 0), int),
+            str(mode).upper() if mode is not None else None,
+        )
+        cfg.partitions[p.name] = p
+    if not cfg.nodes:
+        raise ConfigError("Nodes: at least one node is required")
+    if not cfg.partitions:
+        cfg.partitions["default"] = PartitionConf("default", list(cfg.nodes))
+    if not cfg.default_partition:
+        cfg.default_partition = next(iter(cfg.partitions))
+    elif cfg.default_partition not in cfg.partitions:
+        raise ConfigError(f"DefaultPartition: unknown partition {cfg.default_partition}")
+
+    pre = raw.get("Preempt") or {}
+    if not isinstance(pre, dict):
+        raise ConfigError("Preempt: expected a mapping")
+    for k in pre:
+        if k not in ("PreemptType", "PreemptMode", "PreemptExemptTime"):
+            raise ConfigError(f"Preempt.{k}: unknown key")
+    cfg.preempt_type = str(pre.get("PreemptType", "none")).lower()
+    if cfg.preempt_type not in PREEMPT_TYPES:
+        raise ConfigError("Preempt.PreemptType: must be one of none, qos, partition")
+    default_mode = "OFF" if cfg.preempt_type == "none" else "CANCEL"
+    cfg.preempt_mode = str(pre.get("PreemptMode", default_mode)).upper()
+    if cfg.preempt_mode not in PREEMPT_MODES:
+        raise ConfigError("Preempt.PreemptMode: must be one of OFF, CANCEL, REQUEUE, SUSPEND")
+    if cfg.preempt_type == "none" and cfg.preempt_mode != "OFF":
+        raise ConfigError(
+            f"Preempt.PreemptMode: {cfg.preempt_mode} needs a PreemptType other than none"
+        )
+    if cfg.preempt_type != "none" and cfg.preempt_mode == "OFF":
+        raise ConfigError(f"Preempt.PreemptMode: OFF contradicts PreemptType {cfg.preempt_type}")
+    if "PreemptExemptTime" in pre:
+        cfg.preempt_exempt_time = _typed(
+            "Preempt.PreemptExemptTime", pre["PreemptExemptTime"], int
+        )
+
+    auth = raw.get("Auth") or {}
+    if not isinstance(auth, dict):
+        raise ConfigError("Auth: expected a mapping")
+    for k in auth:
+        if k != "Type":
+            raise ConfigError(f"Auth.{k}: unknown key")
+    cfg.auth_type = str(auth.get("Type", "local")).lower()
+    if cfg.auth_type not in ("local", "munge"):
+        raise ConfigError("Auth.Type: must be local or munge")
+    return cfg

@@ -1,0 +1,324 @@
+"""cranectld: the controller process. Wires the store, the actors and the two
+sockets together, recovers state at start, and runs the event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from crane import messages as m
+from crane import transport
+from crane.accounts import AccountDB, AcctError
+from crane.actors import events as ev
+from crane.actors import preemption
+from crane.actors.base import Actor
+from crane.actors.frontend import Frontend, user_name
+from crane.actors.job import Job, JobActor
+from crane.actors.node import FromAgent, NodeActor, Send, Tick
+from crane.actors.scheduler import Request, Scheduler
+from crane.config import Config, ConfigError, load
+from crane.permissions import Caller, caller_from, may_act_on_job
+from crane.store import Store
+
+log = logging.getLogger("crane.ctld")
+
+
+class Controller:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        Actor.bind_loop(self.loop)
+        self.metrics: collections.Counter[str] = collections.Counter()
+        self.store = Store(cfg.db_file)
+        self.jobs: dict[int, JobActor] = {}
+        self.recent: dict[int, str] = {}  # terminal, not yet committed: id -> state
+        self.waiters: dict[int, list[list[Any]]] = {}
+        self.nodes = {name: NodeActor(name, self) for name in cfg.nodes}
+        self.scheduler = Scheduler(self)
+        self.frontend = Frontend(self)
+        self.next_job_id = 1
+        self.acct = AccountDB.fresh()
+        self.ctx = zmq.Context()
+        self.agent_endpoint: transport.Endpoint
+        self.cli_endpoint: transport.Endpoint
+        self.stopping = asyncio.Event()
+
+    # ------------------------------------------------------------ start / stop
+
+    def recover(self) -> None:
+        next_id, jobs, ents, nodes = self.store.load()
+        self.next_job_id = next_id
+        if ents:
+            self.acct = AccountDB.from_rows((k, d) for k, _n, d in ents)
+        else:
+            for kind, rows in self.acct.to_dict().items():
+                for row in rows:
+                    self.store.put_entity(kind, row["name"], row)
+        for name, data in nodes.items():
+            if name in self.scheduler.ledgers and data.get("drain"):
+                self.scheduler.ledgers[name].drain = True
+                self.scheduler.ledgers[name].reason = data.get("reason", "")
+        actors = []
+        for rec in jobs:
+            job = Job.from_dict(rec)
+            actor = JobActor(job, self)
+            self.jobs[job.id] = actor
+            if job.state in ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"):
+                live = [n for n in job.nodes if n not in job.released]
+                exclusive_mem = job.memory
+                self.scheduler.adopt(job.id, live, job.cpus, exclusive_mem, job.exclusive, job.state == "SUSPENDED")
+            actors.append(actor)
+        for actor in actors:
+            actor.start()
+        log.info("recovered %d active jobs, next job id %d", len(jobs), next_id)
+
+    async def run(self) -> None:
+        self.store.start()
+        self.recover()
+        asock = transport.bind_router(self.ctx, self.cfg.agent_address)
+        asock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable -> error -> node outbox
+        self.agent_endpoint = transport.Endpoint(asock, self.on_agent, self.on_agent_bad, router=True)
+        csock = transport.bind_router(self.ctx, self.cfg.cli_address)
+        self.cli_endpoint = transport.Endpoint(
+            csock, self.on_cli, self.on_cli_bad, router=True, credentials=True
+        )
+        log.info("cranectld up: agents %s, clis %s", self.cfg.agent_address, self.cfg.cli_address)
+        sd_notify("READY=1")
+        ticker = asyncio.ensure_future(self._tick())
+        await self.stopping.wait()
+        ticker.cancel()
+        self.cli_endpoint.close()
+        self.agent_endpoint.close()
+        done = asyncio.Event()
+        self.store.barrier(done.set)
+        try:
+            await asyncio.wait_for(done.wait(), 10)
+        except TimeoutError:
+            log.warning("store did not drain within 10s")
+        self.store.stop()
+        self.ctx.term()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for node in self.nodes.values():
+                node.tell(Tick(now))
+
+    # ------------------------------------------------------------ sockets
+
+    def on_agent(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
+        name = peer.identity.decode(errors="replace")
+        node = self.nodes.get(name)
+        if node is None or (isinstance(msg, m.Register) and msg.node != name):
+            self.metrics["agent_rejected"] += 1
+            self.agent_endpoint.send(peer.identity, m.RegisterAck(False, f"unknown node {name[:64]}"))
+            return
+        self.metrics["agent_msgs"] += 1
+        node.tell(FromAgent(peer.identity, msg))
+
+    def on_agent_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
+        self.metrics["agent_bad_frames"] += 1
+        log.debug("bad agent frame from %r: %s", peer.identity[:32], why)
+
+    def on_cli(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
+        self.metrics["cli_requests"] += 1
+        endpoint = self.cli_endpoint
+
+        def reply(answer: m.Message) -> None:
+            endpoint.send(peer.identity, answer, rid)
+
+        self.frontend.handle(peer, msg, rid, reply)
+
+    def on_cli_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
+        self.metrics["cli_bad_frames"] += 1
+        self.cli_endpoint.send(peer.identity, m.Error(2, f"bad request: {why}"), rid)
+
+    # ------------------------------------------------------------ services for actors
+
+    def to_node(self, node: str, msg: m.Message) -> None:
+        actor = self.nodes.get(node)
+        if actor is not None:
+            actor.tell(Send(msg))
+
+    def job_event(self, job_id: int, event: Any) -> None:
+        actor = self.jobs.get(job_id)
+        if actor is not None:
+            actor.tell(event)
+        elif isinstance(event, ev.Allocated):  # the job ended while being placed
+            for n in event.nodes:
+                self.scheduler.tell(ev.FreeNode(job_id, n))
+
+    def add_job(self, job: Job) -> None:
+        actor = JobActor(job, self)
+        self.jobs[job.id] = actor
+        self.store.put_job(job.to_dict())
+        actor.start()
+
+    def job_terminal(self, actor: JobActor) -> None:
+        job = actor.job
+        self.jobs.pop(job.id, None)
+        self.recent[job.id] = job.state
+        self.metrics["jobs_" + job.state.lower()] += 1
+        for st_id in list(actor.step_waiters or {}):
+            actor._step_done(st_id, job.steps.get(st_id, {"state": job.state}))
+
+        def committed() -> None:
+            self.recent.pop(job.id, None)
+            for w in self.waiters.pop(job.id, []):
+                w[0] -= 1
+                if w[0] == 0:
+                    w[1]()
+
+        self.store.barrier(committed)
+
+    def after_persisted(self, callback: Callable[[], None]) -> None:
+        # queued behind the writes of the actors told just before us
+        self.loop.call_soon(self.store.barrier, callback)
+
+    def wait_jobs(self, job_ids: list[int], callback: Callable[[], None]) -> None:
+        live = [j for j in set(job_ids) if j in self.jobs or j in self.recent]
+        if not live:
+            self.store.barrier(callback)
+            return
+        w = [len(live), callback]
+        for j in live:
+            self.waiters.setdefault(j, []).append(w)
+
+    def finished_state(self, job_id: int) -> str | None:
+        if job_id in self.recent:
+            return self.recent[job_id]
+        rec = self.store.get_job(job_id)
+        return rec["state"] if rec else None
+
+    def job_expected_on(self, job_id: int, node: str) -> bool:
+        a = self.jobs.get(job_id)
+        return a is not None and node in a.job.nodes and node not in a.job.released
+
+    def jobs_on_node(self, node: str) -> list[int]:
+        return [j for j, a in self.jobs.items() if node in a.job.nodes and node not in a.job.released]
+
+    def request_of(self, job: Job) -> Request:
+        return Request(job.id, job.partition, job.cpus, job.memory, job.nnodes, job.exclusive,
+                       list(job.nodelist_req), job.qos, job.priority, job.uid)  # fmt: skip
+
+    # ------------------------------------------------------------ identity and accounts
+
+    def caller(self, uid: int) -> Caller:
+        return caller_from(self.acct, uid, user_name(uid))
+
+    def may_act(self, caller: Caller, job: Job) -> bool:
+        owner = self.acct.users.get(job.user)
+        level = owner.admin_level if owner is not None else "none"
+        if job.uid == 0:
+            level = "admin"
+        ancestors = self.acct.ancestors(job.account) if job.account in self.acct.accounts else []
+        return may_act_on_job(caller, job.uid, level, job.account, ancestors)
+
+    def qos_priority(self, qos: str | None) -> int:
+        q = self.acct.qos.get(qos or "")
+        return q.priority if q is not None else 0
+
+    def accounts_check_submit(self, caller: Caller, spec: dict[str, Any], part: str, repeat: int) -> tuple[str, str | None]:
+        db = self.acct
+        try:
+            if caller.name not in db.users and (self.cfg.auto_create_users or caller.uid == 0):
+                db.ensure_user(caller.name, caller.uid)
+                for kind, name, data in db.last_changes:
+                    self.store.put_entity(kind, name, data)
+            if caller.name not in db.users:
+                raise AcctError(f"User {caller.name} is not registered (ask an admin: cacctmgr add user)")
+            account, qos = db.check_submit(caller.name, spec.get("account"), spec.get("qos"), part)
+            if qos is not None:
+                mine = [a.job for a in self.jobs.values() if a.job.uid == caller.uid and a.job.qos == qos]
+                for i in range(repeat):
+                    db.qos_limits_check(qos, 0, len(mine) + i, spec.get("time_limit"))
+        except AcctError as e:
+            raise ValueError(str(e)) from None
+        return account, qos
+
+    def accounting(self, caller: Caller, op: dict[str, Any], reply: Callable[[m.Message], None]) -> None:
+        from crane.accounting import handle_op
+
+        handle_op(self, caller, op, reply)
+
+    # ------------------------------------------------------------ preemption
+
+    def preemption_enabled(self) -> bool:
+        return self.cfg.preempt_type != "none"
+
+    def try_preempt(self, req: Request, ledgers: dict[str, Any], members: list[str]) -> bool:
+        return preemption.try_preempt(self, req, ledgers, members)
+
+
+def sd_notify(state: str) -> None:
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), path)
+    except OSError as e:
+        log.warning("sd_notify failed: %s", e)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="cranectld", description="Crane controller")
+    ap.add_argument("-C", "--config")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"cranectld: {e}", file=sys.stderr)
+        sys.exit(1)
+    setup_logging(args.verbose)
+    os.makedirs(cfg.base_dir, exist_ok=True)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def amain() -> None:
+        ctl = Controller(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, ctl.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: nothing to re-read yet"))
+        await ctl.run()
+
+    try:
+        asyncio.run(amain())
+    except zmq.ZMQError as e:
+        print(f"cranectld: cannot bind: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        print(f"cranectld: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

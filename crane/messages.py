@@ -1,0 +1,322 @@
+"""Every message that crosses a socket, and its msgpack encoding.
+
+A frame is a msgpack map ``{"v": PROTOCOL_VERSION, "t": TYPE, "rid": INT, "b": {fields}}``.
+``decode`` checks the version, the type name, the field names and each field's
+type against the dataclass annotations, so a handler only ever sees a
+well-formed message. Anything else raises ``BadMessage`` (never another error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from crane import PROTOCOL_VERSION
+
+MAX_FRAME = 4 * 1024 * 1024  # bytes; larger frames are refused before decoding
+MAX_DEPTH = 16
+
+
+class BadMessage(ValueError):
+    """A frame that is not a valid message. The text says why, in one line."""
+
+
+_REGISTRY: dict[str, type[Message]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+class Message:
+    """Base of every wire message; subclasses are slotted dataclasses and
+    register themselves by class name (the wire ``t`` field)."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        cls.TYPE = cls.__name__
+        _REGISTRY[cls.__name__] = cls
+
+
+def _check(value: Any, hint: Any, name: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise BadMessage(f"field {name}: nested too deeply")
+    if hint is Any:
+        return
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for alt in typing.get_args(hint):
+            try:
+                _check(value, alt, name, depth + 1)
+                return
+            except BadMessage:
+                continue
+        raise BadMessage(f"field {name}: wrong type {type(value).__name__}")
+    if hint is type(None):
+        if value is not None:
+            raise BadMessage(f"field {name}: expected nil")
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise BadMessage(f"field {name}: expected a list")
+        (item,) = typing.get_args(hint) or (Any,)
+        for v in value:
+            _check(v, item, name, depth + 1)
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise BadMessage(f"field {name}: expected a map")
+        k, item = typing.get_args(hint) or (Any, Any)
+        for kk, vv in value.items():
+            _check(kk, k, name, depth + 1)
+            _check(vv, item, name, depth + 1)
+        return
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadMessage(f"field {name}: expected a number")
+        return
+    if hint is int and isinstance(value, bool):
+        raise BadMessage(f"field {name}: expected an integer")
+    if hint is list or hint is dict:
+        if not isinstance(value, hint):
+            raise BadMessage(f"field {name}: expected a {hint.__name__}")
+        return
+    if not isinstance(value, hint):
+        raise BadMessage(f"field {name}: expected {getattr(hint, '__name__', hint)}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    h = _HINTS.get(cls)
+    if h is None:
+        h = typing.get_type_hints(cls)
+        h.pop("TYPE", None)
+        _HINTS[cls] = h
+    return h
+
+
+def encode(msg: Message, rid: int = 0) -> bytes:
+    body = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    return msgpack.packb({"v": PROTOCOL_VERSION, "t": msg.TYPE, "rid": rid, "b": body})
+
+
+def decode(frame: bytes) -> tuple[Message, int]:
+    """Return (message, request id) or raise BadMessage."""
+    if len(frame) > MAX_FRAME:
+        raise BadMessage(f"frame too large ({len(frame)} bytes)")
+    try:
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=MAX_FRAME)
+    except Exception as e:  # msgpack raises many types for garbage
+        raise BadMessage(f"not msgpack: {type(e).__name__}") from None
+    if not isinstance(raw, dict):
+        raise BadMessage("frame is not a map")
+    if raw.get("v") != PROTOCOL_VERSION:
+        raise BadMessage(f"unsupported protocol version {raw.get('v')!r}")
+    rid = raw.get("rid", 0)
+    if not isinstance(rid, int) or isinstance(rid, bool):
+        raise BadMessage("request id is not an integer")
+    cls = _REGISTRY.get(raw.get("t")) if isinstance(raw.get("t"), str) else None
+    if cls is None:
+        raise BadMessage(f"unknown message type {str(raw.get('t'))[:40]!r}")
+    body = raw.get("b")
+    if not isinstance(body, dict):
+        raise BadMessage("message body is not a map")
+    hints = _hints(cls)
+    kwargs = {}
+    for name, hint in hints.items():
+        if name in body:
+            _check(body[name], hint, name)
+            kwargs[name] = body[name]
+    unknown = set(body) - set(hints)
+    if unknown:
+        raise BadMessage(f"unknown field {sorted(map(str, unknown))[0][:40]!r}")
+    try:
+        return cls(**kwargs), rid
+    except TypeError:
+        missing = [n for n in hints if n not in body]
+        raise BadMessage(f"missing field {missing[0] if missing else '?'}") from None
+
+
+# ---------------------------------------------------------------- replies
+
+
+@dataclass(slots=True)
+class Error(Message):
+    """Any request can be answered with this. ``code`` is a CLI exit code."""
+
+    code: int
+    message: str
+
+
+@dataclass(slots=True)
+class Ok(Message):
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- CLI -> controller
+
+
+@dataclass(slots=True)
+class SubmitJob(Message):
+    spec: dict[str, Any]
+    repeat: int = 1
+
+
+@dataclass(slots=True)
+class QueryJobs(Message):
+    filters: dict[str, Any] = field(default_factory=dict)
+    history: bool = False  # False: active jobs (cqueue); True: finished jobs (cacct)
+
+
+@dataclass(slots=True)
+class QueryNodes(Message):
+    pass
+
+
+@dataclass(slots=True)
+class Cancel(Message):
+    """One ccancel invocation: selection and how to cancel. Selection is done
+    by the controller in this one request."""
+
+    ids: list[list[int | None]] = field(default_factory=list)  # [[job, step|None], ...]
+    filters: dict[str, Any] = field(default_factory=dict)
+    signal: int | None = None
+    force: bool = False
+    graceful: bool = False
+    grace: float | None = None
+    message: str = ""
+    end_state: str = "CANCELLED"
+    dry_run: bool = False
+
+
+@dataclass(slots=True)
+class WaitJobs(Message):
+    """Reply (Ok) only when every job is terminal and its processes are gone."""
+
+    job_ids: list[int]
+
+
+@dataclass(slots=True)
+class StartStep(Message):
+    """crun: start the job's next step; the reply carries its id."""
+
+    job_id: int
+    argv: list[str]
+    cpus: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+
+
+@dataclass(slots=True)
+class WaitStep(Message):
+    job_id: int
+    step_id: int
+
+
+@dataclass(slots=True)
+class Control(Message):
+    """ccontrol actions other than show: hold, release, requeue, update_node."""
+
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AcctOp(Message):
+    """cacctmgr: one parsed operation (see crane.accounts)."""
+
+    op: dict[str, Any]
+
+
+# ---------------------------------------------------------------- agent -> controller
+
+
+@dataclass(slots=True)
+class Register(Message):
+    node: str
+    cpus: int
+    memory: int
+    # steps the agent already runs (after its own restart): [[job, step], ...]
+    steps: list[list[int]] = field(default_factory=list)
+    # steps that ended while the controller was unreachable: StepEnded bodies
+    ended: list[dict[str, Any]] = field(default_factory=list)
+    cgroup: str = "none"
+
+
+@dataclass(slots=True)
+class Heartbeat(Message):
+    node: str
+
+
+@dataclass(slots=True)
+class StepStarted(Message):
+    job_id: int
+    step_id: int
+    pid: int
+
+
+@dataclass(slots=True)
+class StepEnded(Message):
+    """The step's main process has exited and its cgroup is empty."""
+
+    job_id: int
+    step_id: int
+    exit_code: int
+    signal: int = 0
+    reason: str = ""  # "", TIMEOUT, OUT_OF_MEMORY, CANCELLED, LAUNCH_FAILED, LOST
+
+
+@dataclass(slots=True)
+class JobReleased(Message):
+    """Every step of the job on this node is gone, the epilog ran (unless
+    forced) and the node's share of the job's resources is free."""
+
+    job_id: int
+    epilog_ok: bool = True
+    kill_failed: bool = False
+
+
+# ---------------------------------------------------------------- controller -> agent
+
+
+@dataclass(slots=True)
+class RegisterAck(Message):
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class LaunchStep(Message):
+    job_id: int
+    step_id: int
+    spec: dict[str, Any]  # uid, gid, user, argv, cwd, env, stdout, stderr, cpus, memory, time_limit
+
+
+@dataclass(slots=True)
+class SignalJob(Message):
+    job_id: int
+    step_id: int | None
+    signal: int
+
+
+@dataclass(slots=True)
+class KillJob(Message):
+    """SIGCONT, SIGTERM, then SIGKILL after ``grace`` (0: SIGKILL at once).
+    step_id None: the whole job on this node, then epilog, then JobReleased."""
+
+    job_id: int
+    step_id: int | None = None
+    grace: float = 0.0
+    force: bool = False
+    reason: str = "CANCELLED"
+    banner: str = ""  # last line written to the step's stderr file
+    env: dict[str, str] = field(default_factory=dict)  # for the epilog
+
+
+@dataclass(slots=True)
+class SuspendJob(Message):
+    job_id: int
+    suspend: bool  # True: freeze; False: thaw

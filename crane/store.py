@@ -1,0 +1,202 @@
+"""The controller's durable state: SQLite in WAL mode, written by one thread.
+
+The event loop never touches the disk for writes: it queues operations, and the
+writer thread commits everything queued so far in one transaction (group
+commit). ``barrier(callback)`` calls back on the loop once every operation
+queued before it is committed, which is how "acknowledged means on disk" is
+implemented for submissions and cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger("crane.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    end_time REAL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS entities (
+    kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING")
+
+
+def connect(path: str) -> sqlite3.Connection:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.read = connect(path)  # loop-side reads only
+        self._q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.queued = 0
+        self.committed = 0
+        self.failed = False
+
+    # ------------------------------------------------------------ loading
+
+    def load(self) -> tuple[int, list[dict[str, Any]], list[tuple[str, str, Any]], dict[str, Any]]:
+        """(next job id, active job records, entities, node records)."""
+        cur = self.read.execute("SELECT value FROM meta WHERE key='next_job_id'")
+        row = cur.fetchone()
+        next_id = row[0] if row else 1
+        cur = self.read.execute("SELECT max(id) FROM jobs")
+        top = cur.fetchone()[0]
+        if top is not None:
+            next_id = max(next_id, top + 1)
+        marks = ",".join("?" * len(ACTIVE_STATES))
+        jobs = [
+            unpack(d)
+            for (d,) in self.read.execute(
+                f"SELECT data FROM jobs WHERE state IN ({marks}) ORDER BY id", ACTIVE_STATES
+            )
+        ]
+        ents = [(k, n, unpack(d)) for k, n, d in self.read.execute("SELECT kind, name, data FROM entities")]
+        nodes = {n: unpack(d) for n, d in self.read.execute("SELECT name, data FROM nodes")}
+        return next_id, jobs, ents, nodes
+
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        row = self.read.execute("SELECT data FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return unpack(row[0]) if row else None
+
+    def finished_jobs(self, limit: int = 100_000) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(ACTIVE_STATES))
+        rows = self.read.execute(
+            f"SELECT data FROM jobs WHERE state NOT IN ({marks}) ORDER BY id DESC LIMIT ?",
+            (*ACTIVE_STATES, limit),
+        )
+        return [unpack(d) for (d,) in rows][::-1]
+
+    # ------------------------------------------------------------ writing
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def put_job(self, rec: dict[str, Any]) -> None:
+        # packed here, on the loop, so the writer never sees a record mid-change
+        self._push(("job", (rec["id"], rec["state"], rec["uid"], rec.get("end_time"), pack(rec))))
+
+    def put_next_id(self, next_id: int) -> None:
+        self._push(("meta", ("next_job_id", next_id)))
+
+    def put_entity(self, kind: str, name: str, data: Any | None) -> None:
+        self._push(("entity", (kind, name, data)))
+
+    def put_node(self, name: str, data: dict[str, Any]) -> None:
+        self._push(("node", (name, data)))
+
+    def barrier(self, callback: Callable[[], None]) -> None:
+        self._push(("barrier", callback))
+
+    def _push(self, item: tuple[str, Any]) -> None:
+        self.queued += 1
+        self._q.put(item)
+
+    def stop(self) -> None:
+        if self._thread:
+            self._q.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _writer(self) -> None:
+        conn = connect(self.path)
+        done = False
+        while not done:
+            item = self._q.get()
+            batch = [item]
+            while True:  # group commit: take what is already queued
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+                if len(batch) >= 20_000:
+                    break
+            callbacks = []
+            jobs: dict[int, tuple[Any, ...]] = {}
+            try:
+                conn.execute("BEGIN")
+                for it in batch:
+                    if it is None:
+                        done = True
+                        continue
+                    kind, val = it
+                    if kind == "job":
+                        jobs[val[0]] = val
+                    elif kind == "meta":
+                        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", val)
+                    elif kind == "entity":
+                        k, n, d = val
+                        if d is None:
+                            conn.execute("DELETE FROM entities WHERE kind=? AND name=?", (k, n))
+                        else:
+                            conn.execute("INSERT OR REPLACE INTO entities VALUES (?, ?, ?)", (k, n, pack(d)))
+                    elif kind == "node":
+                        conn.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?)", (val[0], pack(val[1])))
+                    elif kind == "barrier":
+                        callbacks.append(val)
+                if jobs:
+                    conn.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?)", jobs.values())
+                conn.execute("COMMIT")
+                self.committed += len(batch)
+            except Exception:
+                log.exception("store write failed; the controller stops acknowledging")
+                self.failed = True
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                continue  # barriers of a failed batch are never called back
+            if callbacks and self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(_run_all, callbacks)
+                except RuntimeError:  # loop closed at shutdown
+                    pass
+        conn.close()
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:
+            log.exception("store barrier callback failed")

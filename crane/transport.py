@@ -1,0 +1,222 @@
+"""ZeroMQ at the edges: an asyncio drain loop for ROUTER/DEALER sockets, and a
+small blocking client for the CLIs.
+
+The server side does not use zmq.asyncio futures: it registers the socket's FD
+with the event loop and, when woken, takes every message already queued
+without awaiting (the drain pattern), up to a batch, then yields to the loop.
+ROUTER sends never block (unroutable or over-HWM messages are dropped by ZeroMQ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from crane import messages as m
+
+log = logging.getLogger("crane.transport")
+BATCH = 256
+MAX_FRAMES = 4
+
+
+@dataclass(slots=True)
+class Peer:
+    """Who sent a frame: the socket identity, and for ipc connections the
+    kernel-verified uid/gid/pid (from libzmq's Peer-Address property)."""
+
+    identity: bytes
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+
+
+def peer_credentials(frame: zmq.Frame) -> tuple[int | None, int | None, int | None]:
+    try:
+        addr = frame.get("Peer-Address")
+    except (zmq.ZMQError, KeyError):
+        return None, None, None
+    parts = str(addr).split(":")
+    # ipc with SO_PEERCRED: "<something>:<uid>:<gid>:<pid>"
+    if len(parts) >= 4:
+        try:
+            return int(parts[-3]), int(parts[-2]), int(parts[-1])
+        except ValueError:
+            pass
+    return None, None, None
+
+
+Handler = Callable[[Peer, m.Message, int], None]
+
+
+class Endpoint:
+    """One socket on the event loop. ``router``: frames are [identity, payload];
+    otherwise (DEALER) [payload]. ``on_message`` is called synchronously for each
+    decoded message; ``on_bad`` for each malformed frame (it may reply)."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        on_message: Handler,
+        on_bad: Callable[[Peer, str, int], None] | None = None,
+        *,
+        router: bool,
+        credentials: bool = False,
+    ) -> None:
+        self.sock = sock
+        self.router = router
+        self.credentials = credentials
+        self.on_message = on_message
+        self.on_bad = on_bad
+        self.received = 0
+        self.dropped = 0
+        self.sent = 0
+        self._loop = asyncio.get_running_loop()
+        self._pending = False
+        self._closed = False
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._wake)
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._pending and not self._closed:
+            self._pending = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._pending = False
+        if self._closed:
+            return
+        sock = self.sock
+        for _ in range(BATCH):
+            try:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                log.warning("recv failed: %s", e)
+                return
+            self._one(parts)
+        self._wake()  # more may be queued: continue on the next loop turn
+
+    def _one(self, parts: list[zmq.Frame]) -> None:
+        self.received += 1
+        if self.router:
+            if len(parts) != 2:
+                self.dropped += 1
+                if len(parts) >= 1 and len(parts) <= MAX_FRAMES and self.on_bad:
+                    self.on_bad(Peer(parts[0].bytes), f"expected 1 payload frame, got {len(parts) - 1}", 0)
+                return
+            ident, payload = parts[0].bytes, parts[1]
+        else:
+            if len(parts) != 1:
+                self.dropped += 1
+                return
+            ident, payload = b"", parts[0]
+        peer = Peer(ident)
+        if self.credentials:
+            peer.uid, peer.gid, peer.pid = peer_credentials(payload)
+        try:
+            msg, rid = m.decode(payload.bytes)
+        except m.BadMessage as e:
+            self.dropped += 1
+            if self.on_bad:
+                self.on_bad(peer, str(e), 0)
+            return
+        try:
+            self.on_message(peer, msg, rid)
+        except Exception:  # a handler bug must never take the daemon down
+            log.exception("handler failed for %s", msg.TYPE)
+            if self.on_bad:
+                self.on_bad(peer, "internal error", rid)
+
+    def send(self, identity: bytes, msg: m.Message, rid: int = 0) -> bool:
+        data = m.encode(msg, rid)
+        try:
+            if self.router:
+                self.sock.send_multipart([identity, data], zmq.NOBLOCK)
+            else:
+                self.sock.send(data, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        self.sent += 1
+        # A send can consume the FD's edge for pending input: look again.
+        self._wake()
+        return True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            except (zmq.ZMQError, ValueError):
+                pass
+            self.sock.close(linger=0)
+
+
+def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777) -> zmq.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting agent takes its name back
+    sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    if address.startswith("ipc://"):
+        path = address[len("ipc://") :]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)
+    sock.bind(address)
+    if address.startswith("ipc://"):
+        os.chmod(address[len("ipc://") :], mode)
+    return sock
+
+
+class Unreachable(Exception):
+    pass
+
+
+class Client:
+    """Blocking request/reply to the controller's CLI socket."""
+
+    def __init__(self, address: str, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)
+        if address.startswith("ipc://") and not os.path.exists(address[6:]):
+            raise Unreachable(f"controller socket {address[6:]} does not exist")
+        self.sock.connect(address)
+        self._rid = 0
+
+    def request(self, msg: m.Message, timeout: float | None = None) -> m.Message:
+        self._rid += 1
+        rid = self._rid
+        self.sock.send(m.encode(msg, rid))
+        return self.wait_reply(rid, timeout)
+
+    def wait_reply(self, rid: int, timeout: float | None = None) -> m.Message:
+        t = self.timeout if timeout is None else timeout
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        deadline_ms = None if t <= 0 else int(t * 1000)
+        while True:
+            if not poller.poll(deadline_ms):
+                raise Unreachable("timed out waiting for the controller")
+            data = self.sock.recv()
+            try:
+                reply, got = m.decode(data)
+            except m.BadMessage as e:
+                raise Unreachable(f"bad reply from controller: {e}") from None
+            if got == rid:
+                return reply
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
