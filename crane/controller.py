@@ -258,6 +258,10 @@ class Controller:
     def preemption_enabled(self) -> bool:
         return self.cfg.preempt_type != "none"
 
+    def victim_gone(self, job_id: int) -> bool:
+        a = self.jobs.get(job_id)
+        return a is None or a.job.state in ("PENDING", "SUSPENDED")
+
     def try_preempt(self, req: Request, ledgers: dict[str, Any], members: list[str]) -> bool:
         return preemption.try_preempt(self, req, ledgers, members)
 

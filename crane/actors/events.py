@@ -81,6 +81,11 @@ class AgentStepsEv:
 
 
 @dataclass(slots=True)
+class SetReason:
+    reason: str
+
+
+@dataclass(slots=True)
 class ControlEv:
     action: str  # hold | release | requeue | suspend | resume
     reply: asyncio.Future[Any] | None = None

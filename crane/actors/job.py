@@ -297,6 +297,11 @@ class JobMachine:
             ]
         return [ev.Reply(e.reply, m.Error(2, f"unknown action {e.action}"))]
 
+    @handle.register
+    def _(self, e: ev.SetReason, now: float) -> list[Any]:
+        self.job.reason = e.reason
+        return [ev.Persist()]
+
     # ---------------------------------------------------------- node events
 
     @handle.register

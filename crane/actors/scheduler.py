@@ -110,7 +110,8 @@ def place(req: Request, ledgers: dict[str, NodeLedger], members: list[str]) -> l
 
 
 class Scheduler(Actor):
-    __slots__ = ("ctl", "ledgers", "pending", "reasons", "_pass_scheduled", "reserved", "passes")
+    __slots__ = ("ctl", "ledgers", "pending", "reasons", "_pass_scheduled", "reserved",
+                 "reserved_nodes", "lent", "passes")  # fmt: skip
 
     def __init__(self, ctl: Any) -> None:
         super().__init__()
@@ -121,7 +122,9 @@ class Scheduler(Actor):
         }
         self.pending: dict[int, Request] = {}
         self.reasons: dict[int, str] = {}
-        self.reserved: dict[int, list[int]] = {}  # preemptor -> victims still dying
+        self.reserved: dict[int, tuple[list[str], list[int]]] = {}  # preemptor -> (nodes, victims)
+        self.reserved_nodes: dict[str, int] = {}  # node -> preemptor it is kept for
+        self.lent: dict[int, list[int]] = {}  # preemptor -> jobs suspended for it
         self._pass_scheduled = False
         self.passes = 0
 
@@ -137,6 +140,10 @@ class Scheduler(Actor):
             led = self.ledgers.get(msg.node)
             if led is None or not led.give(msg.job_id):
                 return
+            if msg.job_id in self.lent and not any(msg.job_id in x.jobs for x in self.ledgers.values()):
+                for victim in self.lent.pop(msg.job_id):  # the preemptor is done: resume
+                    self._set_suspended(victim, False)
+                    self.ctl.job_event(victim, ev.ControlEv("resume"))
         elif isinstance(msg, ev.NodeStatus):
             led = self.ledgers.get(msg.node)
             if led is None:
@@ -148,21 +155,40 @@ class Scheduler(Actor):
                 led.reason = msg.reason if msg.drain else ""
                 self.ctl.store.put_node(led.name, {"drain": led.drain, "reason": led.reason})
         elif isinstance(msg, ev.Suspended):
-            for led in self.ledgers.values():
-                if msg.job_id in led.jobs:
-                    c, mem, _ = led.jobs[msg.job_id]
-                    if msg.suspended and msg.job_id not in led.suspended:
-                        led.suspended.add(msg.job_id)
-                        led.cpus_free += c
-                        led.mem_free += mem
-                    elif not msg.suspended and msg.job_id in led.suspended:
-                        led.suspended.discard(msg.job_id)
-                        led.cpus_free -= c
-                        led.mem_free -= mem
+            self._set_suspended(msg.job_id, msg.suspended)
         else:
             log.warning("scheduler: unexpected %r", msg)
             return
         self.request_pass()
+
+    def _set_suspended(self, job_id: int, suspended: bool) -> None:
+        """A suspended job keeps its place on its nodes but lends its cpus and memory."""
+        for led in self.ledgers.values():
+            if job_id in led.jobs:
+                c, mem, _ = led.jobs[job_id]
+                if suspended and job_id not in led.suspended:
+                    led.suspended.add(job_id)
+                    led.cpus_free += c
+                    led.mem_free += mem
+                elif not suspended and job_id in led.suspended:
+                    led.suspended.discard(job_id)
+                    led.cpus_free -= c
+                    led.mem_free -= mem
+
+    def reserve(self, preemptor: int, nodes: list[str], victims: list[int]) -> None:
+        self.reserved[preemptor] = (list(nodes), list(victims))
+        for n in nodes:
+            self.reserved_nodes[n] = preemptor
+
+    def lend(self, preemptor: int, victim: int) -> None:
+        self._set_suspended(victim, True)
+        self.lent.setdefault(preemptor, []).append(victim)
+
+    def _unreserve(self, preemptor: int) -> None:
+        nodes, _ = self.reserved.pop(preemptor, ([], []))
+        for n in nodes:
+            if self.reserved_nodes.get(n) == preemptor:
+                del self.reserved_nodes[n]
 
     def request_pass(self) -> None:
         if not self._pass_scheduled:
@@ -178,17 +204,32 @@ class Scheduler(Actor):
         parts = self.ctl.cfg.partitions
         order = sorted(self.pending.values(), key=lambda r: (-r.priority, r.job_id))
         free_cpus = sum(led.cpus_free for led in self.ledgers.values() if led.usable())
+        preempting = self.ctl.preemption_enabled()
         for req in order:
-            if free_cpus <= 0 and not req.exclusive and not self.ctl.preemption_enabled():
+            if req.job_id in self.reserved:
+                rnodes, victims = self.reserved[req.job_id]
+                nodes = place(req, self.ledgers, rnodes)
+                if nodes is not None:
+                    self._allocate(req, nodes)
+                    continue
+                if not all(self.ctl.victim_gone(v) for v in victims):
+                    self.reasons[req.job_id] = "Waiting for preemption"
+                    continue
+                self._unreserve(req.job_id)  # the victims are gone and it still does not fit
+            if free_cpus <= 0 and not preempting:
                 self.reasons[req.job_id] = "Resources"
                 continue
-            if req.job_id in self.reserved:
-                continue  # waiting for its victims to die
             members = parts[req.partition].nodes if req.partition in parts else []
+            if self.reserved_nodes:
+                members = [n for n in members if n not in self.reserved_nodes]
             nodes = place(req, self.ledgers, members)
             if nodes is None:
-                if self.ctl.preemption_enabled() and self.ctl.try_preempt(req, self.ledgers, members):
+                if preempting and self.ctl.try_preempt(req, self.ledgers, members):
                     self.reasons[req.job_id] = "Waiting for preemption"
+                    if req.job_id in self.reserved:  # suspended victims: maybe it fits now
+                        nodes = place(req, self.ledgers, self.reserved[req.job_id][0])
+                        if nodes is not None:
+                            self._allocate(req, nodes)
                 else:
                     self.reasons[req.job_id] = "Resources"
                 continue
@@ -202,7 +243,7 @@ class Scheduler(Actor):
             self.ledgers[n].take(req.job_id, req.cpus, req.memory, req.exclusive)
         del self.pending[req.job_id]
         self.reasons.pop(req.job_id, None)
-        self.reserved.pop(req.job_id, None)
+        self._unreserve(req.job_id)
         self.ctl.job_event(req.job_id, ev.Allocated(nodes, cpus))
 
     # restore allocations of running jobs after a controller restart
