@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from typing import Any
 
 import yaml
@@ -32,7 +33,9 @@ def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G", **
     if nodes > half:
         parts.append({"name": "GPU", "nodes": ",".join(names[half:])})
     cfg: dict[str, Any] = {
-        "ClusterName": "local" + str(os.getpid() % 100000),
+        # unique per base dir: two clusters started by one process must not share
+        # cgroup scopes (crane/<cluster>/<node>), or an agent adopts the other's steps
+        "ClusterName": f"local{os.getpid() % 100000}-{zlib.crc32(os.path.abspath(base).encode()):08x}",
         "ControlMachine": "127.0.0.1",
         "CraneCtldListenPort": free_port(),
         "CraneCtldCliPort": free_port(),

@@ -97,8 +97,9 @@ class Job:
             "script": self.script if step_id == 1 else "",
             "cwd": cwd,
             "env": full_env,
-            "stdout": self.stdout if step_id == 1 else "",
-            "stderr": self.stderr if step_id == 1 else "",
+            # crun steps write into the job's files (no I/O forwarding to crun)
+            "stdout": self.stdout,
+            "stderr": self.stderr,
             "cpus": cpus,
             "memory": self.memory,
             "time_limit": self.time_limit if step_id == 1 else None,

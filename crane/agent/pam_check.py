@@ -77,9 +77,13 @@ def check(user: str, config: str | None = None, node: str | None = None) -> tupl
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog=PROG, description="Allow a login only to users with a running job on this node.")
+    ap = argparse.ArgumentParser(
+        prog=PROG, description="Allow a login only to users with a running job on this node."
+    )
     ap.add_argument("user", nargs="?", help="the user (default: $PAM_USER)")
-    ap.add_argument("-C", "--config", help="config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
+    ap.add_argument(
+        "-C", "--config", help="config file (default: $CRANE_CONF, else /etc/crane/config.yaml)"
+    )
     ap.add_argument("-n", "--node", help="look only at this node's users file")
     args = ap.parse_args(argv)
     # closing a session is never refused (pam_exec in a session stack)

@@ -24,6 +24,11 @@ from crane.agent import cgroup as cgmod
 from crane.agent.launcher import spawn
 
 log = logging.getLogger("craned.steps")
+# The step's main process is a shell that runs the command and records its exit
+# status in a file owned by the job's user: a restarted agent (no longer the
+# parent) still learns how an adopted step ended.
+WRAPPER = '"$@"; rc=$?; echo $rc > "$CRANE_RC_FILE"; exit $rc'
+
 KILL_RETRIES = 10
 POLL = 0.01
 
@@ -98,9 +103,11 @@ class StepManager:
             if spec.get("script"):
                 argv = [self._write_script(msg.job_id, spec)]
             self._save(run)
+            rc_file = self._rc_file(msg.job_id, msg.step_id, int(spec["uid"]), int(spec["gid"]))
+            env = {**dict(spec.get("env") or {}), "CRANE_RC_FILE": rc_file}
             pid = spawn(
-                cg, argv, uid=int(spec["uid"]), gid=int(spec["gid"]), user=str(spec["user"]),
-                cwd=str(spec.get("cwd") or "/"), env=dict(spec.get("env") or {}),
+                cg, ["/bin/sh", "-c", WRAPPER, "crane-step", *argv], uid=int(spec["uid"]),
+                gid=int(spec["gid"]), user=str(spec["user"]), cwd=str(spec.get("cwd") or "/"), env=env,
                 stdout=str(spec.get("stdout") or "/dev/null"), stderr=str(spec.get("stderr") or spec.get("stdout") or "/dev/null"),
             )  # fmt: skip
         except Exception as e:
@@ -114,6 +121,24 @@ class StepManager:
         if spec.get("time_limit"):
             loop = asyncio.get_running_loop()
             run.timer = loop.call_later(float(spec["time_limit"]), self._timeout, run)
+
+    def _rc_file(self, job_id: int, step_id: int, uid: int, gid: int) -> str:
+        path = os.path.join(self.state_dir, "rc", f"{job_id}.{step_id}")
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+        return path
+
+    def _read_rc(self, job_id: int, step_id: int) -> int | None:
+        """The wait status recorded by the wrapper, or None."""
+        try:
+            with open(os.path.join(self.state_dir, "rc", f"{job_id}.{step_id}")) as f:
+                rc = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+        return (rc - 128) if 128 < rc < 128 + 65 else (rc & 0xFF) << 8
 
     def _write_script(self, job_id: int, spec: dict[str, Any]) -> str:
         path = os.path.join(self.state_dir, "scripts", f"job_{job_id}.sh")
@@ -154,12 +179,18 @@ class StepManager:
             await asyncio.sleep(0.5 if not run.killing else POLL)
         if not run.reported:
             if run.status is None:
+                run.status = self._read_rc(run.job_id, run.step_id)
+            if run.status is None:  # ended without a trace while we were away
                 run.status = 255 << 8
-            self._report(run, run.kill_reason or "LOST")
+                self._report(run, run.kill_reason or "LOST")
+            else:
+                self._report(run, run.kill_reason)
 
     # ------------------------------------------------------------ ends
 
     def _main_exited(self, run: StepRun, status: int) -> None:
+        if os.WIFEXITED(status) and 128 < os.WEXITSTATUS(status) < 128 + 65:
+            status = os.WEXITSTATUS(status) - 128  # the wrapped command died of a signal
         run.status = status
         if run.timer:
             run.timer.cancel()
@@ -192,10 +223,11 @@ class StepManager:
         self.ended[(run.job_id, run.step_id)] = body
         self.steps.pop((run.job_id, run.step_id), None)
         run.cg.remove()
-        try:
-            os.unlink(os.path.join(self.state_dir, "steps", f"{run.job_id}.{run.step_id}.json"))
-        except OSError:
-            pass
+        for path in (f"steps/{run.job_id}.{run.step_id}.json", f"rc/{run.job_id}.{run.step_id}"):
+            try:
+                os.unlink(os.path.join(self.state_dir, path))
+            except OSError:
+                pass
         self.write_users()
         run.done.set()
         self.send(m.StepEnded(**body))

@@ -69,7 +69,7 @@ def build_spec(o: dict[str, Any], script: str | None, wrap: str | None) -> dict[
         if k in spec and not os.path.isabs(spec[k]):
             spec[k] = os.path.join(spec["cwd"], spec[k])
     if o.get("export_env", True):
-        spec["env"] = {k: v for k, v in os.environ.items() if not k.startswith("CRANE_")}
+        spec["env"] = {k: v for k, v in os.environ.items() if k == "CRANE_CONF" or not k.startswith("CRANE_")}
     return spec
 
 

@@ -14,7 +14,8 @@ from crane.cli.common import CliError, call, click_main, load_config
 PROG = "crun"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
+                                "allow_interspersed_args": False})
 @click.option("-c", "--cpus-per-task", type=click.IntRange(1, 100_000), default=1)
 @click.option("-j", "--jobid", type=int, help="the allocation (default: $CRANE_JOB_ID)")
 @click.option("-C", "--config")

@@ -1,0 +1,308 @@
+"""ccontrol: show jobs, nodes and partitions; drain/resume nodes; hold,
+release, requeue, suspend and resume jobs (SPEC §7), like scontrol::
+
+    ccontrol show job [N[,N]] | show node [NAME] | show partition [NAME]
+    ccontrol update NodeName=X State=DRAIN|RESUME [Reason=TEXT]
+    ccontrol hold|release|requeue|suspend|resume N[,N]
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from crane.cli.common import (
+    EXIT_ARGS,
+    EXIT_INTERNAL,
+    CliError,
+    call,
+    click_main,
+    load_config,
+    print_json,
+)
+
+PROG = "ccontrol"
+
+JOB_ACTIONS = ("hold", "release", "requeue", "suspend", "resume")
+USAGE = (
+    "use: show job [ID] | show node [NAME] | show partition [NAME] | "
+    "update NodeName=X State=DRAIN|RESUME [Reason=TEXT] | hold|release|requeue|suspend|resume ID[,ID]"
+)
+ENTITIES = {
+    "job": "job", "jobs": "job", "jobid": "job",
+    "node": "node", "nodes": "node", "nodename": "node",
+    "partition": "partition", "partitions": "partition", "partitionname": "partition",
+}  # fmt: skip
+
+
+def _v(x: Any, none: str = "None") -> str:
+    return none if x is None or x == "" or x == [] else str(x)
+
+
+def _bool(x: Any) -> str:
+    return "yes" if x else "no"
+
+
+# --------------------------------------------------------------------------- show
+
+
+def format_job(j: dict[str, Any], now: float) -> str:
+    from crane.cli.cqueue import elapsed, fmt_time, nodelist
+    from crane.ids import format_duration, format_memory
+
+    lines = [
+        f"JobId={j['job_id']} JobName={j['name']}",
+        f"UserId={j['user']}({j['uid']}) Account={_v(j.get('account'))} QOS={_v(j.get('qos'))}",
+        f"JobState={j['state']} Reason={_v(j.get('reason'))}",
+        f"Priority={_v(j.get('priority'), '0')} Held={_bool(j.get('held'))} "
+        f"Exclusive={_bool(j.get('exclusive'))} RequeueCount={j.get('requeue_count') or 0} "
+        f"ExitCode={j.get('exit_code') or 0}:{j.get('exit_signal') or 0}",
+        f"RunTime={format_duration(elapsed(j.get('start_time'), j.get('end_time'), now))} "
+        f"TimeLimit={format_duration(j.get('time_limit'))}",
+        f"SubmitTime={fmt_time(j.get('submit_time'))} StartTime={fmt_time(j.get('start_time'))} "
+        f"EndTime={fmt_time(j.get('end_time'))}",
+        f"Partition={j['partition']} NodeList={nodelist(j) or 'None'} NumNodes={j.get('num_nodes')} "
+        f"NumCPUs={j.get('cpus')} Memory={format_memory(int(j.get('memory') or 0))}",
+        f"WorkDir={_v(j.get('work_dir'))}",
+        f"StdOut={_v(j.get('stdout'))}",
+        f"StdErr={_v(j.get('stderr'))}",
+    ]
+    if j.get("cancelled_by"):
+        lines.append(f"CancelledBy={j['cancelled_by']} CancelPath={_v(j.get('cancel_path'))} "
+                     f"CancelTime={fmt_time(j.get('cancel_time'))}")  # fmt: skip
+        lines.append(f"CancelMessage={_v(j.get('message'))}")
+    steps = j.get("steps") or []
+    if steps:
+        lines.append("Steps:")
+    for s in steps:
+        lines.append(
+            f"  StepId={j['job_id']}.{s['step_id']} State={_v(s.get('state'))} "
+            f"NodeList={_v(s.get('node'))} CPUs={_v(s.get('cpus'))} Pid={_v(s.get('pid'))} "
+            f"StartTime={fmt_time(s.get('start'))} EndTime={fmt_time(s.get('end'))} "
+            f"ExitCode={s.get('exit_code') or 0}:{s.get('signal') or 0}"
+            + (f" CancelledBy={s['cancelled_by']}" if s.get("cancelled_by") else "")
+            + (f" Reason={s['reason']}" if s.get("reason") else "")
+        )
+    return "\n".join(lines[:1] + ["   " + ln for ln in lines[1:]])
+
+
+def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> str:
+    from crane.ids import format_memory
+
+    in_parts = [p["name"] for p in parts if n["name"] in p["nodes"]]
+    lines = [
+        f"NodeName={n['name']} State={n['state']} CPUTot={n['cpus']} CPUAlloc={n['cpus_alloc']} "
+        f"CPUFree={n['cpus_free']}",
+        f"RealMemory={format_memory(int(n['memory']))} FreeMem={format_memory(int(n['mem_free']))}",
+        f"Partitions={_v(','.join(in_parts))}",
+        f"Jobs={_v(','.join(str(x) for x in n.get('jobs') or []))}",
+        f"Cgroup={_v(n.get('cgroup'))}",
+        f"Reason={_v(n.get('reason'))}",
+    ]
+    return "\n".join(lines[:1] + ["   " + ln for ln in lines[1:]])
+
+
+def format_partition(p: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> str:
+    from crane.ids import compress_nodes
+
+    members = [nodes[n] for n in p["nodes"] if n in nodes]
+    counts: dict[str, int] = {}
+    for n in members:
+        counts[n["state"]] = counts.get(n["state"], 0) + 1
+    lines = [
+        f"PartitionName={p['name']} Default={'YES' if p.get('default') else 'NO'} "
+        f"Priority={p.get('priority', 0)} State=UP",
+        f"Nodes={compress_nodes(list(p['nodes']))} TotalNodes={len(p['nodes'])} "
+        f"TotalCPUs={sum(int(n['cpus']) for n in members)} "
+        f"AllocCPUs={sum(int(n['cpus_alloc']) for n in members)}",
+        f"NodeStates={_v(','.join(f'{k}:{v}' for k, v in sorted(counts.items())))}",
+    ]
+    return "\n".join(lines[:1] + ["   " + ln for ln in lines[1:]])
+
+
+def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
+    import time
+
+    from crane import messages as m
+
+    if entity == "job":
+        filters: dict[str, Any] = {}
+        wanted: list[int] = []
+        if name is not None:
+            wanted = parse_job_ids(name)
+            filters["jobs"] = wanted
+        jobs = call(cfg, m.QueryJobs(filters, history=False))["jobs"]
+        if wanted:
+            found = {j["job_id"] for j in jobs}
+            rest = [i for i in wanted if i not in found]
+            if rest:
+                jobs += call(cfg, m.QueryJobs({"jobs": rest}, history=True))["jobs"]
+        jobs.sort(key=lambda j: j["job_id"])
+        missing = [i for i in wanted if i not in {j["job_id"] for j in jobs}]
+        if as_json:
+            print_json({"jobs": jobs})
+        else:
+            now = time.time()
+            print("\n\n".join(format_job(j, now) for j in jobs))
+        if missing:
+            if len(missing) == 1 and not jobs:
+                raise CliError(f"Job {missing[0]} not found", EXIT_INTERNAL)
+            for i in missing:
+                print(f"{PROG}: error: Job {i} not found", file=sys.stderr)
+            return EXIT_INTERNAL
+        return 0
+    data = call(cfg, m.QueryNodes())
+    parts, nodes = data["partitions"], data["nodes"]
+    by_name = {n["name"]: n for n in nodes}
+    if entity == "node":
+        if name is not None:
+            from crane.ids import expand_nodes
+
+            try:
+                names = expand_nodes(name)
+            except ValueError as e:
+                raise CliError(str(e), EXIT_ARGS) from None
+            unknown = [n for n in names if n not in by_name]
+            if unknown:
+                raise CliError(f"Node {','.join(unknown)} not found", EXIT_INTERNAL)
+            nodes = [by_name[n] for n in names]
+        if as_json:
+            print_json({"nodes": nodes})
+        else:
+            print("\n\n".join(format_node(n, parts) for n in nodes))
+        return 0
+    if name is not None:
+        parts = [p for p in parts if p["name"] == name]
+        if not parts:
+            raise CliError(f"Partition {name} not found", EXIT_INTERNAL)
+    if as_json:
+        print_json({"partitions": parts})
+    else:
+        print("\n\n".join(format_partition(p, by_name) for p in parts))
+    return 0
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def parse_job_ids(text: str) -> list[int]:
+    from crane.ids import IdListError, parse_id_list
+
+    try:
+        ids = parse_id_list(text)
+    except IdListError as e:
+        raise CliError(str(e), EXIT_ARGS) from None
+    if any(s is not None for _, s in ids):
+        raise CliError(f'invalid job id list "{text}": step ids are not accepted here', EXIT_ARGS)
+    return [j for j, _ in ids]
+
+
+def parse_kv(args: list[str]) -> dict[str, str]:
+    """``NodeName=x State=DRAIN Reason=under maintenance`` -> lower-case keys;
+    a word without ``=`` continues the previous value (an unquoted reason)."""
+    out: dict[str, str] = {}
+    last = None
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep:
+            if last is None:
+                raise CliError(f'unexpected argument "{a}": use KEY=VALUE', EXIT_ARGS)
+            out[last] += " " + a
+            continue
+        last = key.lower()
+        out[last] = value
+    return out
+
+
+def update(cfg: Any, args: list[str]) -> int:
+    from crane import messages as m
+    from crane.ids import expand_nodes
+
+    kv = parse_kv(args)
+    if "nodename" not in kv:
+        raise CliError(
+            "update: only NodeName=X State=DRAIN|RESUME [Reason=TEXT] is supported", EXIT_ARGS
+        )
+    unknown = set(kv) - {"nodename", "state", "reason"}
+    if unknown:
+        raise CliError(f"update: unknown key {sorted(unknown)[0]}", EXIT_ARGS)
+    state = kv.get("state", "").upper()
+    if state not in ("DRAIN", "RESUME", "IDLE"):
+        raise CliError(
+            f'update: invalid State "{kv.get("state", "")}": use DRAIN or RESUME', EXIT_ARGS
+        )
+    try:
+        names = expand_nodes(kv["nodename"])
+    except ValueError as e:
+        raise CliError(str(e), EXIT_ARGS) from None
+    for node in names:
+        a: dict[str, Any] = {"node": node, "state": state}
+        if kv.get("reason"):
+            a["reason"] = kv["reason"]
+        call(cfg, m.Control("update_node", a))
+    return 0
+
+
+def job_action(cfg: Any, action: str, args: list[str]) -> int:
+    from crane import messages as m
+
+    if len(args) != 1:
+        raise CliError(f"{action}: give one comma-separated list of job ids", EXIT_ARGS)
+    ids = parse_job_ids(args[0])
+    code = 0
+    for job_id in ids:
+        try:
+            call(cfg, m.Control(action, {"job_id": job_id}))
+        except CliError as e:
+            text = str(e) if str(job_id) in str(e) else f"Job {job_id}: {e}"
+            if len(ids) == 1:
+                raise CliError(text, e.code) from None
+            print(f"{PROG}: error: {text}", file=sys.stderr)
+            code = code or e.code
+    return code
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("args", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output for show")
+@click.option("-C", "--config")
+@click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
+def command(args: tuple[str, ...], as_json: bool, config: str | None) -> int:
+    """Show and change jobs, nodes and partitions.
+
+    \b
+    show job [ID[,ID]] | show node [NAME] | show partition [NAME]
+    update NodeName=X State=DRAIN|RESUME [Reason=TEXT]
+    hold|release|requeue|suspend|resume ID[,ID]
+    """
+    verb, rest = args[0].lower(), list(args[1:])
+    if verb == "show":
+        if rest and "=" in rest[0]:  # show job=12, show NodeName=crane01
+            rest = rest[0].split("=", 1) + rest[1:]
+        if not rest or rest[0].lower() not in ENTITIES:
+            raise CliError("show: use show job|node|partition [NAME]", EXIT_ARGS)
+        entity = ENTITIES[rest[0].lower()]
+        if len(rest) > 2:
+            raise CliError(f'show {entity}: unexpected argument "{rest[2]}"', EXIT_ARGS)
+        name = rest[1] if len(rest) == 2 else None
+        if name is not None and entity == "job":
+            parse_job_ids(name)
+        return show(load_config(config), entity, name, as_json)
+    if verb == "update":
+        if not rest:
+            raise CliError(
+                "update: use update NodeName=X State=DRAIN|RESUME [Reason=TEXT]", EXIT_ARGS
+            )
+        return update(load_config(config), rest)
+    if verb in JOB_ACTIONS:
+        if len(rest) != 1:
+            raise CliError(f"{verb}: give one comma-separated list of job ids", EXIT_ARGS)
+        parse_job_ids(rest[0])
+        return job_action(load_config(config), verb, rest)
+    raise CliError(f'unknown command "{args[0]}": {USAGE}', EXIT_ARGS)
+
+
+def main() -> None:
+    click_main(command, PROG)
