@@ -58,7 +58,7 @@ class Cluster(LocalCluster):
             timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
         cmd = [os.path.join(BIN, argv[0]), *argv[1:]]
         if user is not None:
-            env_args = [f"CRANE_CONF={self.config_path}", f"PATH={BIN}:/usr/bin:/bin", f"HOME=/tmp"]
+            env_args = [f"CRANE_CONF={self.config_path}", f"PATH={BIN}:/usr/bin:/bin", "HOME=/tmp"]
             cmd = ["runuser", "-u", user, "--", "env", *env_args, *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout,
                               env=self.env(), cwd=cwd or self.workdir)  # fmt: skip
