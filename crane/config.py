@@ -46,6 +46,7 @@ class Config:
     preempt_exempt_time: int = 0
     kill_wait: float = 0.0
     auth_type: str = "local"
+    curve_key_dir: str = ""  # CurveZMQ keys for the agent link; empty = no encryption
     cli_endpoint: str = ""  # ipc path or tcp://host:port; derived when empty
     agent_endpoint: str = ""
     craned_timeout: float = 30.0
@@ -239,8 +240,10 @@ def parse(raw: Any, path: str = "<config>") -> Config:
     if not isinstance(auth, dict):
         raise ConfigError("Auth: expected a mapping")
     for k in auth:
-        if k != "Type":
+        if k not in ("Type", "CurveKeyDir"):
             raise ConfigError(f"Auth.{k}: unknown key")
+    if auth.get("CurveKeyDir"):
+        cfg.curve_key_dir = cfg.resolve(_typed("Auth.CurveKeyDir", auth["CurveKeyDir"], str))
     cfg.auth_type = str(auth.get("Type", "local")).lower()
     if cfg.auth_type not in ("local", "munge"):
         raise ConfigError("Auth.Type: must be local or munge")

@@ -53,6 +53,9 @@ class Controller:
         self.agent_endpoint: transport.Endpoint
         self.cli_endpoint: transport.Endpoint
         self.stopping = asyncio.Event()
+        self.agent_keys: dict[str, str] | None = None  # z85 key -> node (CurveZMQ on)
+        self.routes: dict[bytes, str] = {}  # agent routing id -> node that registered on it
+        self.auth: Any = None
 
     # ------------------------------------------------------------ start / stop
 
@@ -86,9 +89,23 @@ class Controller:
     async def run(self) -> None:
         self.store.start()
         self.recover()
-        asock = transport.bind_router(self.ctx, self.cfg.agent_address)
+        curve = None
+        if self.cfg.curve_key_dir:
+            from zmq.auth.asyncio import AsyncioAuthenticator
+
+            from crane import keys
+
+            self.agent_keys = keys.accepted_agents(self.cfg.curve_key_dir)
+            self.auth = AsyncioAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.configure_curve(domain="*", location=os.path.join(self.cfg.curve_key_dir, "agents"))
+            curve = keys.controller_keys(self.cfg.curve_key_dir)
+            log.info("agent link: CurveZMQ, %d agent keys on file", len(self.agent_keys))
+        asock = transport.bind_router(self.ctx, self.cfg.agent_address, curve=curve)
         asock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable -> error -> node outbox
-        self.agent_endpoint = transport.Endpoint(asock, self.on_agent, self.on_agent_bad, router=True)
+        self.agent_endpoint = transport.Endpoint(
+            asock, self.on_agent, self.on_agent_bad, router=True, user_ids=curve is not None
+        )
         csock = transport.bind_router(self.ctx, self.cfg.cli_address)
         self.cli_endpoint = transport.Endpoint(
             csock, self.on_cli, self.on_cli_bad, router=True, credentials=True
@@ -107,6 +124,8 @@ class Controller:
         except TimeoutError:
             log.warning("store did not drain within 10s")
         self.store.stop()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
     async def _tick(self) -> None:
@@ -119,12 +138,29 @@ class Controller:
     # ------------------------------------------------------------ sockets
 
     def on_agent(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
-        name = peer.identity.decode(errors="replace")
-        node = self.nodes.get(name)
-        if node is None or (isinstance(msg, m.Register) and msg.node != name):
+        """Routing ids are random (ROUTER-assigned), never chosen by the agent:
+        a node is named by its CurveZMQ key when keys are on, else by its
+        Register; later frames are accepted only on the route that registered."""
+        if self.agent_keys is not None:
+            name = self.agent_keys.get(peer.user_id or "")
+            if name is None or (isinstance(msg, m.Register) and msg.node != name):
+                self.metrics["agent_forged"] += 1
+                log.warning("agent frame refused: key of %r, claims %r", name,
+                            getattr(msg, "node", None))  # fmt: skip
+                return
+        elif isinstance(msg, m.Register):
+            name = msg.node
+        else:
+            name = self.routes.get(peer.identity)
+        node = self.nodes.get(name) if name else None
+        if node is None:
             self.metrics["agent_rejected"] += 1
-            self.agent_endpoint.send(peer.identity, m.RegisterAck(False, f"unknown node {name[:64]}"))
+            reason = f"unknown node {str(name)[:64]}" if isinstance(msg, m.Register) else "register again"
+            self.agent_endpoint.send(peer.identity, m.RegisterAck(False, reason))
             return
+        if isinstance(msg, m.Register):
+            self.routes = {r: n for r, n in self.routes.items() if n != name}
+            self.routes[peer.identity] = name
         self.metrics["agent_msgs"] += 1
         node.tell(FromAgent(peer.identity, msg))
 

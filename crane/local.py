@@ -48,6 +48,7 @@ def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G", **
         "AutoCreateUsers": True,
         "HeartbeatInterval": 1,
         "CranedTimeout": 30,
+        "Auth": {"Type": "local", "CurveKeyDir": "keys"},
     }
     cfg.update(extra)
     return cfg
@@ -68,6 +69,13 @@ class LocalCluster:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
         os.chmod(self.config_path, 0o644)
+        from crane.config import parse
+
+        parsed = parse(cfg, self.config_path)
+        if parsed.curve_key_dir:
+            from crane import keys
+
+            keys.generate(parsed.curve_key_dir, list(parsed.nodes))
 
     def config(self) -> dict[str, Any]:
         with open(self.config_path) as f:

@@ -46,6 +46,7 @@ def _check(value: Any, hint: Any, name: str, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise BadMessage(f"field {name}: nested too deeply")
     if hint is Any:
+        _depth(value, name, depth)
         return
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -89,6 +90,19 @@ def _check(value: Any, hint: Any, name: str, depth: int = 0) -> None:
         raise BadMessage(f"field {name}: expected {getattr(hint, '__name__', hint)}")
 
 
+def _depth(value: Any, name: str, depth: int) -> None:
+    """Untyped values (``Any``) are still bounded in depth: a handler that
+    prints or stores one must not hit Python's recursion limit."""
+    if depth > MAX_DEPTH:
+        raise BadMessage(f"field {name}: nested too deeply")
+    if isinstance(value, list):
+        for v in value:
+            _depth(v, name, depth + 1)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _depth(v, name, depth + 1)
+
+
 def _hints(cls: type) -> dict[str, Any]:
     h = _HINTS.get(cls)
     if h is None:
@@ -103,18 +117,21 @@ def encode(msg: Message, rid: int = 0) -> bytes:
     return msgpack.packb({"v": PROTOCOL_VERSION, "t": msg.TYPE, "rid": rid, "b": body})
 
 
-def decode(frame: bytes) -> tuple[Message, int]:
-    """Return (message, request id) or raise BadMessage."""
-    if len(frame) > MAX_FRAME:
+def decode(frame: bytes, limit: int = MAX_FRAME) -> tuple[Message, int]:
+    """Return (message, request id) or raise BadMessage. ``limit``: the largest
+    frame accepted (replies to a CLI, e.g. a cqueue of 100k jobs, may be larger
+    than any request)."""
+    if len(frame) > limit:
         raise BadMessage(f"frame too large ({len(frame)} bytes)")
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=MAX_FRAME)
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=limit)
     except Exception as e:  # msgpack raises many types for garbage
         raise BadMessage(f"not msgpack: {type(e).__name__}") from None
     if not isinstance(raw, dict):
         raise BadMessage("frame is not a map")
-    if raw.get("v") != PROTOCOL_VERSION:
-        raise BadMessage(f"unsupported protocol version {raw.get('v')!r}")
+    v = raw.get("v")
+    if type(v) is not int or v != PROTOCOL_VERSION:  # True == 1.0 == 1 in Python
+        raise BadMessage(f"unsupported protocol version {str(v)[:40]!r}")
     rid = raw.get("rid", 0)
     if not isinstance(rid, int) or isinstance(rid, bool):
         raise BadMessage("request id is not an integer")

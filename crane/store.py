@@ -94,6 +94,8 @@ class Store:
         return next_id, jobs, ents, nodes
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:
+        if not 0 < job_id < 2**63:  # SQLite integers are 64-bit signed: no such job
+            return None
         row = self.read.execute("SELECT data FROM jobs WHERE id=?", (job_id,)).fetchone()
         return unpack(row[0]) if row else None
 

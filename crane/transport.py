@@ -21,6 +21,7 @@ from crane import messages as m
 
 log = logging.getLogger("crane.transport")
 BATCH = 256
+MAX_REPLY = 256 * 1024 * 1024  # a CLI accepts replies this large (requests: m.MAX_FRAME)
 MAX_FRAMES = 4
 
 
@@ -30,6 +31,7 @@ class Peer:
     kernel-verified uid/gid/pid (from libzmq's Peer-Address property)."""
 
     identity: bytes
+    user_id: str | None = None  # ZAP User-Id (CurveZMQ: the client's z85 public key)
     uid: int | None = None
     gid: int | None = None
     pid: int | None = None
@@ -66,10 +68,12 @@ class Endpoint:
         *,
         router: bool,
         credentials: bool = False,
+        user_ids: bool = False,
     ) -> None:
         self.sock = sock
         self.router = router
         self.credentials = credentials
+        self.user_ids = user_ids
         self.on_message = on_message
         self.on_bad = on_bad
         self.received = 0
@@ -121,6 +125,11 @@ class Endpoint:
         peer = Peer(ident)
         if self.credentials:
             peer.uid, peer.gid, peer.pid = peer_credentials(payload)
+        if self.user_ids:
+            try:
+                peer.user_id = payload.get("User-Id")
+            except (zmq.ZMQError, KeyError):
+                peer.user_id = None
         try:
             msg, rid = m.decode(payload.bytes)
         except m.BadMessage as e:
@@ -159,10 +168,13 @@ class Endpoint:
             self.sock.close(linger=0)
 
 
-def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777) -> zmq.Socket:
+def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777,
+                curve: tuple[bytes, bytes] | None = None) -> zmq.Socket:  # fmt: skip
     sock = ctx.socket(zmq.ROUTER)
+    if curve is not None:
+        sock.curve_publickey, sock.curve_secretkey = curve
+        sock.curve_server = True
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting agent takes its name back
     sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -190,7 +202,7 @@ class Client:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
         if address.startswith("ipc://") and not os.path.exists(address[6:]):
             raise Unreachable(f"controller socket {address[6:]} does not exist")
         self.sock.connect(address)
@@ -212,7 +224,7 @@ class Client:
                 raise Unreachable("timed out waiting for the controller")
             data = self.sock.recv()
             try:
-                reply, got = m.decode(data)
+                reply, got = m.decode(data, MAX_REPLY)
             except m.BadMessage as e:
                 raise Unreachable(f"bad reply from controller: {e}") from None
             if got == rid:

@@ -60,7 +60,8 @@ if world_traversable "$REPO"; then mode=editable; else mode=copy; fi
 
 want="$mode $REPO $(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
-installed_at="$("$VENV/bin/python" -c 'import crane, os; print(os.path.dirname(os.path.dirname(os.path.abspath(crane.__file__))))' 2>/dev/null || true)"
+# (from / so that a crane/ in the current directory does not shadow the installed one)
+installed_at="$(cd / && "$VENV/bin/python" -c 'import crane, os; print(os.path.dirname(os.path.dirname(os.path.abspath(crane.__file__))))' 2>/dev/null || true)"
 if [[ $mode == editable && "$want" == "$have" && "$installed_at" == "$REPO" && -x "$VENV/bin/cranectld" && -z "${CRANE_SETUP_FORCE:-}" ]]; then
     say "crane already installed (editable) from $REPO in $VENV"
     exit 0
@@ -75,4 +76,4 @@ else
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$REPO"
 fi
 echo "$want" >"$STAMP"
-say "done: $("$VENV/bin/python" -c 'import crane; print("crane", crane.__version__, "at", crane.__file__)')"
+say "done: $(cd / && "$VENV/bin/python" -c 'import crane; print("crane", crane.__version__, "at", crane.__file__)')"

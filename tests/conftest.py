@@ -122,7 +122,19 @@ class Cluster(LocalCluster):
             return ""
 
 
+def open_ancestors(path: str) -> None:
+    """Let other users traverse to ``path`` (pytest's temp root is 0700)."""
+    p = os.path.realpath(path)
+    while p != "/":
+        st = os.stat(p)
+        if not st.st_mode & 0o001 and st.st_uid == os.geteuid():
+            os.chmod(p, st.st_mode | 0o011)
+        p = os.path.dirname(p)
+
+
 def start_cluster(base: str, nodes: int = 4, cpus: int = 4, **extra: Any) -> Cluster:
+    if IS_ROOT:
+        open_ancestors(base)
     c = Cluster(base)
     c.write_config(make_config(base, nodes, cpus, **extra))
     c.up(timeout=60)

@@ -73,6 +73,8 @@ def handle_cancel(ctl: Any, caller: Any, req: m.Cancel, rid: str, reply: Any) ->
         return
     cancelled: dict[int, list[int]] = {}
     path = "user" if caller.admin_level == "none" else "admin"
+    if req.grace is None:  # --grace overrides KillWait for this request (SPEC §3, §5)
+        req.grace = float(ctl.cfg.kill_wait)
     for job in sel.jobs:
         if req.signal is not None and job.state not in ("RUNNING", "SUSPENDED"):
             refused.append({"job_id": job.id, "step_id": None, "reason": f"Job is {job.state}, not running"})

@@ -248,15 +248,15 @@ class Frontend:
                 reply(m.Error(4, "Permission denied"))
                 return
             node, state = msg.args.get("node"), str(msg.args.get("state", "")).upper()
-            if node not in ctl.nodes or state not in ("DRAIN", "RESUME", "IDLE"):
-                reply(m.Error(2, f"invalid node update: node={node} state={state}"))
+            if not isinstance(node, str) or node not in ctl.nodes or state not in ("DRAIN", "RESUME", "IDLE"):
+                reply(m.Error(2, f"invalid node update: node={str(node)[:64]} state={state[:64]}"))
                 return
             reason = str(msg.args.get("reason") or ("drained by " + caller.name))
             ctl.scheduler.tell(ev.NodeStatus(node, drain=state == "DRAIN", reason=reason))
             ctl.store.barrier(lambda: reply(m.Ok()))
             return
         job_id = msg.args.get("job_id")
-        if not isinstance(job_id, int):
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
             reply(m.Error(2, "a job id is required"))
             return
         if msg.action not in ("hold", "release", "suspend", "resume", "requeue"):

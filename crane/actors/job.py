@@ -103,6 +103,7 @@ class Job:
             "cpus": cpus,
             "memory": self.memory,
             "time_limit": self.time_limit if step_id == 1 else None,
+            "attempt": self.requeue_count,  # a requeued job runs again on a node that released it
         }
 
 

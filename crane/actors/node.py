@@ -47,7 +47,7 @@ class NodeActor(Actor):
         super().__init__()
         self.name = name
         self.ctl = ctl
-        self.identity: bytes = name.encode()
+        self.identity: bytes = b""  # the ROUTER's routing id of the registered agent
         self.registered = False
         self.last_seen = 0.0
         self.outbox: deque[m.Message] = deque(maxlen=OUTBOX_MAX)
@@ -74,8 +74,8 @@ class NodeActor(Actor):
         if isinstance(msg, m.Register):
             self._register(identity, msg)
             return
-        if not self.registered:
-            # the controller restarted, or timed the agent out: ask it to register again
+        if not self.registered or identity != self.identity:
+            # the controller restarted, timed the agent out, or this is a stale route
             self.ctl.agent_endpoint.send(identity, m.RegisterAck(False, "register again"))
             return
         self.last_seen = time.monotonic()

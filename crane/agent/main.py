@@ -90,12 +90,16 @@ class Agent:
         self.steps.adopt()
         self.steps.reap()
         sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.node.encode())
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # exponential backoff up to 2 s
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+        if self.cfg.curve_key_dir:
+            from crane import keys
+
+            sock.curve_publickey, sock.curve_secretkey = keys.node_keys(self.cfg.curve_key_dir, self.node)
+            sock.curve_serverkey = keys.controller_public(self.cfg.curve_key_dir)
         sock.connect(self.cfg.agent_address)
         self.endpoint = transport.Endpoint(sock, self.on_message, self.on_bad, router=False)
         log.info("craned %s up (cgroup mode %s), controller %s", self.node, self.mode, self.cfg.agent_address)

@@ -26,8 +26,13 @@ from crane.agent.launcher import spawn
 log = logging.getLogger("craned.steps")
 # The step's main process is a shell that runs the command and records its exit
 # status in a file owned by the job's user: a restarted agent (no longer the
-# parent) still learns how an adopted step ended.
-WRAPPER = '"$@"; rc=$?; echo $rc > "$CRANE_RC_FILE"; exit $rc'
+# parent) still learns how an adopted step ended. Signals sent through the
+# cgroup (ccancel --grace's SIGTERM, ccancel -s) reach the wrapper too: it
+# catches every catchable one with a no-op handler (reset to default in the
+# command, unlike an ignore) so that only the command decides what they do;
+# otherwise the wrapper's death would end the step before its grace.
+_CATCH = " ".join(str(s) for s in range(1, 65) if s not in (9, 17, 18, 19))
+WRAPPER = f'trap : {_CATCH}; "$@"; rc=$?; echo $rc > "$CRANE_RC_FILE"; exit $rc'
 
 KILL_RETRIES = 10
 POLL = 0.01
@@ -45,6 +50,7 @@ class StepRun:
     adopted: bool = False
     kill_reason: str = ""
     killing: bool = False
+    grace_until: float = 0.0  # monotonic end of the grace of a kill in progress
     reported: bool = False
     timer: asyncio.TimerHandle | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,6 +69,7 @@ class StepManager:
         self.children: dict[int, Callable[[int], None]] = {}  # pid -> on exit(status)
         self.ended: dict[tuple[int, int], dict[str, Any]] = {}  # reports kept until the job is released
         self.released: dict[int, float] = {}  # recently released jobs
+        self.attempt: dict[int, int] = {}  # job -> its latest run (requeue count) launched here
         self.releasing: set[int] = set()
         os.makedirs(os.path.join(state_dir, "steps"), exist_ok=True)
         os.makedirs(os.path.join(state_dir, "scripts"), mode=0o755, exist_ok=True)
@@ -90,9 +97,13 @@ class StepManager:
 
     def launch(self, msg: m.LaunchStep) -> None:
         key = (msg.job_id, msg.step_id)
-        if key in self.steps or key in self.ended or msg.job_id in self.released:
+        attempt = int(msg.spec.get("attempt") or 0)
+        stale = msg.job_id in self.released and attempt <= self.attempt.get(msg.job_id, 0)
+        if key in self.steps or key in self.ended or stale:
             log.info("launch of %d.%d already done: ignored", *key)
             return
+        self.released.pop(msg.job_id, None)  # a requeued job's next run
+        self.attempt[msg.job_id] = attempt
         spec = msg.spec
         cg = cgmod.StepCgroup(self.scope, msg.job_id, msg.step_id, self.mode)
         run = StepRun(msg.job_id, msg.step_id, spec, cg, start=time.time())
@@ -198,6 +209,10 @@ class StepManager:
 
     async def _finish(self, run: StepRun) -> None:
         """The main process is gone: kill what it left behind, then report."""
+        if run.killing and not run.cg.empty():
+            # a kill with a grace period: what is left gets the rest of the grace
+            # (_kill_step sends SIGKILL when it ends), e.g. a TERM trap of the script
+            await self._wait_empty(run, max(0.0, run.grace_until - time.monotonic()) + 1.0)
         if not run.cg.empty():
             run.cg.kill()
             ok = await self._wait_empty(run, 5.0)
@@ -214,7 +229,7 @@ class StepManager:
         run.reported = True
         status = run.status if run.status is not None else 0
         if os.WIFSIGNALED(status):
-            code, sig = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+            code, sig = 0, os.WTERMSIG(status)  # Slurm style: ExitCode 0:9
         else:
             code, sig = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0, 0
         if reason == "CANCELLED_STEP":
@@ -260,6 +275,7 @@ class StepManager:
         run.cg.thaw()
         run.cg.signal(signal.SIGCONT)
         if grace > 0:
+            run.grace_until = time.monotonic() + grace
             run.cg.signal(signal.SIGTERM)
             await self._wait_empty(run, grace)
         for _ in range(KILL_RETRIES):
@@ -304,6 +320,7 @@ class StepManager:
             if len(self.released) > 10_000:
                 for j in sorted(self.released, key=self.released.__getitem__)[:5_000]:
                     del self.released[j]
+                    self.attempt.pop(j, None)
             try:
                 os.unlink(os.path.join(self.state_dir, "scripts", f"job_{msg.job_id}.sh"))
             except OSError:

@@ -89,5 +89,29 @@ def status(base: str | None) -> None:
     print(f"export CRANE_CONF={lc.config_path}")
 
 
+@command.command()
+@click.option("-C", "--config")
+@click.option("--force", is_flag=True, help="replace existing keys")
+@click.argument("nodes", required=False)
+def keygen(config: str | None, force: bool, nodes: str | None) -> None:
+    """Write CurveZMQ keys for the controller and the nodes (Auth.CurveKeyDir)."""
+    from crane import keys
+    from crane.cli.common import load_config
+    from crane.ids import expand_nodes
+
+    cfg = load_config(config)
+    if not cfg.curve_key_dir:
+        raise CliError("Auth.CurveKeyDir is not set in the config", 1)
+    try:
+        names = expand_nodes(nodes) if nodes else list(cfg.nodes)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    written = keys.generate(cfg.curve_key_dir, names, force)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"{len(written)} key files written in {cfg.curve_key_dir}; copy nodes/<node>.key_secret "
+          "and controller.key to each node's key directory")
+
+
 def main() -> None:
     click_main(command, PROG)

@@ -1,0 +1,294 @@
+"""Shared pieces of the benchmark: clusters, a persistent API client,
+statistics, the machine description and the result records."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from crane import messages as m
+from crane.local import LocalCluster, make_config
+from crane.transport import Client
+
+BIN = os.path.dirname(sys.executable)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def p99(xs: list[float]) -> float | None:
+    """Nearest-rank 99th percentile (with fewer than 100 samples: the maximum)."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[max(0, math.ceil(0.99 * len(s)) - 1)]
+
+
+@dataclass
+class Result:
+    key: str
+    scenario: str
+    unit: str  # "ms", "jobs/s", "B/job", "% core"
+    samples: list[float]
+    target: str
+    # True when lower is better (latency, memory, cpu), False for throughput
+    lower_is_better: bool
+    target_value: float | None
+    variant: str = ""  # how this run differs from the scenario as specified
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return median(self.samples)
+
+    @property
+    def p99(self) -> float | None:
+        return p99(self.samples)
+
+    @property
+    def met(self) -> bool | None:
+        if self.median is None or self.target_value is None:
+            return None
+        if self.lower_is_better:
+            return self.median <= self.target_value
+        return self.median >= self.target_value
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(median=self.median, p99=self.p99, met=self.met, n=len(self.samples))
+        return d
+
+
+# ---------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    from crane.agent.cgroup import detect_mode
+
+    try:
+        import psutil
+
+        mem = psutil.virtual_memory().total
+    except Exception:
+        mem = None
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_impl": platform.python_implementation(),
+        "cgroup_mode": detect_mode(),
+        "event_loop": loop,
+        "euid": os.geteuid(),
+    }
+
+
+def raise_fd_limit() -> int:
+    """Children (controller, agents) inherit this: the 1,000-agent run needs fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ---------------------------------------------------------------- processes
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b") ", 1)[-1][:1] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+# ---------------------------------------------------------------- clusters
+
+
+class BenchCluster(LocalCluster):
+    """A LocalCluster whose controller may run under a windowed cProfile
+    (``bench/profiled_ctld.py``: SIGUSR1 starts, SIGUSR2 stops and dumps)."""
+
+    def __init__(self, base: str, profile_out: str | None = None) -> None:
+        super().__init__(base)
+        self.profile_out = profile_out
+        self.workdir = os.path.join(self.base, "work")
+        os.makedirs(self.workdir, exist_ok=True)
+        os.chmod(self.workdir, 0o1777)
+        self._api: Api | None = None
+
+    def start_controller(self) -> subprocess.Popen[bytes]:
+        if not self.profile_out:
+            return super().start_controller()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiled_ctld.py")
+        argv = [sys.executable, script, self.profile_out, "-C", self.config_path]
+        return self._spawn("cranectld", argv)
+
+    @property
+    def ctld_pid(self) -> int:
+        return self.procs["cranectld"].pid
+
+    def api(self) -> Api:
+        if self._api is None:
+            from crane.config import load
+
+            self._api = Api(load(self.config_path).cli_address)
+        return self._api
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CRANE_CONF"] = self.config_path
+        env["PATH"] = BIN + ":" + env.get("PATH", "/usr/bin:/bin")
+        return env
+
+    def cli(self, *argv: str) -> list[str]:
+        return [os.path.join(BIN, argv[0]), *argv[1:]]
+
+    def run_cli(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cli(*argv), capture_output=True, text=True, env=self.env(),
+                              cwd=self.workdir, timeout=timeout)  # fmt: skip
+
+    # ------------------------------------------------------------ jobs
+
+    def spec(self, script: str = "sleep 300", **kw: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {"script": "#!/bin/sh\n" + script + "\n", "name": "bench",
+                                "cwd": self.workdir, "stdout": "/dev/null"}  # fmt: skip
+        spec.update(kw)
+        return spec
+
+    def submit(self, spec: dict[str, Any], repeat: int = 1) -> list[int]:
+        return list(self.api()(m.SubmitJob(spec, repeat), timeout=300)["job_ids"])
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        api = self.api()
+        for history in (False, True):
+            data = api(m.QueryJobs({"jobs": [job_id]}, history=history))
+            if data["jobs"]:
+                return data["jobs"][0]  # type: ignore[no-any-return]
+        return None
+
+    def running_pid(self, job_id: int, timeout: float = 30.0) -> int:
+        """Wait until the job is RUNNING and its batch step has a pid."""
+
+        def check() -> int | None:
+            data = self.api()(m.QueryJobs({"jobs": [job_id]}))
+            for j in data["jobs"]:
+                if j["state"] == "RUNNING":
+                    for s in j["steps"]:
+                        if s["step_id"] == 1 and s.get("pid"):
+                            return int(s["pid"])
+            return None
+
+        return wait_until(check, timeout, f"job {job_id} running with a pid", 0.002)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
+
+class Api:
+    """One persistent DEALER connection to the controller's CLI socket (the
+    bench's Python API: no socket setup per request)."""
+
+    def __init__(self, address: str) -> None:
+        self.client = Client(address, 60.0)
+
+    def __call__(self, msg: m.Message, timeout: float | None = None) -> dict[str, Any]:
+        reply = self.client.request(msg, timeout)
+        if isinstance(reply, m.Error):
+            raise RuntimeError(f"{msg.TYPE}: {reply.message}")
+        assert isinstance(reply, m.Ok), reply
+        return reply.data
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@contextmanager
+def cluster(name: str, nodes: int = 1, cpus: int = 4, memory: str = "8G", agents: bool = True,
+            profile_out: str | None = None, up_timeout: float = 60.0, **extra: Any) -> Iterator[BenchCluster]:  # fmt: skip
+    base = tempfile.mkdtemp(prefix=f"cb-{name}-", dir="/tmp")
+    os.chmod(base, 0o755)
+    c = BenchCluster(base, profile_out)
+    ok = False
+    try:
+        c.write_config(make_config(base, nodes, cpus, memory, **extra))
+        t0 = time.monotonic()
+        if agents:
+            c.up(timeout=up_timeout)
+        else:
+            c.start_controller()
+            wait_until(
+                lambda: os.path.exists(os.path.join(base, "cranectld.sock")),
+                30,
+                "controller socket",
+            )
+        log(f"cluster {name}: up in {time.monotonic() - t0:.1f}s ({base})")
+        yield c
+        ok = True
+    finally:
+        c.close()
+        t0 = time.monotonic()
+        try:
+            c.down()
+        finally:
+            log(f"cluster {name}: down in {time.monotonic() - t0:.1f}s")
+            if ok:
+                shutil.rmtree(base, ignore_errors=True)
+            else:
+                log(f"cluster {name}: logs kept in {base}/log")

@@ -1,0 +1,104 @@
+"""Many idle agents in ONE process, for the 1,000-agent scale run only.
+
+Each fake agent is its own zmq DEALER socket with the node name as identity
+(exactly like ``craned``): it sends ``Register`` once, then ``Heartbeat`` every
+HeartbeatInterval (spread evenly over the interval), and re-registers when the
+controller answers ``RegisterAck(False)``. It answers nothing else: it is a
+documented *no-process executor* (it never launches, kills or reports steps)
+and must never be used for anything but idle-scale measurements.
+
+    python -m bench.fake_agents -C config.yaml [--nodes crane0001,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+import zmq
+
+from crane import messages as m
+from crane.config import load
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="fake_agents")
+    ap.add_argument("-C", "--config", required=True)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N nodes of the config")
+    args = ap.parse_args(argv)
+    cfg = load(args.config)
+    names = list(cfg.nodes)
+    if args.limit:
+        names = names[: args.limit]
+    interval = cfg.heartbeat_interval
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, len(names) + 64)
+    socks: list[zmq.Socket] = []
+    for name in names:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, name.encode())
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.connect(cfg.agent_address)
+        socks.append(s)
+    register = [
+        m.encode(m.Register(n, cfg.nodes[n].cpus, cfg.nodes[n].memory, [], [], "none"))
+        for n in names
+    ]
+    heartbeat = [m.encode(m.Heartbeat(n)) for n in names]
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    for i, s in enumerate(socks):
+        s.send(register[i], zmq.NOBLOCK)
+    n = len(socks)
+    start = time.monotonic()
+    next_hb = [start + interval * (i + 1) / n for i in range(n)]  # spread over one interval
+    acks = 0
+    poller = zmq.Poller()
+    index = {}
+    for i, s in enumerate(socks):
+        poller.register(s, zmq.POLLIN)
+        index[s] = i
+    while not stop:
+        now = time.monotonic()
+        for i in range(n):
+            if next_hb[i] <= now:
+                try:
+                    socks[i].send(heartbeat[i], zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                next_hb[i] += interval
+        # read replies: RegisterAck(True) is counted, RegisterAck(False) -> register again
+        for s, _ in poller.poll(50):  # heartbeats go out in 50 ms batches
+            i = index[s]
+            while True:
+                try:
+                    data = s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    msg, _ = m.decode(data)
+                except m.BadMessage:
+                    continue
+                if isinstance(msg, m.RegisterAck):
+                    if msg.ok:
+                        acks += 1
+                    else:
+                        s.send(register[i], zmq.NOBLOCK)
+    for s in socks:
+        s.close(linger=0)
+    ctx.term()
+    print(f"fake_agents: {n} sockets, {acks} register acks", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
