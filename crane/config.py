@@ -54,6 +54,8 @@ class Config:
     epilog: str = ""
     prolog: str = ""
     auto_create_users: bool = False
+    cli_rate: float = 2000.0  # requests/s per non-root user before frames are dropped
+    cli_burst: float = 5000.0
     craned_state_dir: str = "craned"
     log_dir: str = "log"
 
@@ -96,6 +98,8 @@ _KEYS = {
     "CranedStateDir": ("craned_state_dir", str),
     "LogDir": ("log_dir", str),
     "PreemptExemptTime": ("preempt_exempt_time", int),
+    "CliRateLimit": ("cli_rate", float),
+    "CliRateBurst": ("cli_burst", float),
 }
 _STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth"}
 PREEMPT_TYPES = ("none", "qos", "partition")

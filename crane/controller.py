@@ -54,7 +54,8 @@ class Controller:
         self.cli_endpoint: transport.Endpoint
         self.stopping = asyncio.Event()
         self.agent_keys: dict[str, str] | None = None  # z85 key -> node (CurveZMQ on)
-        self.routes: dict[bytes, str] = {}  # agent routing id -> node that registered on it
+        self.routes: dict[bytes, str] = {}
+        self.limiter = transport.RateLimiter(cfg.cli_rate, cfg.cli_burst)  # agent routing id -> node that registered on it
         self.auth: Any = None
 
     # ------------------------------------------------------------ start / stop
@@ -108,7 +109,7 @@ class Controller:
         )
         csock = transport.bind_router(self.ctx, self.cfg.cli_address)
         self.cli_endpoint = transport.Endpoint(
-            csock, self.on_cli, self.on_cli_bad, router=True, credentials=True
+            csock, self.on_cli, self.on_cli_bad, router=True, credentials=True, admit=self.admit_cli
         )
         log.info("cranectld up: agents %s, clis %s", self.cfg.agent_address, self.cfg.cli_address)
         sd_notify("READY=1")
@@ -167,6 +168,15 @@ class Controller:
     def on_agent_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
         self.metrics["agent_bad_frames"] += 1
         log.debug("bad agent frame from %r: %s", peer.identity[:32], why)
+
+    def admit_cli(self, peer: transport.Peer) -> bool:
+        """Per-uid rate limit, checked before decoding; root is not limited."""
+        if peer.uid == 0:
+            return True
+        if self.limiter.allow(peer.uid, time.monotonic()):
+            return True
+        self.metrics["cli_rate_limited"] += 1
+        return False
 
     def on_cli(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
         self.metrics["cli_requests"] += 1

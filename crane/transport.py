@@ -69,11 +69,13 @@ class Endpoint:
         router: bool,
         credentials: bool = False,
         user_ids: bool = False,
+        admit: Callable[[Peer], bool] | None = None,
     ) -> None:
         self.sock = sock
         self.router = router
         self.credentials = credentials
         self.user_ids = user_ids
+        self.admit = admit  # called before decoding: False drops the frame (rate limits)
         self.on_message = on_message
         self.on_bad = on_bad
         self.received = 0
@@ -130,6 +132,9 @@ class Endpoint:
                 peer.user_id = payload.get("User-Id")
             except (zmq.ZMQError, KeyError):
                 peer.user_id = None
+        if self.admit is not None and not self.admit(peer):
+            self.dropped += 1
+            return
         try:
             msg, rid = m.decode(payload.bytes)
         except m.BadMessage as e:
@@ -187,6 +192,31 @@ def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777,
     if address.startswith("ipc://"):
         os.chmod(address[len("ipc://") :], mode)
     return sock
+
+
+class RateLimiter:
+    """A token bucket per key (the caller's uid): a flood from one user is
+    dropped before it is decoded, so it cannot starve the others."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.buckets: dict[object, list[float]] = {}
+        self.dropped: dict[object, int] = {}
+
+    def allow(self, key: object, now: float) -> bool:
+        b = self.buckets.get(key)
+        if b is None:
+            if len(self.buckets) > 10_000:
+                self.buckets.clear()
+            b = self.buckets[key] = [self.burst, now]
+        b[0] = min(self.burst, b[0] + (now - b[1]) * self.rate)
+        b[1] = now
+        if b[0] >= 1.0:
+            b[0] -= 1.0
+            return True
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        return False
 
 
 class Unreachable(Exception):
