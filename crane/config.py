@@ -67,11 +67,17 @@ class Config:
         return self.resolve(self.db_path)
 
     @property
+    def cli_ipc_address(self) -> str:
+        """Always bound: local CLIs, identified by the kernel's peer credentials."""
+        return "ipc://" + self.resolve("cranectld.sock")
+
+    @property
     def cli_address(self) -> str:
+        """Where CLIs connect: the ipc socket, or with MUNGE the TCP port."""
         if self.cli_endpoint:
             return self.cli_endpoint
         if self.auth_type == "local":
-            return "ipc://" + self.resolve("cranectld.sock")
+            return self.cli_ipc_address
         return f"tcp://{self.control_machine}:{self.cli_port}"
 
     @property

@@ -107,16 +107,24 @@ class Controller:
         self.agent_endpoint = transport.Endpoint(
             asock, self.on_agent, self.on_agent_bad, router=True, user_ids=curve is not None
         )
-        csock = transport.bind_router(self.ctx, self.cfg.cli_address)
+        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address)
         self.cli_endpoint = transport.Endpoint(
             csock, self.on_cli, self.on_cli_bad, router=True, credentials=True, admit=self.admit_cli
         )
+        self.munge_endpoint: transport.Endpoint | None = None
+        if self.cfg.auth_type == "munge":
+            msock = transport.bind_router(self.ctx, self.cfg.cli_address)
+            self.munge_endpoint = transport.Endpoint(
+                msock, self.on_munge_cli, self.on_munge_bad, router=True, cred_frame=True
+            )
         log.info("cranectld up: agents %s, clis %s", self.cfg.agent_address, self.cfg.cli_address)
         sd_notify("READY=1")
         ticker = asyncio.ensure_future(self._tick())
         await self.stopping.wait()
         ticker.cancel()
         self.cli_endpoint.close()
+        if self.munge_endpoint is not None:
+            self.munge_endpoint.close()
         self.agent_endpoint.close()
         done = asyncio.Event()
         self.store.barrier(done.set)
@@ -178,9 +186,37 @@ class Controller:
         self.metrics["cli_rate_limited"] += 1
         return False
 
-    def on_cli(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
+    def on_munge_cli(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
+        """Decode the MUNGE credential off the loop; serve only if it vouches
+        for exactly this request (munged refuses replays)."""
+        from crane import munge
+
+        endpoint = self.munge_endpoint
+        assert endpoint is not None and peer.cred is not None
+        fut = self.loop.run_in_executor(None, munge.verify, peer.cred, peer.raw)
+
+        def done(f: asyncio.Future[int]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                self.metrics["munge_refused"] += 1
+                log.warning("MUNGE credential refused: %s", exc)
+                endpoint.send(peer.identity, m.Error(5, f"authentication failed: {exc}"), rid)
+                return
+            peer.uid = f.result()
+            if self.admit_cli(peer):
+                self.on_cli(peer, msg, rid, endpoint)
+
+        fut.add_done_callback(done)
+
+    def on_munge_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
+        self.metrics["cli_bad_frames"] += 1
+        if self.munge_endpoint is not None:
+            self.munge_endpoint.send(peer.identity, m.Error(2, f"bad request: {why}"), rid)
+
+    def on_cli(self, peer: transport.Peer, msg: m.Message, rid: int,
+               endpoint: transport.Endpoint | None = None) -> None:  # fmt: skip
         self.metrics["cli_requests"] += 1
-        endpoint = self.cli_endpoint
+        endpoint = endpoint or self.cli_endpoint
 
         def reply(answer: m.Message) -> None:
             endpoint.send(peer.identity, answer, rid)

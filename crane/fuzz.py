@@ -111,6 +111,7 @@ class FrameGen:
         assert target in ("cli", "agent")
         self.r = random.Random(seed)
         self.target = target
+        self.heavy = float(os.environ.get("CRANE_FUZZ_HEAVY", "0.01"))  # share of heavy adversarial frames
         self.rid = rid_base
         self.types = {n: c for n, c in m._REGISTRY.items()}
         self.hints = {n: m._hints(c) for n, c in self.types.items()}
@@ -425,7 +426,7 @@ class FrameGen:
         rid = self._rid()
         far = FAR + r.randint(0, 10**6)
         ok_script = {"script": "#!/bin/sh\nexit 0\n", "cwd": "/tmp", "stdout": "/dev/null", "hold": True}
-        if r.random() < 0.01:  # heavy but legal: rare, or they dominate the run time
+        if r.random() < self.heavy:  # heavy but legal: rare, or they dominate the run time
             heavy = [
                 ("cancel_100k_ids", "Cancel", {"ids": [[FAR + i, None] for i in range(100_000)], "dry_run": True}, "any"),
                 ("submit_script_3mb", "SubmitJob", {"spec": {**ok_script, "hold": False,

@@ -35,6 +35,8 @@ class Peer:
     uid: int | None = None
     gid: int | None = None
     pid: int | None = None
+    cred: bytes | None = None  # a MUNGE credential frame sent before the payload
+    raw: bytes = b""  # the payload as received (what the credential signs)
 
 
 def peer_credentials(frame: zmq.Frame) -> tuple[int | None, int | None, int | None]:
@@ -70,12 +72,14 @@ class Endpoint:
         credentials: bool = False,
         user_ids: bool = False,
         admit: Callable[[Peer], bool] | None = None,
+        cred_frame: bool = False,
     ) -> None:
         self.sock = sock
         self.router = router
         self.credentials = credentials
         self.user_ids = user_ids
         self.admit = admit  # called before decoding: False drops the frame (rate limits)
+        self.cred_frame = cred_frame  # frames are [identity, credential, payload]
         self.on_message = on_message
         self.on_bad = on_bad
         self.received = 0
@@ -112,19 +116,25 @@ class Endpoint:
 
     def _one(self, parts: list[zmq.Frame]) -> None:
         self.received += 1
+        cred = None
         if self.router:
-            if len(parts) != 2:
+            want = 3 if self.cred_frame else 2
+            if len(parts) != want:
                 self.dropped += 1
                 if len(parts) >= 1 and len(parts) <= MAX_FRAMES and self.on_bad:
-                    self.on_bad(Peer(parts[0].bytes), f"expected 1 payload frame, got {len(parts) - 1}", 0)
+                    self.on_bad(Peer(parts[0].bytes), f"expected {want - 1} frames, got {len(parts) - 1}", 0)
                 return
-            ident, payload = parts[0].bytes, parts[1]
+            ident, payload = parts[0].bytes, parts[-1]
+            if self.cred_frame:
+                cred = parts[1].bytes
         else:
             if len(parts) != 1:
                 self.dropped += 1
                 return
             ident, payload = b"", parts[0]
         peer = Peer(ident)
+        if cred is not None:
+            peer.cred, peer.raw = cred, payload.bytes
         if self.credentials:
             peer.uid, peer.gid, peer.pid = peer_credentials(payload)
         if self.user_ids:
@@ -226,8 +236,9 @@ class Unreachable(Exception):
 class Client:
     """Blocking request/reply to the controller's CLI socket."""
 
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
+    def __init__(self, address: str, timeout: float = 30.0, munge: bool = False) -> None:
         self.address = address
+        self.munge = munge
         self.timeout = timeout
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -241,7 +252,13 @@ class Client:
     def request(self, msg: m.Message, timeout: float | None = None) -> m.Message:
         self._rid += 1
         rid = self._rid
-        self.sock.send(m.encode(msg, rid))
+        data = m.encode(msg, rid)
+        if self.munge:
+            from crane import munge
+
+            self.sock.send_multipart([munge.credential_for(data), data])
+        else:
+            self.sock.send(data)
         return self.wait_reply(rid, timeout)
 
     def wait_reply(self, rid: int, timeout: float | None = None) -> m.Message:

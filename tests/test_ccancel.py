@@ -379,7 +379,7 @@ def test_cancel_steps(c: Cluster) -> None:
         kpids[2],
         kpids[4],
     ]
-    # the plain form of the seed: J.1,J.2 (the batch step and a step)
+    # the seed's "J.1,J.2" form: two steps of one job, plain output, one line each
     expect(
         ccancel(c, f"{k}.2,{k}.4"),
         0,

@@ -47,10 +47,12 @@ def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
     from crane.transport import Client, Unreachable
 
     try:
-        client = Client(cfg.cli_address, timeout)
+        client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge")
         reply = client.request(msg)
     except Unreachable as e:
         raise CliError(f"cannot reach the controller: {e}", EXIT_UNREACHABLE) from None
+    except OSError as e:  # MungeError: no munged, bad key, ...
+        raise CliError(f"authentication failed: {e}", EXIT_AUTH) from None
     if isinstance(reply, mm.Error):
         raise CliError(reply.message, reply.code if 1 <= reply.code <= 5 else EXIT_INTERNAL)
     if not isinstance(reply, mm.Ok):
