@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--running-rounds", type=int, default=2)
     ap.add_argument("--idle-agents", type=int, default=1000)
     ap.add_argument("--idle-seconds", type=int, default=10)
+    ap.add_argument(
+        "--no-plain-idle", action="store_true", help="skip the idle run without CurveZMQ"
+    )
     ap.add_argument("--only", default="", help=f"comma list of {','.join(GROUPS)},profile")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", default=os.path.join(RESULTS, "latest.json"))

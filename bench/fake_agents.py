@@ -1,7 +1,8 @@
 """Many idle agents in ONE process, for the 1,000-agent scale run only.
 
-Each fake agent is its own zmq DEALER socket with the node name as identity
-(exactly like ``craned``): it sends ``Register`` once, then ``Heartbeat`` every
+Each fake agent is its own zmq DEALER socket, set up like ``craned``'s (its
+node's CurveZMQ keypair when the config has ``Auth.CurveKeyDir``; the routing
+id is left to the controller's ROUTER): it sends ``Register`` once, then ``Heartbeat`` every
 HeartbeatInterval (spread evenly over the interval), and re-registers when the
 controller answers ``RegisterAck(False)``. It answers nothing else: it is a
 documented *no-process executor* (it never launches, kills or reports steps)
@@ -19,6 +20,7 @@ import time
 
 import zmq
 
+from crane import keys
 from crane import messages as m
 from crane.config import load
 
@@ -36,9 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     ctx = zmq.Context()
     ctx.set(zmq.MAX_SOCKETS, len(names) + 64)
     socks: list[zmq.Socket] = []
+    server_key = keys.controller_public(cfg.curve_key_dir) if cfg.curve_key_dir else b""
     for name in names:
         s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.IDENTITY, name.encode())
+        if cfg.curve_key_dir:
+            s.curve_publickey, s.curve_secretkey = keys.node_keys(cfg.curve_key_dir, name)
+            s.curve_serverkey = server_key
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)

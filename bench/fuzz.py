@@ -48,9 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--nodes", type=int, default=2)
-    ap.add_argument("--no-curve", action="store_true", help="agent link without CurveZMQ (every frame reaches the decoder)")
-    ap.add_argument("--rss-limit-mb", type=float, default=200.0, help="allowed RSS growth of any daemon")
-    ap.add_argument("--p99-limit-ms", type=float, default=1000.0, help="allowed good-client p99 during the storm")
+    ap.add_argument(
+        "--no-curve",
+        action="store_true",
+        help="agent link without CurveZMQ (every frame reaches the decoder)",
+    )
+    ap.add_argument(
+        "--rss-limit-mb", type=float, default=200.0, help="allowed RSS growth of any daemon"
+    )
+    ap.add_argument(
+        "--p99-limit-ms",
+        type=float,
+        default=1000.0,
+        help="allowed good-client p99 during the storm",
+    )
     ap.add_argument("--out", default=os.path.join(RESULTS, "fuzz.json"))
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory (logs)")
     args = ap.parse_args(argv)
@@ -99,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_summary(res: dict, path: str) -> None:  # type: ignore[type-arg]
     g0, g1, g2 = res["good_before"], res["good_during"], res["good_after"]
-    print(f"frames fuzzed:      {res['frames_sent']} ({res['bytes_sent'] / 1e6:.0f} MB) in {res['seconds']} s "
-          f"({res['frames_per_s']}/s); refused at send (no key: handshake) {res['send_errors']}")
+    print(
+        f"frames fuzzed:      {res['frames_sent']} ({res['bytes_sent'] / 1e6:.0f} MB) in {res['seconds']} s "
+        f"({res['frames_per_s']}/s); refused at send (no key: handshake) {res['send_errors']}"
+    )
     print(f"replies:            {res['replies']} {res['replies_by']}")
     print(f"expectation breaks: {res['violation_count']} {res['violations'][:3]}")
     print(f"daemon crashes:     {res['daemon_crashes']} alive {res['daemons_alive']}")
     for k, v in res["rss"].items():
         print(f"peak RSS {k:20s} {v['peak_mb']:7.1f} MB (start {v['start_mb']}, end {v['end_mb']})")
     for name, g in (("before", g0), ("during", g1), ("after", g2)):
-        print(f"good cqueue {name:7s} n={g['round_trips']:5d} p50 {g['p50_ms']} ms p99 {g['p99_ms']} ms "
-              f"max {g['max_ms']} ms failures {g['failures']}")
+        print(
+            f"good cqueue {name:7s} n={g['round_trips']:5d} p50 {g['p50_ms']} ms p99 {g['p99_ms']} ms "
+            f"max {g['max_ms']} ms failures {g['failures']}"
+        )
     print(f"caught exceptions:  {res['caught_exceptions']}")
     print(f"post checks:        {res['post']}")
     for name, passed in res["checks"].items():

@@ -454,18 +454,22 @@ def preemption(opts: Opts) -> list[Result]:
 # ====================================================================== 10
 
 
-def idle_agents(opts: Opts) -> list[Result]:
+def _idle_run(opts: Opts, curve: bool) -> tuple[list[float], dict[str, Any]]:
     n = opts.idle_agents
     width = max(4, len(str(n)))
     names = f"crane[{1:0{width}d}-{n:0{width}d}]"
-    cpu = []
-    extra: dict[str, Any] = {}
+    cpu: list[float] = []
+    auth = {"Type": "local", "CurveKeyDir": "keys"} if curve else {"Type": "local"}
+    t0 = time.monotonic()
     with cluster("idle", nodes=1, cpus=8, agents=False, Nodes=[{"name": names, "cpu": 8, "memory": "16G"}],
-                 Partitions=[{"name": "CPU", "nodes": names}], DefaultPartition="CPU") as c:  # fmt: skip
-        log(f"scenario 10: {n} fake agents (one process, one DEALER each) registering")
+                 Partitions=[{"name": "CPU", "nodes": names}], DefaultPartition="CPU", Auth=auth) as c:  # fmt: skip
+        setup_s = time.monotonic() - t0
+        log(
+            f"scenario 10: {n} fake agents (one process, one DEALER each, CurveZMQ {'on' if curve else 'off'})"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         fake = subprocess.Popen([sys.executable, "-m", "bench.fake_agents", "-C", c.config_path],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=c.env(),
-                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=c.env(), cwd=root)  # fmt: skip
         try:
             t0 = time.monotonic()
             c.wait_nodes_up(timeout=120)
@@ -484,10 +488,14 @@ def idle_agents(opts: Opts) -> list[Result]:
             fake_pct = round(fk.cpu_percent(None), 2)  # average over the same window
             st = c.nodes_state()
             down = [k for k, v in st.items() if v == "DOWN"]
-            extra = {"nodes_up_after_s": round(up_s, 2), "nodes_down_at_end": len(down),
+            extra = {"curve": curve, "setup_s (config, keys, controller)": round(setup_s, 2),
+                     "nodes_up_after_s": round(up_s, 2), "nodes_down_at_end": len(down),
                      "ctld_rss_mib": round(ctld.memory_info().rss / 2**20, 1),
-                     "fake_agents_cpu_pct": fake_pct,
+                     "ctld_threads": ctld.num_threads(), "fake_agents_cpu_pct": fake_pct,
                      "heartbeat_interval_s": c.config().get("HeartbeatInterval")}  # fmt: skip
+            log(
+                f"  controller CPU median {statistics.median(cpu):.1f}% (fake agents {fake_pct:.1f}%)"
+            )
         finally:
             fake.send_signal(signal.SIGTERM)
             try:
@@ -495,11 +503,25 @@ def idle_agents(opts: Opts) -> list[Result]:
             except subprocess.TimeoutExpired:
                 fake.kill()
                 fake.wait()
+    return cpu, extra
+
+
+def idle_agents(opts: Opts) -> list[Result]:
+    n = opts.idle_agents
+    cpu, extra = _idle_run(opts, curve=True)
+    if not opts.no_plain_idle:
+        plain, pextra = _idle_run(opts, curve=False)
+        extra["without_curve"] = {
+            "cpu_pct_median": statistics.median(plain),
+            "cpu_pct_max": max(plain),
+            **pextra,
+        }
     return [
         Result("idle_agents_cpu", f"{n} agents connected, idle: controller CPU", "% core", cpu, "<= 5% of a core",
                True, 5.0,
                variant="agents are fake: one helper process, one DEALER socket per node, Register + Heartbeat only "
                "(no-process executor, scale run only)",
                note=f"cranectld cpu_percent (psutil) sampled each second for {opts.idle_seconds} s; "
-               f"HeartbeatInterval {extra.get('heartbeat_interval_s')} s", extra=extra),
+               f"HeartbeatInterval {extra.get('heartbeat_interval_s')} s; CurveZMQ on (the local default); "
+               "extra.without_curve: the same with Auth.CurveKeyDir unset", extra=extra),
     ]  # fmt: skip
