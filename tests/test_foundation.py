@@ -218,3 +218,11 @@ def test_sigterm_stops_controller_cleanly(make_cluster) -> None:  # type: ignore
     p = c.procs["cranectld"]
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="memory limits need cgroups (root)")
+def test_memory_limit_ends_job_out_of_memory(cluster: Cluster) -> None:
+    hog = "python3 -c 'x = bytearray(512 * 1024 * 1024); import time; time.sleep(30)'"
+    jid = cluster.submit("--mem", "64M", wrap=hog)
+    j = cluster.wait_state(jid, "OUT_OF_MEMORY", "FAILED", "COMPLETED", timeout=60)
+    assert j["state"] == "OUT_OF_MEMORY", j
