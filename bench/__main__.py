@@ -53,9 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--singles", type=int, default=200, help="single cbatch submissions")
     ap.add_argument(
-        "--agents", type=int, default=20, help="real agents for the running mass cancel"
+        "--agents", type=int, default=100, help="real agents for the running mass cancel"
     )
-    ap.add_argument("--agent-cpus", type=int, default=8, help="cpus per agent (one job per cpu)")
+    ap.add_argument("--agent-cpus", type=int, default=20, help="cpus per agent (one job per cpu)")
     ap.add_argument("--running-rounds", type=int, default=2)
     ap.add_argument("--idle-agents", type=int, default=1000)
     ap.add_argument("--idle-seconds", type=int, default=10)
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             profiles = [{"error": f"{type(e).__name__}: {e}"}]
         log(f"profiles took {time.monotonic() - t0:.1f}s")
     total = time.monotonic() - t_start
+    info["loadavg_at_end"] = list(os.getloadavg())
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "total_s": round(total, 1),
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(doc, f, indent=1)
     print()
     print(f"Crane bench: {info['cpu_model']} ({info['cores']} cores), kernel {info['kernel']}, "
-          f"Python {info['python']}, cgroup {info['cgroup_mode']}; total {total:.0f} s")  # fmt: skip
+          f"Python {info['python']}, cgroup {info['cgroup_mode']}; total {total:.0f} s; "
+        f"load average at start {info['loadavg_at_start'][0]:.2f}")  # fmt: skip
     print()
     print(table(results))
     print()

@@ -122,6 +122,7 @@ def machine() -> dict[str, Any]:
         "cgroup_mode": detect_mode(),
         "event_loop": loop,
         "euid": os.geteuid(),
+        "loadavg_at_start": list(os.getloadavg()),
     }
 
 

@@ -299,13 +299,17 @@ def queue_scale(opts: Opts) -> list[Result]:
 
     # the target is stated for 100,000 jobs in <= 2 s: compare the rate (50,000 jobs/s)
     rate = n / cancel_all
+    pend_extra = {"n": n, "reply_s": round(cancel_reply, 3), "all_terminal_s": round(cancel_all, 3),
+                  "jobs_per_s": round(rate, 1), "extrapolated_100k_s": round(100_000 / rate, 2)}  # fmt: skip
     return [
         Result("cancel_pending_user", f"cancel {n} pending jobs by user (ccancel -u root -> all terminal)",
+               "ms", [round(1000 * cancel_all, 1)], "100,000 in <= 2 s", True, 2000.0,
+               note="held jobs; one CLI request; then WaitJobs over the API", extra=pend_extra)
+        if n == 100_000 else
+        Result("cancel_pending_user", f"cancel {n} pending jobs by user (ccancel -u root -> all terminal)",
                "jobs/s", [round(rate, 1)], "100,000 in <= 2 s (>= 50,000 jobs/s)", False, 50_000.0,
-               variant="" if n == 100_000 else f"N={n} (pass --full for 100,000); compared as a rate",
-               note="held jobs; one CLI request; then WaitJobs over the API",
-               extra={"n": n, "reply_s": round(cancel_reply, 3), "all_terminal_s": round(cancel_all, 3),
-                      "extrapolated_100k_s": round(100_000 / rate, 2)}),
+               variant=f"N={n} (pass --full for 100,000); compared as a rate",
+               note="held jobs; one CLI request; then WaitJobs over the API", extra=pend_extra),
         Result("submit_api", f"submission: SubmitJob(repeat={chunk}) (held jobs)", "jobs/s", submit_rates,
                ">= 10,000 jobs/s", False, 10_000.0, note=f"{len(submit_rates)} requests of {chunk} held jobs",
                extra={"cbatch_repeat_10000_jobs_s": round(cbatch_repeat_rate, 1)}),

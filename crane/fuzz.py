@@ -40,7 +40,17 @@ from crane import PROTOCOL_VERSION
 from crane import messages as m
 from crane.transport import MAX_REPLY
 
-CLI_TYPES = ("SubmitJob", "QueryJobs", "QueryNodes", "Cancel", "WaitJobs", "StartStep", "WaitStep", "Control", "AcctOp")
+CLI_TYPES = (
+    "SubmitJob",
+    "QueryJobs",
+    "QueryNodes",
+    "Cancel",
+    "WaitJobs",
+    "StartStep",
+    "WaitStep",
+    "Control",
+    "AcctOp",
+)
 AGENT_TYPES = ("Register", "Heartbeat", "StepStarted", "StepEnded", "JobReleased")
 # job ids no real job has in a fuzzed cluster: adversarial requests never touch real work
 FAR = 10**9
@@ -107,11 +117,15 @@ I64 = -(2**63)
 class FrameGen:
     """Seeded generator: the same seed gives the same frames."""
 
-    def __init__(self, seed: int, target: str = "cli", rid_base: int = 1, oversize: bool = True) -> None:
+    def __init__(
+        self, seed: int, target: str = "cli", rid_base: int = 1, oversize: bool = True
+    ) -> None:
         assert target in ("cli", "agent")
         self.r = random.Random(seed)
         self.target = target
-        self.heavy = float(os.environ.get("CRANE_FUZZ_HEAVY", "0.01"))  # share of heavy adversarial frames
+        self.heavy = float(
+            os.environ.get("CRANE_FUZZ_HEAVY", "0.01")
+        )  # share of heavy adversarial frames
         self.rid = rid_base
         self.types = {n: c for n, c in m._REGISTRY.items()}
         self.hints = {n: m._hints(c) for n, c in self.types.items()}
@@ -219,7 +233,19 @@ class FrameGen:
         return Frame([r.randbytes(n)], "")
 
     def k_non_map(self) -> Frame:
-        v = self.r.choice([None, 1, -1, "frame", b"frame", [1, 2, 3], 3.14, True, [PROTOCOL_VERSION, "QueryNodes", 1, {}]])
+        v = self.r.choice(
+            [
+                None,
+                1,
+                -1,
+                "frame",
+                b"frame",
+                [1, 2, 3],
+                3.14,
+                True,
+                [PROTOCOL_VERSION, "QueryNodes", 1, {}],
+            ]
+        )
         return Frame([_pk(v)], "")
 
     def k_map_no_keys(self) -> Frame:
@@ -241,12 +267,30 @@ class FrameGen:
         f = Frame([_pk({"v": PROTOCOL_VERSION, "t": t, "rid": self._rid(), "b": body})], "")
         if t in ("Ok", "Error"):  # real types that are not requests
             f.kind = "reply_as_request"
-            f.parts = [frame_of(t, {"code": 1, "message": "x"} if t == "Error" else {"data": {}}, f.rid or self._rid())]
+            f.parts = [
+                frame_of(
+                    t,
+                    {"code": 1, "message": "x"} if t == "Error" else {"data": {}},
+                    f.rid or self._rid(),
+                )
+            ]
         return f
 
     def k_long_type(self) -> Frame:
         t = "SubmitJob" * 1200  # ~10 KB
-        return Frame([_pk({"v": PROTOCOL_VERSION, "t": t[: self.r.randint(10_000, 10_800)], "rid": self._rid(), "b": {}})], "")
+        return Frame(
+            [
+                _pk(
+                    {
+                        "v": PROTOCOL_VERSION,
+                        "t": t[: self.r.randint(10_000, 10_800)],
+                        "rid": self._rid(),
+                        "b": {},
+                    }
+                )
+            ],
+            "",
+        )
 
     def k_body_not_map(self) -> Frame:
         t = self._pick_type()
@@ -277,7 +321,19 @@ class FrameGen:
     def k_extra_field(self) -> Frame:
         t = self._pick_type()
         body = self._body(t)
-        extra = self.r.choice(["uid", "gid", "user", "admin", "node", "identity", "__dict__", "TYPE", self._str(8) or "z"])
+        extra = self.r.choice(
+            [
+                "uid",
+                "gid",
+                "user",
+                "admin",
+                "node",
+                "identity",
+                "__dict__",
+                "TYPE",
+                self._str(8) or "z",
+            ]
+        )
         if extra in body:
             extra = extra + "_"
         body[extra] = self.r.choice([0, "root", True, None, [0]])
@@ -312,7 +368,9 @@ class FrameGen:
         bad = b"\xa4\xff\xfe\xc0\x80"  # fixstr of 4 invalid bytes
         where = self.r.randint(0, 2)
         if where == 0:  # the type name
-            data = raw_map([("v", _pk(PROTOCOL_VERSION)), ("t", bad), ("rid", _pk(rid)), ("b", _pk({}))])
+            data = raw_map(
+                [("v", _pk(PROTOCOL_VERSION)), ("t", bad), ("rid", _pk(rid)), ("b", _pk({}))]
+            )
         elif where == 1:  # a body key
             data = envelope(self._pick_type(), b"\x81" + bad + _pk(1), rid)
         else:  # a str field value
@@ -328,7 +386,10 @@ class FrameGen:
         if strs:
             body[self.r.choice(strs)] = b"bytes-not-str"
             return Frame([frame_of(t, body, self._rid())], f"bin_for_str:{t}")
-        return Frame([_pk({b"v": PROTOCOL_VERSION, b"t": t.encode(), b"rid": self._rid(), b"b": {}})], "bin_for_str:keys")
+        return Frame(
+            [_pk({b"v": PROTOCOL_VERSION, b"t": t.encode(), b"rid": self._rid(), b"b": {}})],
+            "bin_for_str:keys",
+        )
 
     def k_deep_nesting(self) -> Frame:
         depth = self.r.choice([10_000, 100_000, 2000, 1025])
@@ -340,7 +401,11 @@ class FrameGen:
         elif where == 1:
             data = envelope("SubmitJob", raw_map([("spec", nest)]), rid)
         else:
-            data = envelope("Control", raw_map([("action", _pk("hold")), ("args", raw_map([("job_id", nest)]))]), rid)
+            data = envelope(
+                "Control",
+                raw_map([("action", _pk("hold")), ("args", raw_map([("job_id", nest)]))]),
+                rid,
+            )
         return Frame([data], "")
 
     def k_deep_any(self) -> Frame:
@@ -349,24 +414,49 @@ class FrameGen:
         nest = deep_list(depth) if self.r.random() < 0.5 else deep_map(depth)
         rid = self._rid()
         if self.target == "agent":
-            ended = b"\x91" + raw_map([("job_id", nest), ("step_id", _pk(1)), ("exit_code", _pk(0))])
-            body = raw_map([("node", _pk("fuzz-node")), ("cpus", _pk(1)), ("memory", _pk(1)), ("ended", ended)])
+            ended = b"\x91" + raw_map(
+                [("job_id", nest), ("step_id", _pk(1)), ("exit_code", _pk(0))]
+            )
+            body = raw_map(
+                [("node", _pk("fuzz-node")), ("cpus", _pk(1)), ("memory", _pk(1)), ("ended", ended)]
+            )
             return Frame([envelope("Register", body, rid)], "", expect="any")
         choice = self.r.randint(0, 4)
         if choice == 0:
             body = raw_map([("spec", raw_map([("name", nest), ("argv", _pk(["true"]))]))])
             t = "SubmitJob"
         elif choice == 1:
-            body = raw_map([("action", _pk("update_node")), ("args", raw_map([("node", nest), ("state", nest)]))])
+            body = raw_map(
+                [
+                    ("action", _pk("update_node")),
+                    ("args", raw_map([("node", nest), ("state", nest)])),
+                ]
+            )
             t = "Control"
         elif choice == 2:
-            body = raw_map([("op", raw_map([("verb", _pk("add")), ("entity", _pk("qos")), ("name", nest), ("set", nest)]))])
+            body = raw_map(
+                [
+                    (
+                        "op",
+                        raw_map(
+                            [
+                                ("verb", _pk("add")),
+                                ("entity", _pk("qos")),
+                                ("name", nest),
+                                ("set", nest),
+                            ]
+                        ),
+                    )
+                ]
+            )
             t = "AcctOp"
         elif choice == 3:
             body = raw_map([("filters", raw_map([("name", nest)]))])
             t = self.r.choice(["QueryJobs", "Cancel"])
         else:
-            body = raw_map([("op", raw_map([("verb", _pk("show")), ("entity", nest), ("name", nest)]))])
+            body = raw_map(
+                [("op", raw_map([("verb", _pk("show")), ("entity", nest), ("name", nest)]))]
+            )
             t = "AcctOp"
         return Frame([envelope(t, body, rid)], f"deep_any:{t}")
 
@@ -375,7 +465,11 @@ class FrameGen:
         head = self.r.choice(HUGE_HEADERS)
         tail = self.r.randbytes(self.r.randint(0, 20))
         where = self.r.randint(0, 1)
-        data = head + tail if where == 0 else envelope("SubmitJob", raw_map([("spec", head + tail)]), rid)
+        data = (
+            head + tail
+            if where == 0
+            else envelope("SubmitJob", raw_map([("spec", head + tail)]), rid)
+        )
         return Frame([data], "")
 
     def k_truncated(self) -> Frame:
@@ -405,14 +499,18 @@ class FrameGen:
         parts = [good] + [self.r.choice([b"", good, self.r.randbytes(8)]) for _ in range(extra)]
         self.r.shuffle(parts)
         # 2-3 payload frames: an Error reply; more: dropped without one
-        return Frame(parts, f"frame_count:{len(parts)}", expect="error" if len(parts) <= 3 else "drop")
+        return Frame(
+            parts, f"frame_count:{len(parts)}", expect="error" if len(parts) <= 3 else "drop"
+        )
 
     def k_too_large(self) -> Frame:
         """A frame over MAX_FRAME: refused by ZeroMQ (MAXMSGSIZE closes the
         connection) or, just over the limit, by ``decode``."""
         if self.r.random() < 0.5:
             n = 5 * 1024 * 1024
-            return Frame([b"\xc6" + struct.pack(">I", n) + b"\0" * n], "too_large:5MB", expect="drop")
+            return Frame(
+                [b"\xc6" + struct.pack(">I", n) + b"\0" * n], "too_large:5MB", expect="drop"
+            )
         pad = m.MAX_FRAME + 10
         data = frame_of("SubmitJob", {"spec": {"script": "#" * pad}}, self._rid())
         return Frame([data], "too_large:edge")
@@ -425,7 +523,12 @@ class FrameGen:
         r = self.r
         rid = self._rid()
         far = FAR + r.randint(0, 10**6)
-        ok_script = {"script": "#!/bin/sh\nexit 0\n", "cwd": "/tmp", "stdout": "/dev/null", "hold": True}
+        ok_script = {
+            "script": "#!/bin/sh\nexit 0\n",
+            "cwd": "/tmp",
+            "stdout": "/dev/null",
+            "hold": True,
+        }
         if r.random() < self.heavy:  # heavy but legal: rare, or they dominate the run time
             heavy = [
                 ("cancel_100k_ids", "Cancel", {"ids": [[FAR + i, None] for i in range(100_000)], "dry_run": True}, "any"),
@@ -589,13 +692,21 @@ def send_frames(address: str, frames: typing.Iterable[Frame], identity: bytes | 
             f = expect.pop(rid, None) if rid else None
             if not cli:  # the agent socket answers only RegisterAck (to strangers)
                 if not isinstance(msg, m.RegisterAck) or msg.ok:
-                    st.violations.append(f"agent socket replied {key} ok={getattr(msg, 'ok', None)}")
+                    st.violations.append(
+                        f"agent socket replied {key} ok={getattr(msg, 'ok', None)}"
+                    )
                 continue
             if rid == 0:
                 if not (isinstance(msg, m.Error) and msg.code == 2):
                     st.violations.append(f"rid 0 reply is {key}")
-            elif f is not None and f.expect == "error" and not (isinstance(msg, m.Error) and msg.code in f.codes):
-                st.violations.append(f"{f.kind}: expected Error, got {key} {str(getattr(msg, 'data', ''))[:80]}")
+            elif (
+                f is not None
+                and f.expect == "error"
+                and not (isinstance(msg, m.Error) and msg.code in f.codes)
+            ):
+                st.violations.append(
+                    f"{f.kind}: expected Error, got {key} {str(getattr(msg, 'data', ''))[:80]}"
+                )
             elif f is not None and f.expect == "drop":
                 st.violations.append(f"{f.kind}: expected no reply, got {key}")
 
@@ -743,14 +854,15 @@ def cpu_count() -> int:
 # node (a compromised node), "nokey": none (a stranger on the network)
 ROLES: dict[str, float] = {
     "cli-root": 0.20,  # malformed and adversarial requests from uid 0
-    "cli-user": 0.15,  # the same from a plain user (uid 65534) when the socket is reachable
-    "cli-flood": 0.25,  # one identity sending as fast as it can
+    "cli-user": 0.15,  # the same from a plain user (daemon, uid 1)
+    "cli-flood": 0.25,  # one identity of another plain user (nobody) sending as fast as it can
     "agent-random-nokey": 0.025,  # random identities, no key (refused at the handshake)
     "agent-random-key": 0.20,  # random identities, a real node's key
     "agent-forged-key": 0.125,  # identity "crane01" with the key of another node
     "agent-forged-nokey": 0.025,  # identity "crane01", no key
 }
-NOBODY = 65534
+# plain users the CLI fuzzers run as (root, if the socket is not reachable by others)
+ROLE_USERS = {"cli-user": "daemon", "cli-flood": "nobody"}
 
 
 def _worker(role: str, address: str, n: int, seed: int, curve: tuple[bytes, bytes, bytes] | None,
@@ -777,7 +889,9 @@ def _worker(role: str, address: str, n: int, seed: int, curve: tuple[bytes, byte
             for ident in idents:
                 k = min(per, left)
                 left -= k
-                stats.merge(_agent_burst(ctx, address, ident, (gen.next() for _ in range(k)), curve))
+                stats.merge(
+                    _agent_burst(ctx, address, ident, (gen.next() for _ in range(k)), curve)
+                )
         out.put((role, stats.to_dict(), None))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         out.put((role, None, f"{type(e).__name__}: {e}"))
@@ -817,7 +931,9 @@ def _agent_burst(ctx: Any, address: str, ident: bytes, frames: typing.Iterable[F
                     if isinstance(msg, m.RegisterAck) and msg.ok:
                         st.violations.append(f"a fuzzing agent ({ident[:16]!r}) was accepted")
                     elif not isinstance(msg, m.RegisterAck):
-                        st.violations.append(f"the controller sent {msg.TYPE} to a fuzzing agent ({ident[:16]!r})")
+                        st.violations.append(
+                            f"the controller sent {msg.TYPE} to a fuzzing agent ({ident[:16]!r})"
+                        )
                 except m.BadMessage as e:
                     st.violations.append(f"undecodable reply: {e}")
         time.sleep(0.2)
@@ -876,7 +992,20 @@ def campaign(cluster: Any, frames: int, seed: int = 1, roles: dict[str, float] |
         other = [n for n in cfg.nodes if n != forged][-1]
         pub, sec = keys.node_keys(cfg.curve_key_dir, other)
         curve_key = (pub, sec, keys.controller_public(cfg.curve_key_dir))
-    user_ok = cfg.cli_address.startswith("ipc://") and _reachable_by(cfg.cli_address[6:], NOBODY)
+    import pwd
+
+    role_uid: dict[str, int] = {}
+    for role, user in ROLE_USERS.items():
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            continue
+        if (
+            os.geteuid() == 0
+            and cfg.cli_address.startswith("ipc://")
+            and _reachable_by(cfg.cli_address[6:], uid)
+        ):
+            role_uid[role] = uid
     pids = _daemon_pids(cluster)
     sampler = RssSampler(pids)
     sampler.start()
@@ -889,7 +1018,11 @@ def campaign(cluster: Any, frames: int, seed: int = 1, roles: dict[str, float] |
         g.join(15)
         return g.summary()
 
-    result: dict[str, Any] = {"frames_requested": frames, "seed": seed, "curve": curve_key is not None}
+    result: dict[str, Any] = {
+        "frames_requested": frames,
+        "seed": seed,
+        "curve": curve_key is not None,
+    }
     result["good_before"] = good_phase(baseline)
     total = sum(roles.values())
     mp = multiprocessing.get_context("spawn")
@@ -903,7 +1036,7 @@ def campaign(cluster: Any, frames: int, seed: int = 1, roles: dict[str, float] |
             continue
         addr = cfg.cli_address if role.startswith("cli") else cfg.agent_address
         key = curve_key if role.endswith("-key") else None
-        uid = NOBODY if role == "cli-user" and os.geteuid() == 0 and user_ok else None
+        uid = role_uid.get(role)
         plan[role] = {"frames": n, "uid": 0 if uid is None else uid, "key": key is not None}
         p = mp.Process(target=_worker, args=(role, addr, n, seed * 100 + i, key, forged, uid, out, oversize),
                        daemon=True)  # fmt: skip
@@ -918,7 +1051,9 @@ def campaign(cluster: Any, frames: int, seed: int = 1, roles: dict[str, float] |
             role, st, err = out.get(timeout=1.0)
         except Exception:  # queue.Empty
             if progress:
-                progress(f"{time.monotonic() - t0:.0f}s: {len(stats)}/{len(procs)} fuzzers done; rss {sampler.last}")
+                progress(
+                    f"{time.monotonic() - t0:.0f}s: {len(stats)}/{len(procs)} fuzzers done; rss {sampler.last}"
+                )
             if not any(p.is_alive() for _, p in procs) and out.empty():
                 break
             continue
@@ -988,7 +1123,11 @@ def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0
         j = None
         while time.monotonic() < deadline:
             j = job(jid)
-            if j and j["state"] in states and (j["state"] != "RUNNING" or any(s.get("pid") for s in j["steps"])):
+            if (
+                j
+                and j["state"] in states
+                and (j["state"] != "RUNNING" or any(s.get("pid") for s in j["steps"]))
+            ):
                 return j
             time.sleep(0.1)
         return j
@@ -1032,7 +1171,11 @@ def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0
             res["sentinel_cancelled"] = bool(j and j["state"] == "CANCELLED")
             res["sentinel_process_gone"] = gone(pid)
         out = os.path.join(cluster.base, "fuzz-ok.out")
-        spec = {"argv": ["/bin/sh", "-c", f"echo fuzz-ok > {out}"], "cwd": "/tmp", "stdout": "/dev/null"}
+        spec = {
+            "argv": ["/bin/sh", "-c", f"echo fuzz-ok > {out}"],
+            "cwd": "/tmp",
+            "stdout": "/dev/null",
+        }
         jid = call(cfg, m.SubmitJob(spec))["job_ids"][0]
         j = wait(jid, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
         res["job_completed"] = bool(j and j["state"] == "COMPLETED")
@@ -1041,7 +1184,9 @@ def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0
                 res["job_output_ok"] = f.read().strip() == "fuzz-ok"
         except OSError:
             res["job_output_ok"] = False
-        jid = call(cfg, m.SubmitJob({"argv": ["sleep", "300"], "cwd": "/tmp", "stdout": "/dev/null"}))["job_ids"][0]
+        jid = call(
+            cfg, m.SubmitJob({"argv": ["sleep", "300"], "cwd": "/tmp", "stdout": "/dev/null"})
+        )["job_ids"][0]
         j = wait(jid, ("RUNNING",))
         pid = pid_of(j)
         res["job_ran"] = bool(j and j["state"] == "RUNNING" and pid)
@@ -1068,7 +1213,11 @@ def start_sentinel(cluster: Any, node: str = "crane01", timeout: float = 30.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         d = call(cfg, m.QueryJobs({"jobs": [jid]}))
-        if d["jobs"] and d["jobs"][0]["state"] == "RUNNING" and any(s.get("pid") for s in d["jobs"][0]["steps"]):
+        if (
+            d["jobs"]
+            and d["jobs"][0]["state"] == "RUNNING"
+            and any(s.get("pid") for s in d["jobs"][0]["steps"])
+        ):
             return jid
         time.sleep(0.1)
     raise TimeoutError(f"sentinel job {jid} did not start")

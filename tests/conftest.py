@@ -137,7 +137,11 @@ def start_cluster(base: str, nodes: int = 4, cpus: int = 4, **extra: Any) -> Clu
         open_ancestors(base)
     c = Cluster(base)
     c.write_config(make_config(base, nodes, cpus, **extra))
-    c.up(timeout=60)
+    try:
+        c.up(timeout=60)
+    except BaseException:
+        c.down()  # never leak daemons from a failed start
+        raise
     return c
 
 

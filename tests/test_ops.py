@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from crane.local import LocalCluster, make_config
-from tests.conftest import BIN, IS_ROOT, Cluster, pid_alive, wait_for
+from tests.conftest import BIN, IS_ROOT, Cluster, open_ancestors, pid_alive, wait_for
 
 PAM_CHECK = os.path.join(BIN, "crane-pam-check")
 
@@ -235,20 +235,23 @@ def test_pam_check_users_files(tmp_path: Path) -> None:
     assert check(pam_user="nobody").returncode == 1
 
 
-def _let_others_reach(path: str) -> None:
-    """o+x on the directories above ``path``: pytest makes its temp root 0700,
-    and the job's user must read the config below it."""
-    p = os.path.dirname(os.path.realpath(path))
-    while p not in ("/", "/tmp"):
-        st = os.stat(p)
-        if not st.st_mode & 0o001 and st.st_uid == os.geteuid():
-            os.chmod(p, st.st_mode | 0o001)
-        p = os.path.dirname(p)
+@pytest.fixture
+def small_cluster(tmp_path: Path, users: dict[str, int]) -> Iterator[Cluster]:
+    """Two nodes (for tests with real users); brought down even when they fail to come up."""
+    base = str(tmp_path / "cluster")
+    c = Cluster(base)
+    os.chmod(base, 0o755)
+    open_ancestors(base)
+    c.write_config(make_config(base, nodes=2, cpus=2))
+    try:
+        c.up(timeout=60)
+        yield c
+    finally:
+        c.down()
 
 
-def test_pam_check_follows_real_jobs(make_cluster, users: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
-    c: Cluster = make_cluster(nodes=2, cpus=2)
-    _let_others_reach(c.config_path)
+def test_pam_check_follows_real_jobs(small_cluster: Cluster) -> None:
+    c = small_cluster
 
     def allowed(user: str, node: str) -> bool:
         r = subprocess.run([PAM_CHECK, "-n", node], capture_output=True, text=True, timeout=30,

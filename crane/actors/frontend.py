@@ -248,7 +248,8 @@ class Frontend:
                 reply(m.Error(4, "Permission denied"))
                 return
             node, state = msg.args.get("node"), str(msg.args.get("state", "")).upper()
-            if not isinstance(node, str) or node not in ctl.nodes or state not in ("DRAIN", "RESUME", "IDLE"):
+            ok_node = isinstance(node, str) and node in ctl.nodes
+            if not ok_node or state not in ("DRAIN", "RESUME", "IDLE"):
                 reply(m.Error(2, f"invalid node update: node={str(node)[:64]} state={state[:64]}"))
                 return
             reason = str(msg.args.get("reason") or ("drained by " + caller.name))

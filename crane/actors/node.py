@@ -87,6 +87,8 @@ class NodeActor(Actor):
             self._step_ended(msg)
         elif isinstance(msg, m.JobReleased):
             self.ctl.job_event(msg.job_id, ev.ReleasedEv(self.name, msg.kill_failed))
+            if not msg.epilog_ok:  # as Slurm: a failing epilog drains the node
+                self.ctl.scheduler.tell(ev.NodeStatus(self.name, drain=True, reason="Epilog error"))
         else:
             log.warning("node %s: unexpected %s", self.name, msg.TYPE)
 

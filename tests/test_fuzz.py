@@ -1,0 +1,189 @@
+"""Hostile input (issue 6, item 4), CI-sized: ~10,000 malformed or adversarial
+frames on both controller sockets of a real 2-node cluster. The 100,000-frame
+soak is ``bench/fuzz.py`` (same generator and checks)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from crane import PROTOCOL_VERSION, fuzz
+from crane import messages as m
+from crane.config import load
+from tests.conftest import Cluster, pid_alive
+
+FRAMES = int(os.environ.get("CRANE_FUZZ_FRAMES", "10000"))
+
+
+def raw_request(cluster: Cluster, parts: list[bytes], timeout: float = 10.0) -> m.Message | None:
+    """Send raw payload frames to the CLI socket; the reply, or None."""
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(load(cluster.config_path).cli_address)
+    try:
+        s.send_multipart(parts)
+        if not s.poll(int(timeout * 1000)):
+            return None
+        return m.decode(s.recv())[0]
+    finally:
+        s.close(linger=0)
+
+
+def frame(t: str, body: dict[str, Any], rid: int = 7) -> bytes:
+    return msgpack.packb({"v": PROTOCOL_VERSION, "t": t, "rid": rid, "b": body})
+
+
+# ---------------------------------------------------------------- pure: the decoder
+
+
+def test_decoder_refuses_every_generated_frame_with_bad_message_only() -> None:
+    """Whatever the generator makes, decode returns a message or raises
+    BadMessage: never another exception, never a RecursionError."""
+    for target in ("cli", "agent"):
+        gen = fuzz.FrameGen(42, target)
+        for _ in range(5000):
+            f = gen.next()
+            for part in f.parts:
+                try:
+                    m.decode(part)
+                except m.BadMessage:
+                    pass
+
+
+def test_generator_is_deterministic() -> None:
+    a = [f.parts for f in (fuzz.FrameGen(3).next() for _ in range(300))]
+    b = [f.parts for f in (fuzz.FrameGen(3).next() for _ in range(300))]
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (fuzz.deep_list(10_000), "not msgpack"),
+        (fuzz.deep_map(10_000), "not msgpack"),
+        (b"\xdd\xff\xff\xff\xff\x01\x02", "not msgpack"),  # a 4 G-item array in 7 bytes
+        (b"\xdb\xff\xff\xff\xffab", "not msgpack"),
+        (fuzz.envelope("SubmitJob", fuzz.raw_map([("spec", fuzz.raw_map([("name", fuzz.deep_list(1000))]))]), 1), "nested too deeply"),
+        (fuzz.envelope("Control", fuzz.raw_map([("action", msgpack.packb("x")), ("args", fuzz.deep_map(500))]), 1), "nested too deeply"),
+        (msgpack.packb({"v": True, "t": "QueryNodes", "rid": 1, "b": {}}), "version"),
+        (msgpack.packb({"v": 1.0, "t": "QueryNodes", "rid": 1, "b": {}}), "version"),
+        (msgpack.packb({"v": PROTOCOL_VERSION, "t": "Q" * 10_000, "rid": 1, "b": {}}), "unknown message type"),
+        (frame("Cancel", {"ids": [[1, None]], "uid": 0}), "unknown field 'uid'"),
+        (frame("Cancel", {"grace": "soon"}), "field grace"),
+        (frame("SubmitJob", {"spec": {}, "repeat": True}), "field repeat"),
+        (b"\x84\xa1v\x01\xa1t\xa4\xff\xfe\xc0\x80\xa3rid\x01\xa1b\x80", "not msgpack"),  # invalid UTF-8
+        (b"\0" * (m.MAX_FRAME + 1), "too large"),
+    ],
+)  # fmt: skip
+def test_decoder_refuses(data: bytes, why: str) -> None:
+    with pytest.raises(m.BadMessage, match=why):
+        m.decode(data)
+
+
+def test_nan_grace_decodes_and_is_refused_by_validation() -> None:
+    from crane.actors.cancel import validate
+
+    msg, _ = m.decode(frame("Cancel", {"ids": [[5, None]], "grace": math.nan}))
+    assert isinstance(msg, m.Cancel)
+    assert validate(msg) is not None
+
+
+# ---------------------------------------------------------------- a storm on a real cluster
+
+
+def test_fuzz_storm_daemons_keep_serving(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=2, cpus=2)
+    sentinel = fuzz.start_sentinel(cluster)
+    t0 = time.monotonic()
+    # no oversized frames here: ZeroMQ closes the connection of their sender,
+    # which loses the replies in flight (test_oversized_frames covers them)
+    res = fuzz.campaign(cluster, FRAMES, seed=11, baseline=1.0, oversize=False)
+    post = fuzz.post_checks(cluster, sentinel)
+    took = time.monotonic() - t0
+    summary = {k: res[k] for k in ("frames_sent", "frames_to_decoder", "replies_by", "rss", "good_during",
+                                   "daemons_alive", "violations", "worker_errors", "cli_unanswered")}  # fmt: skip
+    print(summary, post, f"{took:.1f}s")
+    assert not res["worker_errors"], res["worker_errors"]
+    assert res["frames_sent"] >= FRAMES * 0.9
+    # both daemons (and every agent) alive
+    assert res["daemon_crashes"] == 0 and all(res["daemons_alive"].values()), res["daemons_alive"]
+    # every bad CLI request got an Error with the proper code (rid 0: code 2), never an Ok
+    assert res["violation_count"] == 0, res["violations"]
+    assert res["replies_by"].get("Error:2", 0) > FRAMES * 0.3
+    # ... and none went unanswered (frames with > 3 parts are dropped by design)
+    assert res["cli_unanswered"] == 0, res["roles"]
+    # no handler hit the transport's safety net (each would be a bug)
+    with open(os.path.join(cluster.base, "log", "cranectld.log")) as f:
+        log = f.read()
+    assert "handler failed" not in log, log[log.find("handler failed") :][:3000]
+    # memory bounded
+    for name, r in res["rss"].items():
+        assert r["peak_mb"] - r["start_mb"] < 200, (name, r)
+    # the good client kept working
+    for phase in ("good_during", "good_after"):
+        assert res[phase]["failures"] == 0 and res[phase]["round_trips"] > 0, res[phase]
+    assert res["good_during"]["p99_ms"] < 3000, res["good_during"]
+    # a job ran through the storm on crane01 (the forged agent's name), then a
+    # real job still submits, runs and cancels
+    assert post["ok"], post
+
+
+def test_oversized_frames_are_dropped_and_the_controller_serves_on(cluster: Cluster) -> None:
+    cfg = load(cluster.config_path)
+    # just over MAX_FRAME: ZeroMQ lets it in, decode refuses it with an Error
+    edge = frame("SubmitJob", {"spec": {"script": "#" * (m.MAX_FRAME + 10)}})
+    reply = raw_request(cluster, [edge])
+    assert isinstance(reply, m.Error) and reply.code == 2 and "too large" in reply.message
+    # far over it (5 MB): ZeroMQ closes the sender's connection, no reply
+    big = b"\xc6" + (5 << 20).to_bytes(4, "big") + b"\0" * (5 << 20)
+    assert raw_request(cluster, [big], timeout=2) is None
+    # a 4 GB claim in a few bytes
+    reply = raw_request(cluster, [b"\xdd\xff\xff\xff\xff\x01"])
+    assert isinstance(reply, m.Error) and reply.code == 2
+    # 2-3 payload frames: an Error; more: dropped
+    reply = raw_request(cluster, [frame("QueryNodes", {}), b""])
+    assert isinstance(reply, m.Error) and reply.code == 2
+    assert raw_request(cluster, [frame("QueryNodes", {})] * 5, timeout=1) is None
+    from crane.transport import Client
+
+    c = Client(cfg.cli_address, timeout=10)
+    try:
+        assert isinstance(c.request(m.QueryNodes()), m.Ok)
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------- identity in the body
+
+
+def test_cancel_with_a_forged_uid_field_is_refused_and_cancels_nothing(cluster: Cluster) -> None:
+    jid = cluster.submit("-w", "crane01", wrap="sleep 300")
+    pid = cluster.step_pid(jid)
+    for body in ({"ids": [[jid, None]], "uid": 0}, {"ids": [[jid, None]], "user": "root"},
+                 {"filters": {"jobs": [jid], "uid": 0}}):  # fmt: skip
+        reply = raw_request(cluster, [frame("Cancel", body)])
+        assert isinstance(reply, m.Error) and reply.code == 2, reply
+    time.sleep(0.5)
+    assert cluster.state(jid) == "RUNNING" and pid_alive(pid)
+    cluster.ok("ccancel", str(jid))
+    cluster.wait_state(jid, "CANCELLED")
+
+
+def test_submit_spec_with_a_uid_field_is_refused(cluster: Cluster) -> None:
+    before = cluster.jobs()
+    spec = {"argv": ["/bin/true"], "cwd": "/tmp", "stdout": "/dev/null"}
+    for bad in ({**spec, "uid": 0}, {**spec, "gid": 0}, {**spec, "user": "root"}):
+        reply = raw_request(cluster, [frame("SubmitJob", {"spec": bad})])
+        assert isinstance(reply, m.Error) and reply.code == 2, reply
+        assert "unknown job field" in reply.message
+    reply = raw_request(cluster, [frame("SubmitJob", {"spec": spec, "uid": 0})])
+    assert isinstance(reply, m.Error) and reply.code == 2 and "unknown field 'uid'" in reply.message
+    assert cluster.jobs().keys() == before.keys()
