@@ -18,7 +18,7 @@ import traceback
 from typing import Any
 
 from bench import scenarios
-from bench.common import RESULTS, Result, log, machine, raise_fd_limit
+from bench.common import LEAKS, RESULTS, Result, log, machine, raise_fd_limit
 
 GROUPS = {
     "cancel1": (
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "options": vars(opts),
         "results": [r.to_json() for r in results],
         "profiles": profiles,
+        "leaked_processes": LEAKS,
     }
     with open(opts.out, "w") as f:
         json.dump(doc, f, indent=1)
@@ -214,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"  {share} cum {row['cum_s']:8.3f}s own {row['own_s']:7.3f}s {row['calls']:>8} {row['func']}"
             )
+    for leak in LEAKS:
+        print(
+            f"LEAK: cluster {leak['cluster']}: {len(leak['pids'])} job processes outlived down() (killed)"
+        )
     print(f"\nwritten: {opts.out}")
 
 

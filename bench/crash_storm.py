@@ -25,6 +25,7 @@ exits 1 if an invariant failed.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import random
@@ -93,6 +94,7 @@ class Storm:
         # what was acknowledged
         self.jobs: dict[int, str] = {}  # job id -> kind
         self.max_id = 0
+        self.acks: list[tuple[float, int]] = []  # (ack time, highest id acknowledged so far)
         self.cancels: dict[int, float] = {}  # job -> ack time (whole-job cancels)
         self.step_cancels: dict[tuple[int, int], float] = {}
         self.verified_cancels: set[int] = set()
@@ -103,6 +105,7 @@ class Storm:
         self.violations: list[str] = []
         self.recovery_s: list[float] = []
         self.check_s: list[float] = []
+        self.threads = 0
 
     # ------------------------------------------------------------ requests
 
@@ -134,7 +137,9 @@ class Storm:
                     raise
                 # account "default" appears with the first submission: make it now
                 log(f"{' '.join(argv)}: {e}; creating it with a held job")
-                jid = call(self.cfg, m.SubmitJob(self.spec("setup", "sleep 1", hold=True)))["job_ids"][0]
+                jid = call(self.cfg, m.SubmitJob(self.spec("setup", "sleep 1", hold=True)))[
+                    "job_ids"
+                ][0]
                 self.record_submit([jid], "setup")
                 call(self.cfg, m.AcctOp(parse_argv(argv)))
                 self.record_cancel(call(self.cfg, m.Cancel(ids=[[jid, None]])))
@@ -153,14 +158,21 @@ class Storm:
 
     # ------------------------------------------------------------ recording
 
-    def record_submit(self, ids: list[int], kind: str) -> None:
+    def record_submit(self, ids: list[int], kind: str, sent: float = 0.0) -> None:
+        """Ids must be unique, and above every id acknowledged before this
+        request was sent (several workload threads submit concurrently)."""
         with self.lock:
+            i = bisect.bisect_left(self.acks, (sent, -1))
+            floor = self.acks[i - 1][1] if i else 0
             for jid in ids:
-                if jid in self.jobs or jid <= self.max_id:
+                if jid in self.jobs or jid <= floor:
                     self.stats["id_reuse"] += 1
-                    self.violations.append(f"job id {jid} acknowledged again or out of order (max so far {self.max_id})")
+                    self.violations.append(
+                        f"job id {jid} reused or below an id acknowledged earlier ({floor})"
+                    )
                 self.jobs[jid] = kind
                 self.max_id = max(self.max_id, jid)
+            self.acks.append((time.monotonic(), self.max_id))
             self.stats["jobs_acknowledged"] += len(ids)
 
     def record_cancel(self, res: dict[str, Any] | None) -> None:
@@ -178,7 +190,7 @@ class Storm:
                     self.cancels.setdefault(c["job_id"], now)
                     self.stats["job_cancels_acknowledged"] += 1
 
-    def refresh_view(self) -> None:
+    def refresh_view(self, rng: random.Random | None = None) -> None:
         data = self.req(m.QueryJobs(), timeout=3)
         if data is None:
             return
@@ -188,11 +200,15 @@ class Storm:
             for jid, j in view.items():
                 for st in j.get("steps", []):
                     if st.get("pid") and st.get("state") == "RUNNING":
-                        self.pids.setdefault(jid, set()).add(int(st["pid"]))
+                        ps = self.pids.setdefault(jid, set())
+                        if int(st["pid"]) not in ps:
+                            self.stats["pids_recorded"] += 1
+                            ps.add(int(st["pid"]))
 
     # ------------------------------------------------------------ the workload
 
-    def workload(self) -> None:
+    def workload(self, seed: int) -> None:
+        rng = random.Random(seed)
         actions = [
             (25, self.submit_short), (10, self.submit_long), (6, self.submit_held),
             (8, self.submit_multi), (6, self.submit_background), (6, self.submit_interactive),
@@ -201,71 +217,86 @@ class Storm:
         ]  # fmt: skip
         weights = [w for w, _ in actions]
         while not self.stop_workload.is_set():
-            _, fn = self.rng.choices(actions, weights)[0]
+            _, fn = rng.choices(actions, weights)[0]
             try:
-                fn()
+                fn(rng)
             except Exception as e:  # a harness bug must not silently stop the load
                 self.violation(f"workload {fn.__name__} raised {type(e).__name__}: {e}")
                 return
-            self.stop_workload.wait(self.rng.uniform(0.01, 0.08))
+            self.stop_workload.wait(rng.uniform(0.01, 0.1))
 
     def _submit(self, kind: str, spec: dict[str, Any], repeat: int = 1) -> None:
+        sent = time.monotonic()
         res = self.req(m.SubmitJob(spec, repeat), timeout=5)
         if res is not None:
-            self.record_submit(list(res["job_ids"]), kind)
+            self.record_submit(list(res["job_ids"]), kind, sent)
 
-    def submit_short(self) -> None:
-        part = self.rng.choice(["CPU", "GPU"])
-        t = round(self.rng.uniform(0.5, 3.0), 2)
-        self._submit("short", self.spec("short", f"sleep {t}", partition=part), self.rng.choice([1, 1, 1, 2, 3]))
+    def submit_short(self, rng: random.Random) -> None:
+        part = rng.choice(["CPU", "GPU", "GPU"])
+        t = round(rng.uniform(0.5, 3.0), 2)
+        self._submit(
+            "short", self.spec("short", f"sleep {t}", partition=part), rng.choice([1, 1, 1, 2, 3])
+        )
 
-    def submit_long(self) -> None:
-        self._submit("long", self.spec("long", "sleep 300", partition=self.rng.choice(["CPU", "GPU"])))
+    def submit_long(self, rng: random.Random) -> None:
+        self._submit("long", self.spec("long", "sleep 300", partition="GPU"))
 
-    def submit_held(self) -> None:
-        self._submit("held", self.spec("held", "sleep 1", hold=True, partition="GPU"))
+    def submit_held(self, rng: random.Random) -> None:
+        self._submit(
+            "held", self.spec("held", "sleep 1", hold=True, partition=rng.choice(["CPU", "GPU"]))
+        )
 
-    def submit_multi(self) -> None:
+    def submit_multi(self, rng: random.Random) -> None:
         spec = self.spec("multi", "", partition="GPU", cpus=2)
         spec["script"] = MULTI_SCRIPT
         self._submit("multi", spec)
 
-    def submit_background(self) -> None:
-        self._submit("bg", self.spec("bg", "sleep 300", partition="CPU", qos="Background", exclusive=True))
+    def submit_background(self, rng: random.Random) -> None:
+        self._submit(
+            "bg",
+            self.spec(
+                "bg", "sleep 300", partition="CPU", qos="Background", exclusive=rng.random() < 0.5
+            ),
+        )
 
-    def submit_interactive(self) -> None:
-        t = round(self.rng.uniform(1.0, 4.0), 2)
-        self._submit("ia", self.spec("ia", f"sleep {t}", partition="CPU", qos="Interactive", cpus=4))
+    def submit_interactive(self, rng: random.Random) -> None:
+        t = round(rng.uniform(1.0, 4.0), 2)
+        self._submit(
+            "ia",
+            self.spec(
+                "ia", f"sleep {t}", partition="CPU", qos="Interactive", cpus=rng.choice([1, 2, 4])
+            ),
+        )
 
     def _live(self, kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         with self.lock:
             return [j for jid, j in self.view.items() if j["state"] in ("PENDING", "RUNNING", "SUSPENDED")
                     and (kinds is None or self.jobs.get(jid) in kinds)]  # fmt: skip
 
-    def cancel_by_id(self) -> None:
+    def cancel_by_id(self, rng: random.Random) -> None:
         live = self._live()
         if not live:
             return
-        j = self.rng.choice(live)
+        j = rng.choice(live)
         kind = self.jobs.get(j["job_id"])
-        how = self.rng.choice(["plain", "plain", "force", "grace"] + (["graceful"] * 2 if kind in ("short", "held", "ia") or j["state"] == "PENDING" else []))  # fmt: skip
+        how = rng.choice(["plain", "plain", "force", "grace"] + (["graceful"] * 2 if kind in ("short", "held", "ia") or j["state"] == "PENDING" else []))  # fmt: skip
         kw: dict[str, Any] = {"force": how == "force", "graceful": how == "graceful",
                               "grace": 1.0 if how == "grace" else None, "message": f"storm {how}"}  # fmt: skip
         ids: list[list[int | None]] = [[j["job_id"], None]]
-        if self.rng.random() < 0.3 and len(live) > 1:  # several ids in one request
-            ids += [[o["job_id"], None] for o in self.rng.sample(live, min(3, len(live)))
+        if rng.random() < 0.3 and len(live) > 1:  # several ids in one request
+            ids += [[o["job_id"], None] for o in rng.sample(live, min(3, len(live)))
                     if o["job_id"] != j["job_id"] and how != "graceful"]  # fmt: skip
         self.record_cancel(self.req(m.Cancel(ids=ids, **kw), timeout=5))
 
-    def cancel_by_filter(self) -> None:
-        filters = self.rng.choice([
+    def cancel_by_filter(self, rng: random.Random) -> None:
+        filters = rng.choice([
             {"name": "long"}, {"name": "held", "states": ["PENDING"]}, {"partition": "GPU", "name": "long"},
-            {"states": ["PENDING"], "name": "short"}, {"name": "bg"}, {"partition": "CPU", "name": "long"},
+            {"states": ["PENDING"], "name": "short"}, {"name": "bg", "states": ["PENDING"]}, {"qos": "Background"},
             {"name": "multi", "states": ["RUNNING"]},
         ])  # fmt: skip
         self.record_cancel(self.req(m.Cancel(filters=filters, message="storm filter"), timeout=5))
 
-    def cancel_step(self) -> None:
+    def cancel_step(self, rng: random.Random) -> None:
         cands = []
         for j in self._live(("multi",)):
             for st in j.get("steps", []):
@@ -273,7 +304,9 @@ class Storm:
                     cands.append([j["job_id"], st["step_id"]])
         if not cands:
             return
-        self.record_cancel(self.req(m.Cancel(ids=[self.rng.choice(cands)], message="storm step"), timeout=5))
+        self.record_cancel(
+            self.req(m.Cancel(ids=[rng.choice(cands)], message="storm step"), timeout=5)
+        )
 
     # ------------------------------------------------------------ the storm
 
@@ -297,7 +330,9 @@ class Storm:
         deadline = t0 + 60
         while time.monotonic() < deadline:
             if self.cluster.procs["cranectld"].poll() is not None:
-                raise RuntimeError(f"cranectld exited with {self.cluster.procs['cranectld'].returncode} after restart; see {self.base}/log")
+                raise RuntimeError(
+                    f"cranectld exited with {self.cluster.procs['cranectld'].returncode} after restart; see {self.base}/log"
+                )
             try:
                 call(self.cfg, m.QueryNodes(), timeout=1)
                 return time.monotonic() - t0
@@ -305,9 +340,12 @@ class Storm:
                 time.sleep(0.05)
         raise RuntimeError("cranectld did not answer within 60 s of its restart")
 
-    def run(self, crashes: int) -> None:
-        worker = threading.Thread(target=self.workload, name="workload", daemon=True)
-        worker.start()
+    def run(self, crashes: int, threads: int = 3) -> None:
+        workers = [threading.Thread(target=self.workload, args=(self.rng.randrange(2**31),), name=f"workload-{i}",
+                                    daemon=True) for i in range(threads)]  # fmt: skip
+        self.threads = threads
+        for w in workers:
+            w.start()
         try:
             while self.stats["crashes"] < crashes:
                 time.sleep(self.rng.uniform(0.2, 2.0))
@@ -322,7 +360,8 @@ class Storm:
                 self.check_s.append(time.monotonic() - t)
         finally:
             self.stop_workload.set()
-            worker.join(30)
+            for w in workers:
+                w.join(30)
         self.drain()
 
     def drain(self) -> None:
@@ -330,7 +369,10 @@ class Storm:
         log("draining: cancelling every active job")
         res = None
         for _ in range(20):
-            res = self.req(m.Cancel(filters={"states": ["PENDING", "RUNNING", "SUSPENDED"]}, force=True), timeout=10)
+            res = self.req(
+                m.Cancel(filters={"states": ["PENDING", "RUNNING", "SUSPENDED"]}, force=True),
+                timeout=10,
+            )
             if res is not None:
                 break
             time.sleep(0.5)
@@ -405,7 +447,9 @@ class Storm:
                     self.verified_cancels.add(jid)  # reported once
                 for key in left_steps:
                     self.stats["cancel_not_done"] += 1
-                    self.violation(f"acknowledged cancel of step {key[0]}.{key[1]} not done {self.deadline:g}s after the restart")
+                    self.violation(
+                        f"acknowledged cancel of step {key[0]}.{key[1]} not done {self.deadline:g}s after the restart"
+                    )
                     self.verified_steps.add(key)
                 break
             time.sleep(0.2)
@@ -420,6 +464,59 @@ class Storm:
             self.stats["stuck_at_end"] += len(stuck)
         # 3. no process or cgroup of a terminal or unknown job
         self.check_orphans(known)
+        # 4. a RUNNING step has its cgroup on its node (no phantom: RUNNING with nothing running)
+        if self.root:
+            self.check_phantoms(known)
+
+    def check_phantoms(self, known: dict[int, dict[str, Any]]) -> None:
+        def suspects(known: dict[int, dict[str, Any]]) -> list[tuple[int, int, str]]:
+            out = []
+            for jid, j in known.items():
+                if j["state"] != "RUNNING":
+                    continue
+                for st in j.get("steps", []):
+                    if st.get("state") == "RUNNING" and st.get("node"):
+                        path = os.path.join(
+                            CGROUP_V2, self.scope, st["node"], f"job_{jid}", f"step_{st['step_id']}"
+                        )
+                        if not os.path.isdir(path):
+                            out.append((jid, st["step_id"], st["node"]))
+            return out
+
+        deadline = time.monotonic() + self.grace
+        bad = suspects(known)
+        first = set(bad)
+        while bad and time.monotonic() < deadline:
+            time.sleep(0.25)
+            fresh = self.all_jobs()
+            if fresh is None:
+                continue
+            bad = [
+                b for b in suspects(fresh) if b in first
+            ]  # new launches get their own grace next round
+        for jid, sid, node in bad:
+            self.stats["phantoms"] += 1
+            self.violation(
+                f"step {jid}.{sid} RUNNING on {node} for over {self.grace:g}s but no cgroup there"
+            )
+
+    def daemon_errors(self) -> list[str]:
+        out = []
+        logdir = os.path.join(self.base, "log")
+        for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
+            with open(os.path.join(logdir, name), errors="replace") as f:
+                lines = f.read().splitlines()
+            for i, line in enumerate(lines):
+                if "Traceback" in line or " ERROR " in line:
+                    out.append(
+                        f"{name}: {line[:200]}"
+                        + (
+                            f" | {lines[i + 1][:120]}"
+                            if "Traceback" in line and i + 1 < len(lines)
+                            else ""
+                        )
+                    )
+        return out
 
     def check_integrity(self) -> None:
         try:
@@ -454,12 +551,17 @@ class Storm:
                 if jid is None:
                     with open(f"/proc/{d}/environ", "rb") as f:
                         env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-                    if env.get(b"CRANE_SCOPE", b"").decode().startswith(self.scope + "/") and env.get(b"CRANE_JOB_ID"):
+                    if env.get(b"CRANE_SCOPE", b"").decode().startswith(
+                        self.scope + "/"
+                    ) and env.get(b"CRANE_JOB_ID"):
                         jid = int(env[b"CRANE_JOB_ID"])
             except (OSError, ValueError):
                 continue
             if jid is not None and pid_alive(int(d)):
                 procs.setdefault(jid, set()).add(int(d))
+        self.stats["job_processes_seen"] = max(
+            self.stats["job_processes_seen"], sum(map(len, procs.values()))
+        )
         cgs: dict[int, list[str]] = {}
         if self.root:
             top = os.path.join(CGROUP_V2, self.scope)
@@ -487,8 +589,16 @@ class Storm:
                     for pid in pids:
                         if pid_alive(pid) and self._belongs(pid, jid):
                             procs.setdefault(jid, set()).add(pid)
-            bad_p = {j: p for j, p in procs.items() if known.get(j, {}).get("state", "UNKNOWN") not in ACTIVE}
-            bad_c = {j: c for j, c in cgs.items() if known.get(j, {}).get("state", "UNKNOWN") not in ACTIVE}
+            bad_p = {
+                j: p
+                for j, p in procs.items()
+                if known.get(j, {}).get("state", "UNKNOWN") not in ACTIVE
+            }
+            bad_c = {
+                j: c
+                for j, c in cgs.items()
+                if known.get(j, {}).get("state", "UNKNOWN") not in ACTIVE
+            }
             return bad_p, bad_c
 
         deadline = time.monotonic() + self.grace
@@ -502,7 +612,9 @@ class Storm:
         for jid, pids in bad_p.items():
             self.stats["orphans"] += 1
             st = known.get(jid, {}).get("state", "unknown to the controller")
-            self.violation(f"orphan processes of job {jid} ({st}): {sorted(pids)} {[cmdline(p) for p in sorted(pids)][:3]}")
+            self.violation(
+                f"orphan processes of job {jid} ({st}): {sorted(pids)} {[cmdline(p) for p in sorted(pids)][:3]}"
+            )
         for jid, dirs in bad_c.items():
             if jid in bad_p:
                 continue
@@ -540,7 +652,14 @@ class Storm:
                     pass
         for dirs in bad_c.values():
             for d in dirs:
-                for sub in sorted((os.path.join(d, e) for e in os.listdir(d) if e.startswith("step_")), reverse=True) if os.path.isdir(d) else []:
+                for sub in (
+                    sorted(
+                        (os.path.join(d, e) for e in os.listdir(d) if e.startswith("step_")),
+                        reverse=True,
+                    )
+                    if os.path.isdir(d)
+                    else []
+                ):
                     try:
                         os.rmdir(sub)
                     except OSError:
@@ -575,15 +694,22 @@ class Storm:
             "orphans": s["orphans"],
             "id_reuse": s["id_reuse"],
             "illegal_state": s["illegal_state"],
+            "phantoms": s["phantoms"],
+            "pids_recorded": s["pids_recorded"],
+            "job_processes_seen": s["job_processes_seen"],
+            "daemon_errors": self.daemon_errors()[:100],
             "cancel_not_done": s["cancel_not_done"],
             "stuck_at_end": s["stuck_at_end"],
             "integrity_checks": s["integrity_checks"],
             "integrity_ok": s["integrity_failures"] == 0 and s["integrity_checks"] > 0,
-            "recovery_s_median": sorted(self.recovery_s)[len(self.recovery_s) // 2] if self.recovery_s else None,
+            "recovery_s_median": sorted(self.recovery_s)[len(self.recovery_s) // 2]
+            if self.recovery_s
+            else None,
             "recovery_s_max": max(self.recovery_s) if self.recovery_s else None,
             "check_s_max": max(self.check_s) if self.check_s else None,
             "wall_s": round(wall, 1),
             "seed": self.seed,
+            "workload_threads": self.threads,
             "root_cgroups_checked": self.root,
             "violations": self.violations[:200],
             "ok": not self.violations,
@@ -598,7 +724,11 @@ def illegal(j: dict[str, Any]) -> str | None:
         return f"{st} without an end time"
     if st in ("RUNNING", "SUSPENDED", "COMPLETING") and not j.get("nodes"):
         return f"{st} on no node"
-    if st == "PENDING" and j.get("cancelled_by") and not j.get("reason", "").startswith(("Preempted", "Requeued")):
+    if (
+        st == "PENDING"
+        and j.get("cancelled_by")
+        and not j.get("reason", "").startswith(("Preempted", "Requeued"))
+    ):
         return "PENDING with a cancel intent"
     for s in j.get("steps", []):
         if st in TERMINAL and s.get("state") == "RUNNING":
@@ -615,7 +745,8 @@ def cmdline(pid: int) -> str:
 
 
 def run_storm(crashes: int = 20, nodes: int = 4, seed: int | None = None, deadline: float = 30.0,
-              base: str | None = None, keep: bool = False, out: str | None = RESULTS) -> dict[str, Any]:  # fmt: skip
+              base: str | None = None, keep: bool = False, out: str | None = RESULTS,
+              threads: int = 3) -> dict[str, Any]:  # fmt: skip
     own = base is None
     base = base or tempfile.mkdtemp(prefix="crane-storm-")
     os.chmod(base, 0o755)
@@ -626,7 +757,7 @@ def run_storm(crashes: int = 20, nodes: int = 4, seed: int | None = None, deadli
     log(f"seed {seed}, cluster in {base}")
     try:
         storm.start()
-        storm.run(crashes)
+        storm.run(crashes, threads)
         res = storm.result(crashes, time.monotonic() - t0)
     finally:
         storm.stop_workload.set()
@@ -656,6 +787,9 @@ def report(res: dict[str, Any]) -> str:
         f"orphans:               {res['orphans']} (must be 0)",
         f"id reuse:              {res['id_reuse']} (must be 0)",
         f"illegal states:        {res['illegal_state']} (must be 0)",
+        f"phantom steps:         {res['phantoms']} (must be 0)",
+        f"daemon errors logged:  {len(res['daemon_errors'])}",
+        f"step pids recorded:    {res['pids_recorded']}, most job processes seen at once {res['job_processes_seen']}",
         f"cancels not done:      {res['cancel_not_done']} (must be 0)",
         f"stuck at end:          {res['stuck_at_end']} (must be 0)",
         f"integrity ok:          {res['integrity_ok']} ({res['integrity_checks']} checks)",
@@ -673,11 +807,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crashes", type=int, default=20)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--seed", type=int)
-    ap.add_argument("--deadline", type=float, default=30.0, help="seconds for an acknowledged cancel to complete")
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=30.0,
+        help="seconds for an acknowledged cancel to complete",
+    )
+    ap.add_argument("--threads", type=int, default=3, help="concurrent workload threads")
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
-    res = run_storm(a.crashes, a.nodes, a.seed, a.deadline, keep=a.keep, out=a.out)
+    res = run_storm(
+        a.crashes, a.nodes, a.seed, a.deadline, keep=a.keep, out=a.out, threads=a.threads
+    )
     for v in res["violations"][:50]:
         print("violation:", v)
     print(report(res))

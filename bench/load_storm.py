@@ -106,8 +106,12 @@ def storm(cli_address: str, queries: int, cancels: int, munge: bool = False,
         finally:
             client.close()
 
-    threads = [threading.Thread(target=one, args=("QueryJobs", i), daemon=True) for i in range(queries)]
-    threads += [threading.Thread(target=one, args=("Cancel", i), daemon=True) for i in range(cancels)]
+    threads = [
+        threading.Thread(target=one, args=("QueryJobs", i), daemon=True) for i in range(queries)
+    ]
+    threads += [
+        threading.Thread(target=one, args=("Cancel", i), daemon=True) for i in range(cancels)
+    ]
     for t in threads:
         t.start()
     try:
@@ -182,7 +186,11 @@ def _own_cluster(jobs: int) -> tuple[Any, str, set[int]]:
     c = LocalCluster(base)
     c.write_config(make_config(base, nodes=2, cpus=max(4, jobs)))
     c.up(timeout=60)
-    env = {**os.environ, "CRANE_CONF": c.config_path, "PATH": BIN + ":" + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "CRANE_CONF": c.config_path,
+        "PATH": BIN + ":" + os.environ.get("PATH", ""),
+    }
     ids = set()
     for _ in range(jobs):
         out = subprocess.run([os.path.join(BIN, "cbatch"), "--json", "--wrap", "sleep 600"], env=env,
@@ -211,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--cancels", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=8, help="running jobs to start (own cluster only)")
-    ap.add_argument("--expect-jobs", default="", help="comma-separated ids every QueryJobs must show RUNNING")
+    ap.add_argument(
+        "--expect-jobs", default="", help="comma-separated ids every QueryJobs must show RUNNING"
+    )
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     ap.add_argument("--json", action="store_true", help="print one JSON line last")
     args = ap.parse_args(argv)
@@ -231,7 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         if expect:
             _wait_running(cfg_path, expect)
         cfg = load_config(cfg_path)
-        res = storm(cfg.cli_address, args.queries, args.cancels, cfg.auth_type == "munge", args.timeout, expect)
+        res = storm(
+            cfg.cli_address,
+            args.queries,
+            args.cancels,
+            cfg.auth_type == "munge",
+            args.timeout,
+            expect,
+        )
         if expect:  # still answering, jobs untouched
             _wait_running(cfg_path, expect, 10)
         res["running_jobs"] = len(expect)

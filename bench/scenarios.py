@@ -21,6 +21,7 @@ from bench.common import (
     BenchCluster,
     Result,
     cluster,
+    exec_done,
     log,
     pid_alive,
     wait_until,
@@ -351,7 +352,9 @@ def cancel_running(opts: Opts) -> list[Result]:
                     for s in j["steps"]:
                         if j["state"] == "RUNNING" and s["step_id"] == 1 and s.get("pid"):
                             out[j["job_id"]] = int(s["pid"])
-                return out if len(out) == len(ids) else None
+                if len(out) < len(ids) or not all(exec_done(p) for p in out.values()):
+                    return None
+                return out
 
             running = wait_until(pids, 180, f"{njobs} jobs running", 0.5)
             log(
@@ -465,6 +468,7 @@ def preemption(opts: Opts) -> list[Result]:
                 time.sleep(POLL)
             v = c.job(vid)
             assert v is not None and v["state"] == "CANCELLED", v
+            c.running_pid(hid)  # exec'd: a cancel before that can miss the process (see exec_done)
             api(m.Cancel(ids=[[hid, None]]))
             _wait_done(c, [hid, vid])
             if r >= warm:

@@ -107,13 +107,13 @@ class Controller:
         self.agent_endpoint = transport.Endpoint(
             asock, self.on_agent, self.on_agent_bad, router=True, user_ids=curve is not None
         )
-        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address)
+        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM)
         self.cli_endpoint = transport.Endpoint(
             csock, self.on_cli, self.on_cli_bad, router=True, credentials=True, admit=self.admit_cli
         )
         self.munge_endpoint: transport.Endpoint | None = None
         if self.cfg.auth_type == "munge":
-            msock = transport.bind_router(self.ctx, self.cfg.cli_address)
+            msock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM)
             self.munge_endpoint = transport.Endpoint(
                 msock, self.on_munge_cli, self.on_munge_bad, router=True, cred_frame=True
             )
@@ -155,7 +155,7 @@ class Controller:
             if name is None or (isinstance(msg, m.Register) and msg.node != name):
                 self.metrics["agent_forged"] += 1
                 log.warning("agent frame refused: key of %r, claims %r", name,
-                            getattr(msg, "node", None))  # fmt: skip
+                            str(getattr(msg, "node", None))[:64])  # fmt: skip
                 return
         elif isinstance(msg, m.Register):
             name = msg.node

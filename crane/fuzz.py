@@ -665,8 +665,8 @@ def send_frames(address: str, frames: typing.Iterable[Frame], identity: bytes | 
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.SNDHWM, 1000)
     s.setsockopt(zmq.RCVHWM, 0)
-    s.setsockopt(zmq.SNDTIMEO, 5000)
-    s.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)
+    s.setsockopt(zmq.SNDTIMEO, 60_000)  # the controller pushes back (CLI_HWM): wait for it
+    s.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
     if identity is not None:
         s.setsockopt(zmq.IDENTITY, identity)
     s.connect(address)
@@ -730,7 +730,7 @@ def send_frames(address: str, frames: typing.Iterable[Frame], identity: bytes | 
             if pace:
                 time.sleep(pace)
         deadline = time.monotonic() + settle
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and st.replies < st.expected:
             if take(100):
                 deadline = time.monotonic() + settle
     finally:
@@ -880,7 +880,7 @@ def _worker(role: str, address: str, n: int, seed: int, curve: tuple[bytes, byte
         stats = SendStats()
         if target == "cli":
             ident = b"flood" if role == "cli-flood" else None
-            stats = send_frames(address, (gen.next() for _ in range(n)), ident, settle=3.0)
+            stats = send_frames(address, (gen.next() for _ in range(n)), ident, settle=10.0)
         else:
             ctx = zmq.Context.instance()
             idents = [forged.encode()] if "forged" in role else identities(seed, max(1, n // 500))

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS entities (
     PRIMARY KEY (kind, name)
 );
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS launches (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 
 ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING")
@@ -99,6 +100,10 @@ class Store:
         row = self.read.execute("SELECT data FROM jobs WHERE id=?", (job_id,)).fetchone()
         return unpack(row[0]) if row else None
 
+    def get_launch(self, job_id: int) -> dict[str, Any] | None:
+        row = self.read.execute("SELECT data FROM launches WHERE id=?", (job_id,)).fetchone()
+        return unpack(row[0]) if row else None
+
     def finished_jobs(self, limit: int = 100_000) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(ACTIVE_STATES))
         rows = self.read.execute(
@@ -117,6 +122,13 @@ class Store:
     def put_job(self, rec: dict[str, Any]) -> None:
         # packed here, on the loop, so the writer never sees a record mid-change
         self._push(("job", (rec["id"], rec["state"], rec["uid"], rec.get("end_time"), pack(rec))))
+
+    @staticmethod
+    def pack(obj: Any) -> bytes:
+        return pack(obj)
+
+    def put_launch(self, job_id: int, blob: bytes) -> None:
+        self._push(("launch", (job_id, blob)))
 
     def put_next_id(self, next_id: int) -> None:
         self._push(("meta", ("next_job_id", next_id)))
@@ -155,6 +167,7 @@ class Store:
                     break
             callbacks = []
             jobs: dict[int, tuple[Any, ...]] = {}
+            launches: list[tuple[int, bytes]] = []
             try:
                 conn.execute("BEGIN")
                 for it in batch:
@@ -164,6 +177,8 @@ class Store:
                     kind, val = it
                     if kind == "job":
                         jobs[val[0]] = val
+                    elif kind == "launch":
+                        launches.append(val)
                     elif kind == "meta":
                         conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", val)
                     elif kind == "entity":
@@ -176,6 +191,8 @@ class Store:
                         conn.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?)", (val[0], pack(val[1])))
                     elif kind == "barrier":
                         callbacks.append(val)
+                if launches:
+                    conn.executemany("INSERT OR REPLACE INTO launches VALUES (?, ?)", launches)
                 if jobs:
                     conn.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?)", jobs.values())
                 conn.execute("COMMIT")

@@ -21,6 +21,7 @@ from crane import messages as m
 
 log = logging.getLogger("crane.transport")
 BATCH = 256
+CLI_HWM = 1000  # per CLI connection: 1000 x MAX_FRAME at worst, a few MB in practice
 MAX_REPLY = 256 * 1024 * 1024  # a CLI accepts replies this large (requests: m.MAX_FRAME)
 MAX_FRAMES = 4
 
@@ -184,15 +185,19 @@ class Endpoint:
 
 
 def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777,
-                curve: tuple[bytes, bytes] | None = None) -> zmq.Socket:  # fmt: skip
+                curve: tuple[bytes, bytes] | None = None, hwm: int = 100_000) -> zmq.Socket:  # fmt: skip
+    """``hwm``: messages queued per connection each way. Past it, ZeroMQ stops
+    reading that connection (back-pressure on its sender) and drops replies to
+    a peer that does not read them: this bounds what one client can make the
+    controller buffer (a CLI has one request in flight; see CLI_HWM)."""
     sock = ctx.socket(zmq.ROUTER)
     if curve is not None:
         sock.curve_publickey, sock.curve_secretkey = curve
         sock.curve_server = True
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
-    sock.setsockopt(zmq.RCVHWM, 100_000)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.SNDHWM, hwm)
     if address.startswith("ipc://"):
         path = address[len("ipc://") :]
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -153,22 +153,38 @@ class Frontend:
             cpus=spec.get("cpus") or 1, memory=spec.get("memory") or 0,
             nnodes=max(spec.get("nnodes") or 1, len(nodelist)), nodelist_req=nodelist,
             exclusive=bool(spec.get("exclusive")), time_limit=spec.get("time_limit"),
-            script=spec.get("script") or "", argv=spec.get("argv") or [],
-            cwd=spec.get("cwd") or "/", env=spec.get("env") or {}, priority=ctl.qos_priority(qos),
+            cwd=spec.get("cwd") or "/", priority=ctl.qos_priority(qos),
             submit_time=now, held=bool(spec.get("hold")),
         )  # fmt: skip
+        launch = {"script": spec.get("script") or "", "argv": spec.get("argv") or [],
+                  "env": spec.get("env") or {}}  # fmt: skip
+        blob = ctl.store.pack(launch)  # once, shared by every repeat
+        proto_rec = proto.to_dict()
+        out = spec.get("stdout") or os.path.join(proto.cwd, "crane-%j.out")
+        err_out = spec.get("stderr") or out
+        proto_rec["launch_id"] = ctl.next_job_id
+        ctl.store.put_launch(ctl.next_job_id, blob)
         for _ in range(msg.repeat):
             job_id = ctl.next_job_id
             ctl.next_job_id += 1
-            job = Job.from_dict({**proto.to_dict(), "id": job_id})
-            out = spec.get("stdout") or os.path.join(job.cwd, "crane-%j.out")
+            proto_rec["id"] = job_id
+            job = Job.from_dict(proto_rec)
             job.stdout = out.replace("%j", str(job_id))
-            job.stderr = (spec.get("stderr") or out).replace("%j", str(job_id))
+            job.stderr = err_out.replace("%j", str(job_id))
+            job.launch = launch
             ctl.add_job(job)
             ids.append(job_id)
         ctl.store.put_next_id(ctl.next_job_id)
         ctl.metrics["jobs_submitted"] += len(ids)
-        ctl.store.barrier(lambda: reply(m.Ok({"job_ids": ids})))
+
+        def committed() -> None:
+            for jid in ids:  # on disk now: queued jobs need not hold their script and env
+                a = ctl.jobs.get(jid)
+                if a is not None and a.job.launch is launch:
+                    a.job.launch = None
+            reply(m.Ok({"job_ids": ids}))
+
+        ctl.store.barrier(committed)
 
     def on_QueryJobs(self, caller: Any, msg: m.QueryJobs, rid: str, reply: Any) -> None:
         err = check_filters(msg.filters)

@@ -44,10 +44,7 @@ class Job:
     nodelist_req: list[str] = field(default_factory=list)
     exclusive: bool = False
     time_limit: int | None = None  # seconds
-    script: str = ""
-    argv: list[str] = field(default_factory=list)
     cwd: str = "/"
-    env: dict[str, str] = field(default_factory=dict)
     stdout: str = ""
     stderr: str = ""
     priority: int = 0
@@ -66,9 +63,14 @@ class Job:
     cancel: dict[str, Any] | None = None  # who/when/why/how: the durable cancel intent
     held: bool = False
     requeue_count: int = 0
+    # what the batch step runs: {"script", "argv", "env"}. Written once at
+    # submission (store.put_launch), dropped from memory once committed and
+    # read back when the job is launched: queued jobs stay small.
+    launch: dict[str, Any] | None = None
+    launch_id: int = 0  # the row holding it: the first job of a --repeat submission
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "launch"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
@@ -77,7 +79,8 @@ class Job:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def step_spec(self, step_id: int, argv: list[str], env: dict[str, str], cwd: str, cpus: int) -> dict[str, Any]:
+    def step_spec(self, step_id: int, argv: list[str], env: dict[str, str], cwd: str, cpus: int,
+                  script: str = "") -> dict[str, Any]:  # fmt: skip
         full_env = dict(env)
         full_env.update(
             CRANE_JOB_ID=str(self.id),
@@ -94,7 +97,7 @@ class Job:
             "gid": self.gid,
             "user": self.user,
             "argv": argv,
-            "script": self.script if step_id == 1 else "",
+            "script": script,
             "cwd": cwd,
             "env": full_env,
             # crun steps write into the job's files (no I/O forwarding to crun)
@@ -149,7 +152,10 @@ class JobMachine:
         j.nodes, j.released, j.cpus = list(e.nodes), [], e.cpus
         j.steps = {1: {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": ["batch"]}}
         j.next_step, j.end_reason, j.exit_code, j.exit_signal = 2, "", 0, 0
-        spec = j.step_spec(1, j.argv, j.env, j.cwd, e.cpus)
+        launch = j.launch or {}
+        j.launch = None  # a requeue reads it from the store again
+        spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, e.cpus,
+                           launch.get("script") or "")  # fmt: skip
         return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
 
     @handle.register
@@ -411,6 +417,9 @@ class JobActor(Actor):
         self.execute(self.machine.start(time.time()))
 
     def receive(self, msg: Any) -> None:
+        job = self.machine.job
+        if isinstance(msg, ev.Allocated) and job.launch is None and job.state == "PENDING":
+            job.launch = self.ctl.store.get_launch(job.launch_id or job.id) or {}
         self.execute(self.machine.handle(msg, time.time()))
 
     def execute(self, actions: list[Any]) -> None:

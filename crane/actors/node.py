@@ -120,6 +120,11 @@ class NodeActor(Actor):
             if not self.ctl.job_expected_on(job_id, self.name):
                 log.warning("node %s runs unknown job %d: killing it", self.name, job_id)
                 self.ctl.agent_endpoint.send(identity, m.KillJob(job_id, None, 0.0, True, "ORPHAN"))
+        # launches still in the outbox (sent while the agent was away) are not
+        # lost: they are delivered below, after the registration
+        for out in self.outbox:
+            if isinstance(out, m.LaunchStep):
+                running.setdefault(out.job_id, []).append(out.step_id)
         for job_id in self.ctl.jobs_on_node(self.name):
             self.ctl.job_event(job_id, ev.AgentStepsEv(self.name, running.get(job_id, [])))
         while self.outbox and self.registered:
