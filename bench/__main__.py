@@ -123,6 +123,10 @@ def details(results: list[Result]) -> str:
                     "    " + ", ".join(f"{k} {v}" for k, v in d["top_level_cumulative_ms"][:8])
                 )
                 out.append("  top self: " + ", ".join(f"{k} {v}" for k, v in d["top_self_ms"][:8]))
+                out.append(
+                    "  self by package: "
+                    + ", ".join(f"{k} {v}" for k, v in d["self_ms_by_package"][:10])
+                )
         elif r.extra and not r.error:
             short = {
                 k: v for k, v in r.extra.items() if not (isinstance(v, dict) and "samples" in v)

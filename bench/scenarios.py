@@ -220,10 +220,16 @@ def import_costs(env: dict[str, str], runs: int = 3) -> dict[str, Any]:
             totals.append(total)
         top = sorted(((statistics.median(v), k) for k, v in cum.items()), reverse=True)[:10]
         tops = sorted(((statistics.median(v), k) for k, v in selfs.items()), reverse=True)[:10]
+        pkgs: dict[str, float] = {}
+        for k, v in selfs.items():
+            root = k.split(".")[0].lstrip("_")
+            pkgs[root] = pkgs.get(root, 0.0) + statistics.median(v)
+        by_pkg = sorted(((v, k) for k, v in pkgs.items()), reverse=True)[:12]
         out[label] = {
             "total_ms": round(statistics.median(totals), 1),
             "top_level_cumulative_ms": [[k, round(v, 1)] for v, k in top],
             "top_self_ms": [[k, round(v, 1)] for v, k in tops],
+            "self_ms_by_package": [[k, round(v, 1)] for v, k in by_pkg],
         }
     return out
 

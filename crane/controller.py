@@ -344,6 +344,9 @@ class Controller:
         a = self.jobs.get(job_id)
         return a is None or a.job.state in ("PENDING", "SUSPENDED")
 
+    def could_preempt(self, req: Request) -> bool:
+        return preemption.could_preempt(self, req)
+
     def try_preempt(self, req: Request, ledgers: dict[str, Any], members: list[str]) -> bool:
         return preemption.try_preempt(self, req, ledgers, members)
 

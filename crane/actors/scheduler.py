@@ -111,7 +111,7 @@ def place(req: Request, ledgers: dict[str, NodeLedger], members: list[str]) -> l
 
 class Scheduler(Actor):
     __slots__ = ("ctl", "ledgers", "pending", "reasons", "_pass_scheduled", "reserved",
-                 "reserved_nodes", "lent", "passes")  # fmt: skip
+                 "reserved_nodes", "lent", "passes", "_order")  # fmt: skip
 
     def __init__(self, ctl: Any) -> None:
         super().__init__()
@@ -127,15 +127,19 @@ class Scheduler(Actor):
         self.lent: dict[int, list[int]] = {}  # preemptor -> jobs suspended for it
         self._pass_scheduled = False
         self.passes = 0
+        self._order: list[Request] | None = None  # pending in priority order; None = re-sort
 
     def receive(self, msg: Any) -> None:
         if isinstance(msg, ev.Enqueue):
             req: Request = msg.req
             self.pending[req.job_id] = req
             self.reasons[req.job_id] = "Priority"
+            self._order = None
         elif isinstance(msg, ev.Dequeue):
+            # nothing was freed: no pass needed (a mass cancel of pending jobs stays cheap)
             self.pending.pop(msg.job_id, None)
             self.reasons.pop(msg.job_id, None)
+            return
         elif isinstance(msg, ev.FreeNode):
             led = self.ledgers.get(msg.node)
             if led is None or not led.give(msg.job_id):
@@ -202,9 +206,14 @@ class Scheduler(Actor):
             return
         self.passes += 1
         parts = self.ctl.cfg.partitions
-        order = sorted(self.pending.values(), key=lambda r: (-r.priority, r.job_id))
+        if self._order is None:
+            self._order = sorted(self.pending.values(), key=lambda r: (-r.priority, r.job_id))
+        else:
+            self._order = [r for r in self._order if r.job_id in self.pending]
+        order = self._order
         free_cpus = sum(led.cpus_free for led in self.ledgers.values() if led.usable())
         preempting = self.ctl.preemption_enabled()
+        reasons = self.reasons
         for req in order:
             if req.job_id in self.reserved:
                 rnodes, victims = self.reserved[req.job_id]
@@ -216,8 +225,9 @@ class Scheduler(Actor):
                     self.reasons[req.job_id] = "Waiting for preemption"
                     continue
                 self._unreserve(req.job_id)  # the victims are gone and it still does not fit
-            if free_cpus <= 0 and not preempting:
-                self.reasons[req.job_id] = "Resources"
+            if free_cpus <= 0 and not (preempting and self.ctl.could_preempt(req)):
+                if reasons.get(req.job_id) != "Resources":
+                    reasons[req.job_id] = "Resources"
                 continue
             members = parts[req.partition].nodes if req.partition in parts else []
             if self.reserved_nodes:
