@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in p:
             print(f"profile failed: {p['error']}")
             continue
-        print(f"\nprofile {p['name']} ({p['what']}): wall {p['wall_s']} s, loop thread {p['loop_thread_cpu_s']} s CPU, "
-              f"other threads {p['other_threads_cpu_s']} s CPU -> {p['file']}")  # fmt: skip
+        print(f"\nprofile {p['name']} [{p['process']}] ({p['what']}): wall {p['wall_s']} s, loop thread "
+              f"{p['loop_thread_cpu_s']} s CPU, other threads {p['other_threads_cpu_s']} s CPU, profiled "
+              f"{p['profiled_s']} s (idle {p['idle_s']} s) -> {p['file']}; shares of the busy time:")  # fmt: skip
         for row in p["top_cumulative"][:15]:
             share = f"{100 * row['cum_share']:5.1f}%" if row["cum_share"] is not None else "   - "
             print(

@@ -24,6 +24,7 @@ from crane.transport import Client
 
 BIN = os.path.dirname(sys.executable)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PROFILED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiled.py")
 
 
 def log(text: str) -> None:
@@ -204,11 +205,17 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 
 class BenchCluster(LocalCluster):
     """A LocalCluster whose controller may run under a windowed cProfile
-    (``bench/profiled_ctld.py``: SIGUSR1 starts, SIGUSR2 stops and dumps)."""
+    (``bench/profiled.py``: SIGUSR1 starts, SIGUSR2 stops and dumps), and
+    optionally one agent too."""
 
-    def __init__(self, base: str, profile_out: str | None = None) -> None:
+    def __init__(
+        self, base: str, profile_out: str | None = None, profile_agent: str | None = None
+    ) -> None:
         super().__init__(base)
         self.profile_out = profile_out
+        self.profile_agent = (
+            profile_agent  # this node's agent runs under the same windowed cProfile
+        )
         self.workdir = os.path.join(self.base, "work")
         os.makedirs(self.workdir, exist_ok=True)
         os.chmod(self.workdir, 0o1777)
@@ -217,9 +224,15 @@ class BenchCluster(LocalCluster):
     def start_controller(self) -> subprocess.Popen[bytes]:
         if not self.profile_out:
             return super().start_controller()
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiled_ctld.py")
-        argv = [sys.executable, script, self.profile_out, "-C", self.config_path]
+        argv = [sys.executable, PROFILED, "ctld", self.profile_out, "-C", self.config_path]
         return self._spawn("cranectld", argv)
+
+    def start_agent(self, node: str) -> subprocess.Popen[bytes]:
+        if not (self.profile_out and node == self.profile_agent):
+            return super().start_agent(node)
+        out = self.profile_out.replace(".prof", f".{node}.prof")
+        argv = [sys.executable, PROFILED, "agent", out, "-C", self.config_path, "-n", node]
+        return self._spawn(f"craned-{node}", argv)
 
     @property
     def ctld_pid(self) -> int:
@@ -305,10 +318,11 @@ class Api:
 
 @contextmanager
 def cluster(name: str, nodes: int = 1, cpus: int = 4, memory: str = "8G", agents: bool = True,
-            profile_out: str | None = None, up_timeout: float = 60.0, **extra: Any) -> Iterator[BenchCluster]:  # fmt: skip
+            profile_out: str | None = None, profile_agent: str | None = None, up_timeout: float = 60.0,
+            **extra: Any) -> Iterator[BenchCluster]:  # fmt: skip
     base = tempfile.mkdtemp(prefix=f"cb-{name}-", dir="/tmp")
     os.chmod(base, 0o755)
-    c = BenchCluster(base, profile_out)
+    c = BenchCluster(base, profile_out, profile_agent)
     ok = False
     try:
         c.write_config(make_config(base, nodes, cpus, memory, **extra))

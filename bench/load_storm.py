@@ -181,7 +181,7 @@ def report(res: dict[str, Any]) -> str:
 def _own_cluster(jobs: int) -> tuple[Any, str, set[int]]:
     from crane.local import LocalCluster, make_config
 
-    base = tempfile.mkdtemp(prefix="crane-storm-")
+    base = tempfile.mkdtemp(prefix="crane-loadstorm-")
     os.chmod(base, 0o755)
     c = LocalCluster(base)
     c.write_config(make_config(base, nodes=2, cpus=max(4, jobs)))

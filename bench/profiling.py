@@ -1,5 +1,5 @@
 """Profiles of the slowest server-side paths: the controller runs under a
-windowed cProfile (``bench/profiled_ctld.py``), the window covers exactly the
+windowed cProfile (``bench/profiled.py``), the window covers exactly the
 operation, and the top entries go to ``bench/results/profile_<name>.txt``.
 
 cProfile sees only the event-loop thread; the store writer thread's CPU time
@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import RESULTS, BenchCluster, cluster, log, wait_until
+from bench.common import RESULTS, BenchCluster, cluster, exec_done, log, wait_until
 from crane import messages as m
 
 
@@ -26,51 +26,79 @@ def _thread_cpu(pid: int) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
-def _window(
-    c: BenchCluster, name: str, what: str, op: Callable[[], Any], out: str
-) -> dict[str, Any]:
-    pid = c.ctld_pid
-    before = _thread_cpu(pid)
-    os.kill(pid, signal.SIGUSR1)
+def _window(c: BenchCluster, name: str, what: str, op: Callable[[], Any], out: str,
+            agent: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Profile ``op`` in the controller (and in ``agent``'s craned when given)."""
+    targets = [("cranectld", c.ctld_pid, out, name)]
+    if agent:
+        targets.append((f"craned {agent}", c.procs[f"craned-{agent}"].pid,
+                        out.replace(".prof", f".{agent}.prof"), name + "_agent"))  # fmt: skip
+    before = {pid: _thread_cpu(pid) for _, pid, _, _ in targets}
+    for _, pid, _, _ in targets:
+        os.kill(pid, signal.SIGUSR1)
     time.sleep(0.2)  # the handler runs on the next loop turn
     t0 = time.perf_counter()
     op()
     wall = time.perf_counter() - t0
-    os.kill(pid, signal.SIGUSR2)
-    wait_until(lambda: os.path.exists(out + ".done"), 60, "profile dump")
-    after = _thread_cpu(pid)
-    main = after.get(pid, 0) - before.get(pid, 0)
-    others = sum(v - before.get(k, 0) for k, v in after.items() if k != pid)
+    for _, pid, _, _ in targets:
+        os.kill(pid, signal.SIGUSR2)
+    results = []
+    for label, pid, path_prof, pname in targets:
+        wait_until(lambda p=path_prof: os.path.exists(p + ".done"), 60, "profile dump")
+        after = _thread_cpu(pid)
+        main = after.get(pid, 0) - before[pid].get(pid, 0)
+        others = sum(v - before[pid].get(k, 0) for k, v in after.items() if k != pid)
+        results.append(_report(pname, label, what, wall, main, others, path_prof))
+    return results
+
+
+def _report(name: str, label: str, what: str, wall: float, main: float, others: float,
+            prof: str) -> dict[str, Any]:  # fmt: skip
     buf = io.StringIO()
-    st = pstats.Stats(out, stream=buf)
+    st = pstats.Stats(prof, stream=buf)
     # the profiler starts inside a running callback: a frame already on the stack can
     # show a cumulative time a little above the sum of own times; use the larger
     total = max([st.total_tt] + [v[3] for v in st.stats.values()])  # type: ignore[attr-defined]
-    buf.write(f"profile {name}: {what}\n")
+    buf.write(f"profile {name} ({label}): {what}\n")
     buf.write(f"operation wall time {wall:.3f} s (profiled: cProfile slows Python code ~1.5-2x)\n")
-    buf.write(f"cranectld CPU in the window: event-loop thread {main:.3f} s (includes the 0.2 s lead-in), "
+    buf.write(f"{label} CPU in the window: event-loop thread {main:.3f} s (includes the 0.2 s lead-in), "
               f"other threads (store writer, zmq I/O) {others:.3f} s\n")  # fmt: skip
-    buf.write(f"profiled event-loop time {total:.3f} s\n\n")
+    buf.write(f"profiled event-loop time {total:.3f} s, of which idle in epoll {_idle(st):.3f} s "
+              "(top lists below include the idle wait for plain-asyncio processes)\n\n")  # fmt: skip
     buf.write("=== top 15 by cumulative time ===\n")
     st.sort_stats("cumulative").print_stats(15)
     buf.write("\n=== top 15 by own (tottime) ===\n")
     st.sort_stats("tottime").print_stats(15)
     buf.write("\n=== callers of the top 6 by own time ===\n")
     st.print_callers(6)
-    text = buf.getvalue()
     path = os.path.join(RESULTS, f"profile_{name}.txt")
     with open(path, "w") as f:
-        f.write(text)
-    top = _top(st, total)
+        f.write(buf.getvalue())
     log(f"profile {name}: wall {wall:.2f}s -> {path}")
-    return {"name": name, "what": what, "file": os.path.relpath(path, os.path.dirname(RESULTS)),
-            "wall_s": round(wall, 3), "loop_thread_cpu_s": round(main, 3), "other_threads_cpu_s": round(others, 3),
-            "profiled_s": round(total, 3), "top_cumulative": top}  # fmt: skip
+    return {"name": name, "process": label, "what": what,
+            "file": os.path.relpath(path, os.path.dirname(RESULTS)), "wall_s": round(wall, 3),
+            "loop_thread_cpu_s": round(main, 3), "other_threads_cpu_s": round(others, 3),
+            "profiled_s": round(total, 3), "idle_s": round(_idle(st), 3),
+            "top_cumulative": _top(st, total)}  # fmt: skip
+
+
+IDLE = ("<method 'poll' of 'select.epoll' objects>", "<method 'select' of 'select.epoll' objects>")
+LOOP = ("_run_once", "select", "run_forever", "run_until_complete") + IDLE
+
+
+def _idle(st: pstats.Stats) -> float:
+    """Time blocked in epoll (plain asyncio loops, e.g. craned); uvloop's wait is invisible."""
+    return sum(v[2] for (_f, _l, func), v in st.stats.items() if func in IDLE)  # type: ignore[attr-defined]
 
 
 def _top(st: pstats.Stats, total: float, n: int = 15) -> list[dict[str, Any]]:
+    """Top entries by cumulative time, shares of the busy (non-idle) time; the
+    event loop's own frames are left out."""
+    total = max(1e-9, total - _idle(st))
     rows = []
     for (file, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        if func in LOOP:
+            continue
         rows.append((ct, tt, nc, f"{os.path.basename(file)}:{line}({func})"))
     rows.sort(reverse=True)
     return [{"func": f, "calls": nc, "cum_s": round(ct, 4), "own_s": round(tt, 4),
@@ -98,15 +126,8 @@ def profile_all(opts: Any) -> list[dict[str, Any]]:
                 return ids
 
             if name == "submit":
-                out.append(
-                    _window(
-                        c,
-                        name,
-                        f"SubmitJob(repeat=10000) x {n // 10_000} (held jobs)",
-                        submit_all,
-                        prof,
-                    )
-                )
+                what = f"SubmitJob(repeat=10000) x {n // 10_000} (held jobs)"
+                out += _window(c, name, what, submit_all, prof)
             else:
                 ids = submit_all()
 
@@ -117,27 +138,30 @@ def profile_all(opts: Any) -> list[dict[str, Any]]:
                     assert r.returncode == 0, r.stderr
                     c.api()(m.WaitJobs(ids), timeout=600)
 
-                out.append(
-                    _window(
-                        c,
-                        name,
-                        f"ccancel -u root over {len(ids)} pending jobs + WaitJobs",
-                        cancel,
-                        prof,
-                    )
-                )
+                what = f"ccancel -u root over {len(ids)} pending jobs + WaitJobs"
+                out += _window(c, name, what, cancel, prof)
 
     # 2. cancel many running jobs
     agents, cpus = opts.agents, opts.agent_cpus
     names = [f"crane{i:02d}" for i in range(1, agents + 1)]
     prof = os.path.join(tmp, "cancel_running.prof")
-    with cluster("prof-running", nodes=agents, cpus=cpus, up_timeout=120, profile_out=prof,
+    with cluster("prof-running", nodes=agents, cpus=cpus, up_timeout=120, profile_out=prof, profile_agent=names[0],
                  Partitions=[{"name": "CPU", "nodes": ",".join(names)}]) as c:  # fmt: skip
         ids = c.submit(c.spec(), agents * cpus)
         api = c.api()
-        wait_until(lambda: sum(j["state"] == "RUNNING" and any(s.get("pid") for s in j["steps"])
-                               for j in api(m.QueryJobs({"jobs": ids}))["jobs"]) == len(ids),
-                   120, "jobs running", 0.1)  # fmt: skip
+
+        def running() -> bool:
+            jobs = api(m.QueryJobs({"jobs": ids}))["jobs"]
+            pids = [
+                s["pid"]
+                for j in jobs
+                if j["state"] == "RUNNING"
+                for s in j["steps"]
+                if s.get("pid")
+            ]
+            return len(pids) == len(ids) and all(exec_done(p) for p in pids)
+
+        wait_until(running, 180, "jobs running", 0.5)
         time.sleep(0.5)
 
         def cancel_r(c: BenchCluster = c) -> None:
@@ -146,6 +170,6 @@ def profile_all(opts: Any) -> list[dict[str, Any]]:
             )
             assert r.returncode == 0, r.stderr
 
-        out.append(_window(c, "cancel_running", f"ccancel --wait -t R over {len(ids)} running jobs on {agents} agents",
-                           cancel_r, prof))  # fmt: skip
+        what = f"ccancel --wait -t R over {len(ids)} running jobs on {agents} agents"
+        out += _window(c, "cancel_running", what, cancel_r, prof, agent=names[0])
     return out

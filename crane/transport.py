@@ -9,7 +9,6 @@ ROUTER sends never block (unroutable or over-HWM messages are dropped by ZeroMQ)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -18,11 +17,11 @@ from dataclasses import dataclass
 import zmq
 
 from crane import messages as m
+from crane.client import MAX_REPLY, Client, Unreachable  # noqa: F401  (re-exported)
 
 log = logging.getLogger("crane.transport")
 BATCH = 256
 CLI_HWM = 1000  # per CLI connection: 1000 x MAX_FRAME at worst, a few MB in practice
-MAX_REPLY = 256 * 1024 * 1024  # a CLI accepts replies this large (requests: m.MAX_FRAME)
 MAX_FRAMES = 4
 
 
@@ -86,6 +85,8 @@ class Endpoint:
         self.received = 0
         self.dropped = 0
         self.sent = 0
+        import asyncio  # not at module level: CLIs import crane.client only
+
         self._loop = asyncio.get_running_loop()
         self._pending = False
         self._closed = False
@@ -232,55 +233,3 @@ class RateLimiter:
             return True
         self.dropped[key] = self.dropped.get(key, 0) + 1
         return False
-
-
-class Unreachable(Exception):
-    pass
-
-
-class Client:
-    """Blocking request/reply to the controller's CLI socket."""
-
-    def __init__(self, address: str, timeout: float = 30.0, munge: bool = False) -> None:
-        self.address = address
-        self.munge = munge
-        self.timeout = timeout
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
-        if address.startswith("ipc://") and not os.path.exists(address[6:]):
-            raise Unreachable(f"controller socket {address[6:]} does not exist")
-        self.sock.connect(address)
-        self._rid = 0
-
-    def request(self, msg: m.Message, timeout: float | None = None) -> m.Message:
-        self._rid += 1
-        rid = self._rid
-        data = m.encode(msg, rid)
-        if self.munge:
-            from crane import munge
-
-            self.sock.send_multipart([munge.credential_for(data), data])
-        else:
-            self.sock.send(data)
-        return self.wait_reply(rid, timeout)
-
-    def wait_reply(self, rid: int, timeout: float | None = None) -> m.Message:
-        t = self.timeout if timeout is None else timeout
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        deadline_ms = None if t <= 0 else int(t * 1000)
-        while True:
-            if not poller.poll(deadline_ms):
-                raise Unreachable("timed out waiting for the controller")
-            data = self.sock.recv()
-            try:
-                reply, got = m.decode(data, MAX_REPLY)
-            except m.BadMessage as e:
-                raise Unreachable(f"bad reply from controller: {e}") from None
-            if got == rid:
-                return reply
-
-    def close(self) -> None:
-        self.sock.close(linger=0)

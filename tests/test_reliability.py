@@ -34,7 +34,9 @@ from crane.agent import cgroup as cgmod
 from crane.config import load
 from tests.conftest import IS_ROOT, Cluster, pid_alive, wait_for
 
-pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (cgroups, job processes of other users)")
+pytestmark = pytest.mark.skipif(
+    not IS_ROOT, reason="needs root (cgroups, job processes of other users)"
+)
 
 FAST = {"HeartbeatInterval": 0.5}
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")
@@ -51,7 +53,9 @@ def step_cgroup(c: Cluster, node: str, job_id: int, step_id: int = 1) -> cgmod.S
 
 def job_dirs(c: Cluster, node: str, job_id: int) -> list[str]:
     scope = f"crane/{c.config()['ClusterName']}/{node}"
-    return [os.path.join(r, scope, f"job_{job_id}") for r in cgmod.hierarchy_roots(cgmod.detect_mode())]
+    return [
+        os.path.join(r, scope, f"job_{job_id}") for r in cgmod.hierarchy_roots(cgmod.detect_mode())
+    ]
 
 
 def state_dir(c: Cluster, node: str) -> str:
@@ -104,14 +108,19 @@ def test_agent_kill9_readopt_died_meanwhile_and_cancel_on_return(make_cluster) -
     c: Cluster = make_cluster(nodes=1, cpus=8, **FAST)
     go = c.file("go-readopt")
     os.mkfifo(go, 0o666)
-    keep = c.submit("-w", "crane01", wrap=f"read x < {go}; exit 3")  # no forks: a stable process set
-    died_rc = c.submit("-w", "crane01", wrap="sleep 300")  # its command is killed: the wrapper records 137
-    died_all = c.submit("-w", "crane01", wrap="sleep 300")  # everything killed: no trace at all
-    cancelled = c.submit("-w", "crane01", wrap="sleep 300")  # ccancel while the agent is away
+    # keep: no forks, a stable process set; died_rc: its command is killed, the
+    # wrapper records 137; died_all: everything killed, no trace at all;
+    # cancelled: ccancel while the agent is away
+    keep = c.submit("-w", "crane01", wrap=f"read x < {go}; exit 3")
+    died_rc = c.submit("-w", "crane01", wrap="sleep 300")
+    died_all = c.submit("-w", "crane01", wrap="sleep 300")
+    cancelled = c.submit("-w", "crane01", wrap="sleep 300")
     jobs = (keep, died_rc, died_all, cancelled)
     wrappers = {j: c.step_pid(j) for j in jobs}
     cgs = {j: step_cgroup(c, "crane01", j) for j in jobs}
-    wait_for(lambda: all(len(cgs[j].pids()) >= 2 - (j == keep) for j in jobs), 10, "job commands started")
+    wait_for(
+        lambda: all(len(cgs[j].pids()) >= 2 - (j == keep) for j in jobs), 10, "job commands started"
+    )
     procs = {j: cgs[j].pids() for j in jobs}
 
     kill_agent(c, "crane01")
@@ -123,19 +132,27 @@ def test_agent_kill9_readopt_died_meanwhile_and_cancel_on_return(make_cluster) -
     # records the status), every process of died_all dies, cancelled is cancelled
     sigkill_all(procs[died_rc] - {wrappers[died_rc]})
     sigkill_all(procs[died_all])
-    wait_for(lambda: cgs[died_rc].empty() and cgs[died_all].empty(), 10, "killed steps' cgroups empty")
+    wait_for(
+        lambda: cgs[died_rc].empty() and cgs[died_all].empty(), 10, "killed steps' cgroups empty"
+    )
     c.ok("ccancel", str(cancelled))
     assert all(pid_alive(p) for p in procs[cancelled]), "nobody could have killed it yet"
     assert c.state(cancelled) in ("RUNNING", "COMPLETING")
 
     c.start_agent("crane01")
     c.wait_nodes_up()
-    wait_for(lambda: f"adopted step {keep}.1" in log_of(c, "craned-crane01"), 10, "agent log: adopted")
+    wait_for(
+        lambda: f"adopted step {keep}.1" in log_of(c, "craned-crane01"), 10, "agent log: adopted"
+    )
 
     # the cancel is carried out on return
     j = c.wait_state(cancelled, *TERMINAL, timeout=20)
     assert j["state"] == "CANCELLED", j
-    wait_for(lambda: not any(pid_alive(p) for p in procs[cancelled]), 10, "cancelled job's processes dead")
+    wait_for(
+        lambda: not any(pid_alive(p) for p in procs[cancelled]),
+        10,
+        "cancelled job's processes dead",
+    )
 
     # the wrapper recorded that the command was killed by SIGKILL
     j = c.wait_state(died_rc, *TERMINAL, timeout=20)
@@ -154,7 +171,11 @@ def test_agent_kill9_readopt_died_meanwhile_and_cancel_on_return(make_cluster) -
     assert j["state"] == "FAILED" and j["exit_code"] == 3 and j["exit_signal"] == 0, j
 
     for jid in jobs:
-        wait_for(lambda jid=jid: not any(os.path.exists(d) for d in job_dirs(c, "crane01", jid)), 10, "cgroups gone")
+        wait_for(
+            lambda jid=jid: not any(os.path.exists(d) for d in job_dirs(c, "crane01", jid)),
+            10,
+            "cgroups gone",
+        )
 
 
 def test_step_lost_without_trace_ends_failed(make_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -225,7 +246,11 @@ def test_agent_away_past_timeout_node_down_jobs_failed_orphans_killed(make_clust
     c.wait_nodes_up()
     # reconciliation: the agent still runs a job the controller no longer expects
     wait_for(lambda: not any(pid_alive(p) for p in pids), 15, "orphan processes killed")
-    wait_for(lambda: not any(os.path.exists(d) for d in job_dirs(c, "crane01", jid)), 10, "orphan cgroup gone")
+    wait_for(
+        lambda: not any(os.path.exists(d) for d in job_dirs(c, "crane01", jid)),
+        10,
+        "orphan cgroup gone",
+    )
     assert f"runs unknown job {jid}: killing it" in log_of(c, "cranectld")
     assert c.state(jid) == "FAILED"
     # the node is usable again
@@ -257,7 +282,7 @@ def test_paused_agent_short_and_past_timeout(make_cluster) -> None:  # type: ign
     assert log_of(c, "craned-crane01").count(f"launch of {jid}.1 already done") == 0
     # heartbeats resumed: longer than CranedTimeout later the node is still up
     never(lambda: node_state(c, "crane01") == "DOWN", timeout + 1.5, "node DOWN after resuming")
-    assert c.state(running) == "RUNNING" and pid_alive(rpid)
+    assert c.state(running) == "RUNNING" and pid_alive(rpid), c.job(running)
 
     # 2. paused past CranedTimeout: DOWN, then back up after SIGCONT
     agent.send_signal(signal.SIGSTOP)
@@ -269,7 +294,9 @@ def test_paused_agent_short_and_past_timeout(make_cluster) -> None:  # type: ign
         agent.send_signal(signal.SIGCONT)
     c.wait_nodes_up(timeout=20)  # the agent re-registers by itself
     assert agent.poll() is None
-    wait_for(lambda: "register again" in log_of(c, "craned-crane01"), 10, "agent asked to register again")
+    wait_for(
+        lambda: "register again" in log_of(c, "craned-crane01"), 10, "agent asked to register again"
+    )
     wait_for(lambda: not pid_alive(rpid), 15, "the failed job's leftover processes killed")
     after = c.submit("-w", "crane01", wrap=f"echo after >> {c.file('after')}")
     assert c.wait_state(after, *TERMINAL, timeout=20)["state"] == "COMPLETED"
@@ -305,7 +332,9 @@ def test_escapes_are_dead_after_kill(make_cluster, how: str) -> None:  # type: i
     limit = ["-t", "0:03"] if how == "time_limit" else []
     jid = c.submit("-w", "crane01", *limit, wrap=script)
     cg = step_cgroup(c, "crane01", jid)
-    wait_for(lambda: len(lines(c, os.path.basename(pids_file))) >= expected, 10, "every escapee recorded")
+    wait_for(
+        lambda: len(lines(c, os.path.basename(pids_file))) >= expected, 10, "every escapee recorded"
+    )
     recorded = {int(x) for x in lines(c, os.path.basename(pids_file))}
     tree = cg.pids()  # everything in the step right now (still running: the limit is 3 s)
     assert c.state(jid) == "RUNNING", "the tree took longer to build than the time limit"

@@ -96,6 +96,14 @@ def spawn(
             maxfd,
         )
     cg.pgid = pid
+    # The child attaches itself too, but only once it is scheduled: attach it
+    # from here so that it is in its cgroup before spawn returns. Otherwise a
+    # kill handled right after the launch finds the cgroup empty, the job is
+    # released, and the step runs on outside any accounting.
+    try:
+        cg.attach_pid(pid)
+    except OSError as e:  # the child already exited (launch failure)
+        log.debug("attach of pid %d from the parent: %s", pid, e)
     return pid
 
 

@@ -44,7 +44,7 @@ def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
     """One request; returns the Ok payload or raises CliError with the
     documented exit code."""
     from crane import messages as mm
-    from crane.transport import Client, Unreachable
+    from crane.client import Client, Unreachable
 
     try:
         client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge")
