@@ -11,8 +11,6 @@ import sys
 import time
 from typing import Any
 
-import click
-
 from crane.cli.common import (
     EXIT_ARGS,
     EXIT_PARTIAL,
@@ -21,6 +19,7 @@ from crane.cli.common import (
     click_main,
     load_config,
     print_json,
+    run,
 )
 
 PROG = "ccancel"
@@ -111,30 +110,83 @@ def wait_terminal(cfg: Any, job_ids: list[int], progress: bool) -> None:
     call(cfg, m.WaitJobs(job_ids), timeout=0)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("job_ids", required=False)
-@click.option("-n", "--name")
-@click.option("-u", "--user")
-@click.option("-A", "--account")
-@click.option("-p", "--partition")
-@click.option("-q", "--qos")
-@click.option("-t", "--state")
-@click.option("-w", "--nodes")
-@click.option("-s", "--signal", "signal_")
-@click.option("--force", is_flag=True)
-@click.option("--graceful", is_flag=True)
-@click.option("--grace", type=click.FloatRange(0, 86400))
-@click.option("-m", "--message")
-@click.option("--end-state", type=click.Choice(["CANCELLED", "FINISHED"], case_sensitive=False))
-@click.option("--dry-run", "--whatif", "dry_run", is_flag=True)
-@click.option("-i", "--interactive", "--confirm", "interactive", is_flag=True)
-@click.option("--wait", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("-C", "--config")
-@click.option("-v", "--verbose", is_flag=True)
-@click.option("-Q", "--quiet", is_flag=True)
-@click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
-def command(job_ids: str | None, **o: Any) -> int:
+# The options, once: (flags, destination, takes a value). Both the click
+# command (help, errors, everything) and the fast path are built from this.
+SIMPLE_OPTIONS: list[tuple[tuple[str, ...], str, bool]] = [
+    (("-n", "--name"), "name", True),
+    (("-u", "--user"), "user", True),
+    (("-A", "--account"), "account", True),
+    (("-p", "--partition"), "partition", True),
+    (("-q", "--qos"), "qos", True),
+    (("-t", "--state"), "state", True),
+    (("-w", "--nodes"), "nodes", True),
+    (("-s", "--signal"), "signal_", True),
+    (("--force",), "force", False),
+    (("--graceful",), "graceful", False),
+    (("-m", "--message"), "message", True),
+    (("--dry-run", "--whatif"), "dry_run", False),
+    (("-i", "--interactive", "--confirm"), "interactive", False),
+    (("--wait",), "wait", False),
+    (("--json",), "as_json", False),
+    (("-C", "--config"), "config", True),
+    (("-v", "--verbose"), "verbose", False),
+    (("-Q", "--quiet"), "quiet", False),
+]
+CLICK_ONLY = ("grace", "end_state")  # typed options: the fast path leaves them to click
+
+
+def fast_parse(argv: list[str]) -> tuple[str | None, dict[str, Any]] | None:
+    """Parse the common forms without importing click (it costs ~35 ms of a
+    command that should take a few). None: let click handle it (help,
+    typed options, anything unusual, and every error message)."""
+    table = {flag: (dest, takes) for flags, dest, takes in SIMPLE_OPTIONS for flag in flags}
+    o: dict[str, Any] = {dest: (None if takes else False) for _, dest, takes in SIMPLE_OPTIONS}
+    o.update(dict.fromkeys(CLICK_ONLY))
+    job_ids = None
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if tok.startswith("-") and len(tok) > 1:
+            name, eq, value = tok.partition("=")
+            spec = table.get(name if name.startswith("--") else tok)
+            if spec is None or (eq and not spec[1]):
+                return None
+            dest, takes = spec
+            if takes:
+                if not eq:
+                    if i >= len(argv):
+                        return None
+                    value = argv[i]
+                    i += 1
+                o[dest] = value
+            else:
+                o[dest] = True
+        elif job_ids is None:
+            job_ids = tok
+        else:
+            return None
+    return job_ids, o
+
+
+def make_command() -> Any:
+    import click
+
+    cmd = click.Command(
+        "ccancel", callback=lambda job_ids, **o: cancel(job_ids, o),
+        help="Cancel jobs or steps: JOB_ID[.STEP_ID][,JOB_ID[.STEP_ID]...] and/or filters.",
+        context_settings={"help_option_names": ["-h", "--help"]},
+        params=[click.Argument(["job_ids"], required=False)],
+    )  # fmt: skip
+    for flags, dest, takes in SIMPLE_OPTIONS:
+        cmd.params.append(click.Option([*flags, dest], is_flag=not takes))
+    cmd.params.append(click.Option(["--grace"], type=click.FloatRange(0, 86400)))
+    cmd.params.append(click.Option(["--end-state", "end_state"],
+                                   type=click.Choice(["CANCELLED", "FINISHED"], case_sensitive=False)))  # fmt: skip
+    return click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)(cmd)
+
+
+def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
     """Cancel jobs or steps: JOB_ID[.STEP_ID][,JOB_ID[.STEP_ID]...] and/or filters."""
     from crane import messages as m
 
@@ -225,4 +277,7 @@ def _confirm(cfg: Any, req: Any, res: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    click_main(command, PROG)
+    parsed = fast_parse(sys.argv[1:])
+    if parsed is not None:
+        run(PROG, cancel, *parsed)
+    click_main(make_command(), PROG)
