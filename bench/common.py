@@ -328,7 +328,20 @@ def cluster(name: str, nodes: int = 1, cpus: int = 4, memory: str = "8G", agents
         c.write_config(make_config(base, nodes, cpus, memory, **extra))
         t0 = time.monotonic()
         if agents:
-            c.up(timeout=up_timeout)
+            try:
+                c.up(timeout=up_timeout)
+            except TimeoutError:
+                # an agent that exited at start (e.g. the tree changed under it mid-import):
+                # restart the dead ones once, and say so
+                dead = [k for k, p in c.procs.items() if k != "cranectld" and p.poll() is not None]
+                if not dead:
+                    raise
+                log(
+                    f"cluster {name}: {len(dead)} agents exited at start ({dead[:5]}); restarting them once"
+                )
+                for k in dead:
+                    c.start_agent(k[len("craned-") :])
+                c.wait_nodes_up(up_timeout)
         else:
             c.start_controller()
             wait_until(

@@ -106,6 +106,7 @@ class Storm:
         self.recovery_s: list[float] = []
         self.check_s: list[float] = []
         self.threads = 0
+        self.orphan_jobs: set[int] = set()
 
     # ------------------------------------------------------------ requests
 
@@ -610,7 +611,9 @@ class Storm:
                 known = fresh
             bad_p, bad_c = suspects()
         for jid, pids in bad_p.items():
-            self.stats["orphans"] += 1
+            if jid not in self.orphan_jobs:  # a job with leftovers counts once
+                self.stats["orphans"] += 1
+                self.orphan_jobs.add(jid)
             st = known.get(jid, {}).get("state", "unknown to the controller")
             self.violation(
                 f"orphan processes of job {jid} ({st}): {sorted(pids)} {[cmdline(p) for p in sorted(pids)][:3]}"
@@ -618,7 +621,9 @@ class Storm:
         for jid, dirs in bad_c.items():
             if jid in bad_p:
                 continue
-            self.stats["orphans"] += 1
+            if jid not in self.orphan_jobs:
+                self.stats["orphans"] += 1
+                self.orphan_jobs.add(jid)
             st = known.get(jid, {}).get("state", "unknown to the controller")
             self.violation(f"cgroup of job {jid} ({st}) left behind: {dirs}")
         # a leftover is reported once; stop tracking pids of finished jobs
@@ -650,6 +655,11 @@ class Storm:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+            pid_alive(p) for ps in bad_p.values() for p in ps
+        ):
+            time.sleep(0.05)
         for dirs in bad_c.values():
             for d in dirs:
                 for sub in (

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import os
 import pstats
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,8 @@ import psutil
 
 from bench.common import RESULTS, BenchCluster, cluster, exec_done, log, wait_until
 from crane import messages as m
+
+OUTDIR = [RESULTS]  # profile_*.txt go next to the JSON (--out)
 
 
 def _thread_cpu(pid: int) -> dict[int, float]:
@@ -71,12 +75,12 @@ def _report(name: str, label: str, what: str, wall: float, main: float, others: 
     st.sort_stats("tottime").print_stats(15)
     buf.write("\n=== callers of the top 6 by own time ===\n")
     st.print_callers(6)
-    path = os.path.join(RESULTS, f"profile_{name}.txt")
+    path = os.path.join(OUTDIR[0], f"profile_{name}.txt")
     with open(path, "w") as f:
         f.write(buf.getvalue())
     log(f"profile {name}: wall {wall:.2f}s -> {path}")
     return {"name": name, "process": label, "what": what,
-            "file": os.path.relpath(path, os.path.dirname(RESULTS)), "wall_s": round(wall, 3),
+            "file": path, "wall_s": round(wall, 3),
             "loop_thread_cpu_s": round(main, 3), "other_threads_cpu_s": round(others, 3),
             "profiled_s": round(total, 3), "idle_s": round(_idle(st), 3),
             "top_cumulative": _top(st, total)}  # fmt: skip
@@ -106,11 +110,20 @@ def _top(st: pstats.Stats, total: float, n: int = 15) -> list[dict[str, Any]]:
 
 
 def profile_all(opts: Any) -> list[dict[str, Any]]:
-    os.makedirs(RESULTS, exist_ok=True)
+    OUTDIR[0] = (
+        os.path.dirname(os.path.abspath(opts.out)) if getattr(opts, "out", None) else RESULTS
+    )
+    os.makedirs(OUTDIR[0], exist_ok=True)
     n = opts.pending
     out: list[dict[str, Any]] = []
-    tmp = f"/tmp/crane-bench-prof-{os.getpid()}"
-    os.makedirs(tmp, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="crane-bench-prof-")
+    try:
+        return _profile_all(opts, tmp, n, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _profile_all(opts: Any, tmp: str, n: int, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     # 1. cancel N pending jobs by user (the mass-cancel path), and submission of N held jobs
     for name in ("submit", "cancel_pending"):

@@ -51,6 +51,7 @@ class StepRun:
     kill_reason: str = ""
     killing: bool = False
     grace_until: float = 0.0  # monotonic end of the grace of a kill in progress
+    frozen: bool = False
     reported: bool = False
     timer: asyncio.TimerHandle | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -256,11 +257,15 @@ class StepManager:
     # ------------------------------------------------------------ kill
 
     async def _wait_empty(self, run: StepRun, timeout: float) -> bool:
+        """Poll the cgroup with a deadline: fast at first (a cgroup kill
+        empties it in a few ms), backing off to POLL."""
         deadline = time.monotonic() + timeout
+        pause = 0.0005
         while not run.cg.empty():
             if time.monotonic() > deadline:
                 return False
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, POLL)
         return True
 
     async def _kill_step(self, run: StepRun, grace: float, reason: str) -> bool:
@@ -272,16 +277,23 @@ class StepManager:
             return True
         run.killing = True
         run.kill_reason = reason
-        run.cg.thaw()
+        if run.frozen:
+            run.cg.thaw()
+            run.frozen = False
         run.cg.signal(signal.SIGCONT)
         if grace > 0:
             run.grace_until = time.monotonic() + grace
             run.cg.signal(signal.SIGTERM)
             await self._wait_empty(run, grace)
         for _ in range(KILL_RETRIES):
-            if run.cg.empty():
+            if run.cg.empty() and run.status is not None:
                 break
             run.cg.kill()
+            if run.status is None and run.pid:
+                try:  # our own unreaped child: the pid cannot have been reused
+                    os.kill(run.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             if await self._wait_empty(run, 0.5):
                 break
         empty = run.cg.empty()
@@ -383,6 +395,7 @@ class StepManager:
                     r.cg.freeze()
                 else:
                     r.cg.thaw()
+                r.frozen = msg.suspend
 
     # ------------------------------------------------------------ ssh access
 
