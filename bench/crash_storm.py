@@ -57,6 +57,7 @@ QOS_SETUP = (
     ["modify", "account", "where", "Name=default", "set", "AllowedQos+=Background,Interactive"],
 )
 MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 15\ncrun sleep 1\n"
+KEEP_MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 3\ncrun sleep 2\ncrun true\n"
 
 
 def log(text: str) -> None:
@@ -93,6 +94,9 @@ class Storm:
         self.stop_workload = threading.Event()
         # what was acknowledged
         self.jobs: dict[int, str] = {}  # job id -> kind
+        self.windows: dict[
+            int, tuple[float, float]
+        ] = {}  # job id -> wall clock (sent, acknowledged)
         self.max_id = 0
         self.acks: list[tuple[float, int]] = []  # (ack time, highest id acknowledged so far)
         self.cancels: dict[int, float] = {}  # job -> ack time (whole-job cancels)
@@ -107,6 +111,7 @@ class Storm:
         self.check_s: list[float] = []
         self.threads = 0
         self.orphan_jobs: set[int] = set()
+        self.finish_timeout = 90.0  # after the storm, for jobs that end by themselves
 
     # ------------------------------------------------------------ requests
 
@@ -159,9 +164,12 @@ class Storm:
 
     # ------------------------------------------------------------ recording
 
-    def record_submit(self, ids: list[int], kind: str, sent: float = 0.0) -> None:
+    def record_submit(
+        self, ids: list[int], kind: str, sent: float = 0.0, sent_wall: float = 0.0
+    ) -> None:
         """Ids must be unique, and above every id acknowledged before this
         request was sent (several workload threads submit concurrently)."""
+        ack_wall = time.time()
         with self.lock:
             i = bisect.bisect_left(self.acks, (sent, -1))
             floor = self.acks[i - 1][1] if i else 0
@@ -172,6 +180,7 @@ class Storm:
                         f"job id {jid} reused or below an id acknowledged earlier ({floor})"
                     )
                 self.jobs[jid] = kind
+                self.windows[jid] = (sent_wall, ack_wall)
                 self.max_id = max(self.max_id, jid)
             self.acks.append((time.monotonic(), self.max_id))
             self.stats["jobs_acknowledged"] += len(ids)
@@ -214,7 +223,7 @@ class Storm:
             (25, self.submit_short), (10, self.submit_long), (6, self.submit_held),
             (8, self.submit_multi), (6, self.submit_background), (6, self.submit_interactive),
             (15, self.cancel_by_id), (7, self.cancel_by_filter), (8, self.cancel_step),
-            (9, self.refresh_view),
+            (9, self.refresh_view), (4, self.submit_keep),
         ]  # fmt: skip
         weights = [w for w, _ in actions]
         while not self.stop_workload.is_set():
@@ -227,10 +236,10 @@ class Storm:
             self.stop_workload.wait(rng.uniform(0.01, 0.1))
 
     def _submit(self, kind: str, spec: dict[str, Any], repeat: int = 1) -> None:
-        sent = time.monotonic()
+        sent, sent_wall = time.monotonic(), time.time()
         res = self.req(m.SubmitJob(spec, repeat), timeout=5)
         if res is not None:
-            self.record_submit(list(res["job_ids"]), kind, sent)
+            self.record_submit(list(res["job_ids"]), kind, sent, sent_wall)
 
     def submit_short(self, rng: random.Random) -> None:
         part = rng.choice(["CPU", "GPU", "GPU"])
@@ -252,6 +261,16 @@ class Storm:
         spec["script"] = MULTI_SCRIPT
         self._submit("multi", spec)
 
+    def submit_keep(self, rng: random.Random) -> None:
+        """Jobs the workload never cancels: they must end by themselves, crashes or not."""
+        if rng.random() < 0.5:
+            spec = self.spec("keep-multi", "", partition="GPU")
+            spec["script"] = KEEP_MULTI_SCRIPT
+            self._submit("keep-multi", spec)
+        else:
+            t = round(rng.uniform(0.5, 5.0), 2)
+            self._submit("keep-short", self.spec("keep-short", f"sleep {t}", partition="GPU"))
+
     def submit_background(self, rng: random.Random) -> None:
         self._submit(
             "bg",
@@ -272,6 +291,7 @@ class Storm:
     def _live(self, kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         with self.lock:
             return [j for jid, j in self.view.items() if j["state"] in ("PENDING", "RUNNING", "SUSPENDED")
+                    and not j["name"].startswith("keep")
                     and (kinds is None or self.jobs.get(jid) in kinds)]  # fmt: skip
 
     def cancel_by_id(self, rng: random.Random) -> None:
@@ -366,19 +386,49 @@ class Storm:
         self.drain()
 
     def drain(self) -> None:
-        """Cancel everything left (acknowledged), then check once more: every job terminal."""
-        log("draining: cancelling every active job")
-        res = None
-        for _ in range(20):
-            res = self.req(
-                m.Cancel(filters={"states": ["PENDING", "RUNNING", "SUSPENDED"]}, force=True),
-                timeout=10,
-            )
-            if res is not None:
+        """After the storm: cancel the jobs that never end by themselves (long,
+        Background, held); every other job must then finish on its own (a job
+        stuck after a restart, e.g. a crun that lost its controller, is a
+        violation: "hung"); then cancel whatever is left and check once more."""
+        log("draining: cancelling long, Background and held jobs")
+        for filters in ({"name": "long"}, {"name": "bg"}, {"name": "held"}, {"qos": "Background"}):
+            self.record_cancel(self._retry(m.Cancel(filters=filters, force=True)))
+        finite = ("short", "ia", "multi", "keep-multi", "keep-short")
+        deadline = time.monotonic() + self.finish_timeout
+        left: list[int] = []
+        while time.monotonic() < deadline:
+            known = self.all_jobs() or {}
+            with self.lock:
+                left = [
+                    j
+                    for j, k in self.jobs.items()
+                    if k in finite and known.get(j, {}).get("state") in ACTIVE
+                ]
+            if not left:
                 break
             time.sleep(0.5)
+        for jid in left:
+            j = known.get(jid, {})
+            self.stats["hung"] += 1
+            self.violation(
+                f"job {jid} ({self.jobs.get(jid)}) did not finish by itself within "
+                f"{self.finish_timeout:g}s after the storm: {j.get('state')} steps "
+                f"{[(s['step_id'], s['state']) for s in j.get('steps', [])]}"
+            )
+        log("draining: cancelling every active job")
+        res = self._retry(
+            m.Cancel(filters={"states": ["PENDING", "RUNNING", "SUSPENDED"]}, force=True)
+        )
         self.record_cancel(res)
         self.check(time.monotonic(), final=True)
+
+    def _retry(self, msg: m.Message) -> dict[str, Any] | None:
+        for _ in range(20):
+            res = self.req(msg, timeout=10)
+            if res is not None:
+                return res
+            time.sleep(0.5)
+        return None
 
     # ------------------------------------------------------------ invariants
 
@@ -409,6 +459,19 @@ class Storm:
             if j is None:
                 self.stats["lost"] += 1
                 self.violation(f"acknowledged job {jid} ({acked[jid]}) is lost")
+                continue
+            sent_wall, ack_wall = self.windows.get(jid, (0.0, 0.0))
+            if j["name"] != acked[jid] or (
+                sent_wall and not sent_wall - 1 <= j["submit_time"] <= ack_wall + 1
+            ):  # the id names another job: the acknowledged one was lost and its id reused
+                self.stats["lost"] += 1
+                self.violation(
+                    f"acknowledged job {jid} ({acked[jid]}) is lost: the id now names "
+                    f"{j['name']!r} submitted at {j['submit_time']:.3f} (acknowledged in "
+                    f"[{sent_wall:.3f}, {ack_wall:.3f}])"
+                )
+                with self.lock:
+                    self.jobs.pop(jid, None)
                 continue
             err = illegal(j)
             if err:
@@ -710,6 +773,7 @@ class Storm:
             "daemon_errors": self.daemon_errors()[:100],
             "cancel_not_done": s["cancel_not_done"],
             "stuck_at_end": s["stuck_at_end"],
+            "hung": s["hung"],
             "integrity_checks": s["integrity_checks"],
             "integrity_ok": s["integrity_failures"] == 0 and s["integrity_checks"] > 0,
             "recovery_s_median": sorted(self.recovery_s)[len(self.recovery_s) // 2]
@@ -802,6 +866,7 @@ def report(res: dict[str, Any]) -> str:
         f"step pids recorded:    {res['pids_recorded']}, most job processes seen at once {res['job_processes_seen']}",
         f"cancels not done:      {res['cancel_not_done']} (must be 0)",
         f"stuck at end:          {res['stuck_at_end']} (must be 0)",
+        f"hung (never ended):    {res['hung']} (must be 0)",
         f"integrity ok:          {res['integrity_ok']} ({res['integrity_checks']} checks)",
         f"recovery (restart -> answering): median {res['recovery_s_median']:.2f}s, max {res['recovery_s_max']:.2f}s"
         if res["recovery_s_median"] is not None else "recovery: -",

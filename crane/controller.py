@@ -44,6 +44,7 @@ class Controller:
         self.jobs: dict[int, JobActor] = {}
         self.recent: dict[int, str] = {}  # terminal, not yet committed: id -> state
         self.waiters: dict[int, list[list[Any]]] = {}
+        self._terminal: list[int] = []  # ended this loop turn, waiting for one barrier
         self.nodes = {name: NodeActor(name, self) for name in cfg.nodes}
         self.scheduler = Scheduler(self)
         self.frontend = Frontend(self)
@@ -107,13 +108,15 @@ class Controller:
         self.agent_endpoint = transport.Endpoint(
             asock, self.on_agent, self.on_agent_bad, router=True, user_ids=curve is not None
         )
-        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM)
+        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM,
+                                      heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
         self.cli_endpoint = transport.Endpoint(
             csock, self.on_cli, self.on_cli_bad, router=True, credentials=True, admit=self.admit_cli
         )
         self.munge_endpoint: transport.Endpoint | None = None
         if self.cfg.auth_type == "munge":
-            msock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM)
+            msock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM,
+                                          heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
             self.munge_endpoint = transport.Endpoint(
                 msock, self.on_munge_cli, self.on_munge_bad, router=True, cred_frame=True
             )
@@ -255,19 +258,29 @@ class Controller:
         self.metrics["jobs_" + job.state.lower()] += 1
         for st_id in list(actor.step_waiters or {}):
             actor._step_done(st_id, job.steps.get(st_id, {"state": job.state}))
+        self._terminal.append(job.id)
+        if len(self._terminal) == 1:
+            self.loop.call_soon(self._flush_terminal)
+
+    def _flush_terminal(self) -> None:
+        """One store barrier for every job that ended this loop turn: once
+        their final state is committed, forget them and wake their waiters."""
+        ids, self._terminal = self._terminal, []
 
         def committed() -> None:
-            self.recent.pop(job.id, None)
-            for w in self.waiters.pop(job.id, []):
-                w[0] -= 1
-                if w[0] == 0:
-                    w[1]()
+            for job_id in ids:
+                self.recent.pop(job_id, None)
+                for w in self.waiters.pop(job_id, []):
+                    w[0] -= 1
+                    if w[0] == 0:
+                        w[1]()
 
         self.store.barrier(committed)
 
     def after_persisted(self, callback: Callable[[], None]) -> None:
-        # queued behind the writes of the actors told just before us
-        self.loop.call_soon(self.store.barrier, callback)
+        """Call back once the actors told so far have handled their mail and
+        the store has committed what they wrote."""
+        Actor.when_idle(lambda: self.store.barrier(callback))
 
     def wait_jobs(self, job_ids: list[int], callback: Callable[[], None]) -> None:
         live = [j for j in set(job_ids) if j in self.jobs or j in self.recent]

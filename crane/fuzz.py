@@ -38,7 +38,7 @@ import msgpack
 
 from crane import PROTOCOL_VERSION
 from crane import messages as m
-from crane.transport import MAX_REPLY
+from crane.client import MAX_REPLY
 
 CLI_TYPES = (
     "SubmitJob",
@@ -750,7 +750,7 @@ class GoodClient(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from crane.transport import Client, Unreachable
+        from crane.client import Client, Unreachable
 
         c = Client(self.address, timeout=10)
         try:
@@ -902,22 +902,35 @@ def _agent_burst(ctx: Any, address: str, ident: bytes, frames: typing.Iterable[F
     import zmq
 
     st = SendStats()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.IDENTITY, ident)
-    s.setsockopt(zmq.SNDHWM, 1000)
-    s.setsockopt(zmq.RCVHWM, 0)
-    s.setsockopt(zmq.SNDTIMEO, 500)
-    if curve is not None:
-        s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
-    s.connect(address)
+
+    def connect() -> Any:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IDENTITY, ident)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.SNDTIMEO, 2000)
+        if curve is not None:
+            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
+        s.connect(address)
+        return s
+
+    s = connect()
+    reconnects = 0
     try:
         for f in frames:
             try:
                 s.send_multipart(f.parts)
-            except zmq.ZMQError:  # refused handshake: the pipe never drains
+            except zmq.ZMQError:
                 st.send_errors += 1
-                s.setsockopt(zmq.SNDTIMEO, 0)  # do not wait per frame: count them as refused
+                if curve is not None and reconnects < 20:
+                    # with a key, the link was up: an oversized frame stalled or
+                    # closed it; an attacker would just connect again
+                    reconnects += 1
+                    s.close(linger=0)
+                    s = connect()
+                else:  # refused at the handshake: the pipe never drains
+                    s.setsockopt(zmq.SNDTIMEO, 0)  # count the rest as refused, fast
                 continue
             st.sent += 1
             st.bytes += f.size

@@ -22,6 +22,12 @@ from crane.client import MAX_REPLY, Client, Unreachable  # noqa: F401  (re-expor
 log = logging.getLogger("crane.transport")
 BATCH = 256
 CLI_HWM = 1000  # per CLI connection: 1000 x MAX_FRAME at worst, a few MB in practice
+# ZMTP heartbeats on CLI connections. Besides finding dead peers, they work around
+# a libzmq 4.3 stall: a frame over MAXMSGSIZE that arrives while the connection's
+# pipe is at its HWM leaves that connection unread forever, even after the peer
+# closes it (fd and buffers leak). The heartbeat timeout closes such a connection.
+CLI_HEARTBEAT_MS = 2000
+CLI_HEARTBEAT_TIMEOUT_MS = 10_000
 MAX_FRAMES = 4
 
 
@@ -186,7 +192,8 @@ class Endpoint:
 
 
 def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777,
-                curve: tuple[bytes, bytes] | None = None, hwm: int = 100_000) -> zmq.Socket:  # fmt: skip
+                curve: tuple[bytes, bytes] | None = None, hwm: int = 100_000,
+                heartbeat_ms: int = 0) -> zmq.Socket:  # fmt: skip
     """``hwm``: messages queued per connection each way. Past it, ZeroMQ stops
     reading that connection (back-pressure on its sender) and drops replies to
     a peer that does not read them: this bounds what one client can make the
@@ -199,6 +206,9 @@ def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777,
     sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.SNDHWM, hwm)
+    if heartbeat_ms:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, CLI_HEARTBEAT_TIMEOUT_MS)
     if address.startswith("ipc://"):
         path = address[len("ipc://") :]
         os.makedirs(os.path.dirname(path), exist_ok=True)

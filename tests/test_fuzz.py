@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-from crane import PROTOCOL_VERSION, fuzz
+from crane import PROTOCOL_VERSION, fuzz, transport
 from crane import messages as m
 from crane.config import load
 from tests.conftest import Cluster, pid_alive
@@ -187,3 +188,60 @@ def test_submit_spec_with_a_uid_field_is_refused(cluster: Cluster) -> None:
     reply = raw_request(cluster, [frame("SubmitJob", {"spec": spec, "uid": 0})])
     assert isinstance(reply, m.Error) and reply.code == 2 and "unknown field 'uid'" in reply.message
     assert cluster.jobs().keys() == before.keys()
+
+
+@pytest.mark.parametrize("heartbeat", [transport.CLI_HEARTBEAT_MS])
+def test_an_oversized_frame_on_a_backed_up_connection_does_not_wedge_it(
+    tmp_path: Any, heartbeat: int
+) -> None:
+    """libzmq 4.3: a frame over MAXMSGSIZE arriving while the reader lags can
+    leave the connection unread for good (the peer's later frames never
+    arrive, its fd leaks even after the peer closes). The CLI sockets' ZMTP
+    heartbeat closes such a connection; the client reconnects and is heard."""
+    ctx = zmq.Context()
+    addr = f"ipc://{tmp_path}/s.sock"
+    router = transport.bind_router(ctx, addr, hwm=transport.CLI_HWM, heartbeat_ms=heartbeat)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:  # a slow reader that answers, like a busy controller
+        while not stop.is_set():
+            if router.poll(100):
+                parts = router.recv_multipart()
+                got.append(parts[-1][:5])
+                time.sleep(0.0003)
+                router.send_multipart([parts[0], b"reply"], zmq.NOBLOCK)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.SNDTIMEO, 1000)
+    d.setsockopt(zmq.RCVHWM, 0)
+    d.setsockopt(zmq.IDENTITY, b"flood")  # a fixed identity: it reconnects under the same name
+    d.connect(addr)
+    gen = fuzz.FrameGen(104, "cli")  # a 5 MB frame at #716, in a stream of small ones
+    try:
+        for _ in range(2500):
+            try:
+                d.send_multipart(gen.next().parts)
+            except zmq.Again:
+                break
+            while d.poll(0):
+                d.recv()
+        deadline = time.monotonic() + 40
+        while b"probe" not in got and time.monotonic() < deadline:
+            try:
+                d.send(b"probe", zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            while d.poll(0):
+                d.recv()
+            time.sleep(0.05)
+        assert b"probe" in got, f"connection wedged after {len(got)} frames"
+    finally:
+        stop.set()
+        t.join(2)
+        d.close(0)
+        router.close(0)
+        ctx.term()

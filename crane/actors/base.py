@@ -14,14 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("crane.actors")
 
 
+_ready: deque[Actor] = deque()  # actors with mail, in arrival order
+_DISPATCH_BUDGET = 2000  # actors run per loop turn before I/O gets its turn again
+_idle_callbacks: list[Callable[[], None]] = []  # run once every ready actor has run
+
+
 class Actor:
     __slots__ = ("_mailbox", "_scheduled", "failures")
     _loop: asyncio.AbstractEventLoop | None = None
+    _dispatching = False
 
     def __init__(self) -> None:
         self._mailbox: deque[Any] | None = None
@@ -38,8 +45,35 @@ class Actor:
         self._mailbox.append(msg)
         if not self._scheduled:
             self._scheduled = True
+            _ready.append(self)
+            if not Actor._dispatching:
+                Actor._dispatching = True
+                assert Actor._loop is not None
+                Actor._loop.call_soon(Actor._dispatch)
+
+    @staticmethod
+    def _dispatch() -> None:
+        """One loop callback runs many actors (no call_soon per actor)."""
+        for _ in range(_DISPATCH_BUDGET):
+            if not _ready:
+                break
+            _ready.popleft()._run()
+        assert Actor._loop is not None
+        if _ready:
+            Actor._loop.call_soon(Actor._dispatch)
+        else:
+            Actor._dispatching = False
+            while _idle_callbacks:
+                _idle_callbacks.pop(0)()
+
+    @staticmethod
+    def when_idle(callback: Callable[[], None]) -> None:
+        """Call back once every message told so far has been handled."""
+        if Actor._dispatching:
+            _idle_callbacks.append(callback)
+        else:
             assert Actor._loop is not None
-            Actor._loop.call_soon(self._run)
+            Actor._loop.call_soon(callback)
 
     def ask(self, msg: Any) -> asyncio.Future[Any]:
         """Send ``(msg, future)``-style: the handler resolves ``msg.reply``."""
@@ -69,8 +103,7 @@ class Actor:
                     log.exception("on_failure of %s failed", self.describe())
         if box:
             self._scheduled = True
-            assert Actor._loop is not None
-            Actor._loop.call_soon(self._run)
+            _ready.append(self)  # more mail: back of the line, after the others
         else:
             self._mailbox = None  # idle actors keep no deque
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import operator
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import singledispatchmethod
 from typing import Any
 
 from crane import messages as m
@@ -123,6 +123,17 @@ def cancel_banner(job: Job, cancel: dict[str, Any]) -> str:
     return text + " ***"
 
 
+_HANDLERS: dict[type, Callable[..., list[Any]]] = {}
+
+
+def on(event_type: type) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:
+    def register(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+        _HANDLERS[event_type] = fn
+        return fn
+
+    return register
+
+
 class JobMachine:
     """Pure transitions of one job. ``self.job`` is the record it owns."""
 
@@ -141,14 +152,17 @@ class JobMachine:
             return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel)
         return []
 
-    @singledispatchmethod
     def handle(self, event: Any, now: float) -> list[Any]:
-        raise TypeError(f"job {self.job.id}: unexpected event {type(event).__name__}")
+        """One handler per event type (a dict lookup: no per-call wrapper)."""
+        fn = _HANDLERS.get(type(event))
+        if fn is None:
+            raise TypeError(f"job {self.job.id}: unexpected event {type(event).__name__}")
+        return fn(self, event, now)
 
     # ---------------------------------------------------------- allocation and steps
 
-    @handle.register
-    def _(self, e: ev.Allocated, now: float) -> list[Any]:
+    @on(ev.Allocated)
+    def _on_Allocated(self, e: ev.Allocated, now: float) -> list[Any]:
         j = self.job
         if j.state != "PENDING" or j.held:
             # cancelled or held while the scheduler placed it: give the nodes back
@@ -163,8 +177,8 @@ class JobMachine:
                            launch.get("script") or "")  # fmt: skip
         return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
 
-    @handle.register
-    def _(self, e: ev.NewStepEv, now: float) -> list[Any]:
+    @on(ev.NewStepEv)
+    def _on_NewStepEv(self, e: ev.NewStepEv, now: float) -> list[Any]:
         j = self.job
         if j.state != "RUNNING":
             return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}, not running"))]
@@ -182,15 +196,15 @@ class JobMachine:
             ev.Reply(e.reply, m.Ok({"step_id": sid, "node": j.nodes[0]})),
         ]
 
-    @handle.register
-    def _(self, e: ev.StepStartedEv, now: float) -> list[Any]:
+    @on(ev.StepStartedEv)
+    def _on_StepStartedEv(self, e: ev.StepStartedEv, now: float) -> list[Any]:
         st = self.job.steps.get(e.step_id)
         if st is not None:
             st["pid"] = e.pid
         return []
 
-    @handle.register
-    def _(self, e: ev.StepEndedEv, now: float) -> list[Any]:
+    @on(ev.StepEndedEv)
+    def _on_StepEndedEv(self, e: ev.StepEndedEv, now: float) -> list[Any]:
         j = self.job
         st = j.steps.get(e.step_id)
         if st is None or st.get("state") != "RUNNING":
@@ -217,8 +231,8 @@ class JobMachine:
             j.exit_code, j.exit_signal = e.exit_code, e.signal
         return actions
 
-    @handle.register
-    def _(self, e: ev.ReleasedEv, now: float) -> list[Any]:
+    @on(ev.ReleasedEv)
+    def _on_ReleasedEv(self, e: ev.ReleasedEv, now: float) -> list[Any]:
         j = self.job
         if e.node not in j.nodes or e.node in j.released:
             return []
@@ -238,8 +252,8 @@ class JobMachine:
 
     # ---------------------------------------------------------- cancel, signal, control
 
-    @handle.register
-    def _(self, e: ev.CancelEv, now: float) -> list[Any]:
+    @on(ev.CancelEv)
+    def _on_CancelEv(self, e: ev.CancelEv, now: float) -> list[Any]:
         j = self.job
         if e.signal is not None:
             return self._signal(e)
@@ -286,8 +300,8 @@ class JobMachine:
         kill = m.KillJob(j.id, e.step_id, grace, e.force, "CANCELLED", banner)
         return [ev.ToNode(st["node"], kill), ev.Persist()]
 
-    @handle.register
-    def _(self, e: ev.ControlEv, now: float) -> list[Any]:
+    @on(ev.ControlEv)
+    def _on_ControlEv(self, e: ev.ControlEv, now: float) -> list[Any]:
         j = self.job
         if e.action == "hold":
             if j.state != "PENDING":
@@ -310,15 +324,15 @@ class JobMachine:
             ]
         return [ev.Reply(e.reply, m.Error(2, f"unknown action {e.action}"))]
 
-    @handle.register
-    def _(self, e: ev.SetReason, now: float) -> list[Any]:
+    @on(ev.SetReason)
+    def _on_SetReason(self, e: ev.SetReason, now: float) -> list[Any]:
         self.job.reason = e.reason
         return [ev.Persist()]
 
     # ---------------------------------------------------------- node events
 
-    @handle.register
-    def _(self, e: ev.NodeDownEv, now: float) -> list[Any]:
+    @on(ev.NodeDownEv)
+    def _on_NodeDownEv(self, e: ev.NodeDownEv, now: float) -> list[Any]:
         j = self.job
         if e.node not in j.nodes or e.node in j.released or j.state not in ACTIVE:
             return []
@@ -332,8 +346,8 @@ class JobMachine:
             actions += self._kill_nodes(j.cancel or {}, cleanup=True)
         return actions + self.handle(ev.ReleasedEv(e.node), now)
 
-    @handle.register
-    def _(self, e: ev.AgentStepsEv, now: float) -> list[Any]:
+    @on(ev.AgentStepsEv)
+    def _on_AgentStepsEv(self, e: ev.AgentStepsEv, now: float) -> list[Any]:
         """Reconcile after the node's agent (re-)registered."""
         j = self.job
         if e.node not in j.nodes or e.node in j.released:

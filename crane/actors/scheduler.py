@@ -139,7 +139,9 @@ class Scheduler(Actor):
             # nothing was freed: no pass needed (a mass cancel of pending jobs stays cheap)
             self.pending.pop(msg.job_id, None)
             self.reasons.pop(msg.job_id, None)
-            return
+            if msg.job_id not in self.reserved:
+                return
+            self._unreserve(msg.job_id)  # a preemptor cancelled while its victims die
         elif isinstance(msg, ev.FreeNode):
             led = self.ledgers.get(msg.node)
             if led is None or not led.give(msg.job_id):

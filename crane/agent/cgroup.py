@@ -363,10 +363,13 @@ class StepCgroup:
     # -- signals
 
     def signal(self, sig: int) -> int:
-        """Send ``sig`` to every process (rescanning to catch fresh forks)."""
+        """Send ``sig`` to every process in the step now, once, as Slurm does.
+        SIGKILL and SIGSTOP rescan to catch fresh forks; other signals must
+        not: a TERM trap that starts ``sleep 2; cleanup`` would see its own
+        sleep killed by the rescan and skip its grace period."""
         seen: set[int] = set()
         n = 0
-        for _ in range(3):
+        for _ in range(3 if sig in (signal.SIGKILL, signal.SIGSTOP) else 1):
             new = self.pids() - seen
             if not new:
                 break

@@ -201,6 +201,7 @@ class StepManager:
     # ------------------------------------------------------------ ends
 
     def _main_exited(self, run: StepRun, status: int) -> None:
+        log.info("step %d.%d: main process exited (status %d)", run.job_id, run.step_id, status)
         if os.WIFEXITED(status) and 128 < os.WEXITSTATUS(status) < 128 + 65:
             status = os.WEXITSTATUS(status) - 128  # the wrapped command died of a signal
         run.status = status
@@ -228,6 +229,7 @@ class StepManager:
         if run.reported:
             return
         run.reported = True
+        log.info("step %d.%d ended (%s)", run.job_id, run.step_id, reason or "normal")
         status = run.status if run.status is not None else 0
         if os.WIFSIGNALED(status):
             code, sig = 0, os.WTERMSIG(status)  # Slurm style: ExitCode 0:9
@@ -314,6 +316,8 @@ class StepManager:
             for r in runs:
                 self._write_banner(r, msg.banner)
         reason = "CANCELLED" if msg.reason == "CANCELLED" else ""
+        log.info("kill job %d step %s: %d steps, grace %.1fs, force %s", msg.job_id,
+                 "all" if msg.step_id is None else msg.step_id, len(runs), grace, msg.force)  # fmt: skip
         results = await asyncio.gather(*(self._kill_step(r, grace, reason) for r in runs))
         failed = not all(results)
         if msg.step_id is not None:
@@ -337,6 +341,7 @@ class StepManager:
                 os.unlink(os.path.join(self.state_dir, "scripts", f"job_{msg.job_id}.sh"))
             except OSError:
                 pass
+            log.info("job %d released (epilog ok %s, kill failed %s)", msg.job_id, ok, failed)
             self.send(m.JobReleased(msg.job_id, ok, failed))
         finally:
             self.releasing.discard(msg.job_id)
