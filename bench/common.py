@@ -13,13 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from crane import messages as m
 from crane.local import LocalCluster, make_config
+from crane.polling import wait_for
 from crane.transport import Client
 
 BIN = os.path.dirname(sys.executable)
@@ -189,15 +190,7 @@ def leaked_processes(base: str) -> list[int]:
 LEAKS: list[dict[str, Any]] = []
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+wait_until = wait_for
 
 
 # ---------------------------------------------------------------- clusters

@@ -111,7 +111,9 @@ class Storm:
         self.check_s: list[float] = []
         self.threads = 0
         self.orphan_jobs: set[int] = set()
-        self.finish_timeout = 90.0  # after the storm, for jobs that end by themselves
+        self.finish_timeout = (
+            60.0  # after the storm: the longest wait for the next job to end by itself
+        )
 
     # ------------------------------------------------------------ requests
 
@@ -394,26 +396,35 @@ class Storm:
         for filters in ({"name": "long"}, {"name": "bg"}, {"name": "held"}, {"qos": "Background"}):
             self.record_cancel(self._retry(m.Cancel(filters=filters, force=True)))
         finite = ("short", "ia", "multi", "keep-multi", "keep-short")
-        deadline = time.monotonic() + self.finish_timeout
+        # the queue drains at its own pace: wait while jobs keep finishing; stop when
+        # none has finished for ``finish_timeout`` seconds (a hung one blocks the rest)
+        stall_until = time.monotonic() + self.finish_timeout
         left: list[int] = []
-        while time.monotonic() < deadline:
-            known = self.all_jobs() or {}
+        known: dict[int, dict[str, Any]] = {}
+        while time.monotonic() < stall_until:
+            known = self.all_jobs() or known
             with self.lock:
-                left = [
+                now_left = [
                     j
                     for j, k in self.jobs.items()
                     if k in finite and known.get(j, {}).get("state") in ACTIVE
                 ]
-            if not left:
+            if not now_left:
+                left = []
                 break
+            if len(now_left) < len(left) or not left:
+                stall_until = time.monotonic() + self.finish_timeout
+            left = now_left
             time.sleep(0.5)
         for jid in left:
             j = known.get(jid, {})
             self.stats["hung"] += 1
+            ran = time.time() - j["start_time"] if j.get("start_time") else None
             self.violation(
-                f"job {jid} ({self.jobs.get(jid)}) did not finish by itself within "
-                f"{self.finish_timeout:g}s after the storm: {j.get('state')} steps "
-                f"{[(s['step_id'], s['state']) for s in j.get('steps', [])]}"
+                f"job {jid} ({self.jobs.get(jid)}) did not finish by itself (no job finished for "
+                f"{self.finish_timeout:g}s after the storm): {j.get('state')}"
+                + (f" for {ran:.0f}s" if ran is not None else "")
+                + f", steps {[(s['step_id'], s['state']) for s in j.get('steps', [])]}"
             )
         log("draining: cancelling every active job")
         res = self._retry(

@@ -6,8 +6,9 @@ Usage (root, from the repository)::
     /opt/crane-venv/bin/python bench/fuzz.py                 # 100,000 frames
     /opt/crane-venv/bin/python bench/fuzz.py --frames 20000 --seed 7 --keep
 
-Frames (``crane.fuzz.FrameGen``) are split between processes: CLI socket as
-uid 0, as a plain user (uid 65534) and one identity flooding; agent socket
+Frames (``crane.fuzz.FrameGen``) are split between processes (``crane.fuzz.ROLES``):
+CLI socket as uid 0, as a plain user (daemon) and one identity of another plain
+user (nobody) flooding as fast as it can; agent socket
 with random identities and with the identity of a real node ("crane01"),
 each both without a CurveZMQ key (refused at the handshake) and with the key
 of another real node (a compromised node: the frames reach the decoder).
@@ -113,6 +114,15 @@ def print_summary(res: dict, path: str) -> None:  # type: ignore[type-arg]
     print(
         f"frames fuzzed:      {res['frames_sent']} ({res['bytes_sent'] / 1e6:.0f} MB) in {res['seconds']} s "
         f"({res['frames_per_s']}/s); refused at send (no key: handshake) {res['send_errors']}"
+    )
+    print(
+        f"to the decoder:     {res['frames_to_decoder']} (CLI {res['cli_frames']}, agent with a key "
+        f"{res['frames_to_decoder'] - res['cli_frames']}); refused at the CurveZMQ handshake "
+        f"{res['frames_refused_handshake']}"
+    )
+    print(
+        f"CLI unanswered:     {res['cli_unanswered']} (rate-limited plain users, and frames in flight on "
+        f"the {res['oversize_frames']} connections ZeroMQ closed for an oversized frame)"
     )
     print(f"replies:            {res['replies']} {res['replies_by']}")
     print(f"expectation breaks: {res['violation_count']} {res['violations'][:3]}")

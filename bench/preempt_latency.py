@@ -30,6 +30,7 @@ from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import load_config
 from crane.local import LocalCluster, make_config
+from crane.polling import pid_alive
 from crane.transport import Client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,14 +64,6 @@ class Api:
             if jobs:
                 return jobs[0]  # type: ignore[no-any-return]
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[-1][0] not in "ZX"
-    except OSError:
-        return False
 
 
 def wait(cond: Any, timeout: float, what: str) -> Any:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from crane.polling import pid_alive
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -173,9 +175,9 @@ class LocalCluster:
             del self.procs[key]
         else:
             deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
     def down(self) -> None:
@@ -198,17 +200,3 @@ class LocalCluster:
             os.unlink(self.pids_path)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False

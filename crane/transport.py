@@ -22,10 +22,12 @@ from crane.client import MAX_REPLY, Client, Unreachable  # noqa: F401  (re-expor
 log = logging.getLogger("crane.transport")
 BATCH = 256
 CLI_HWM = 1000  # per CLI connection: 1000 x MAX_FRAME at worst, a few MB in practice
-# ZMTP heartbeats on CLI connections. Besides finding dead peers, they work around
-# a libzmq 4.3 stall: a frame over MAXMSGSIZE that arrives while the connection's
-# pipe is at its HWM leaves that connection unread forever, even after the peer
-# closes it (fd and buffers leak). The heartbeat timeout closes such a connection.
+# ZMTP heartbeats on CLI connections. Besides finding dead peers, they close the
+# connections a ROUTER (without handover) parks and never reads: a peer with a
+# fixed routing id whose connection was dropped (e.g. for a frame over MAXMSGSIZE)
+# reconnects while its old pipe still holds unread frames; the new connection is
+# refused silently and kept open, even after the peer closes it (fd and buffers
+# leak, libzmq 4.3). The heartbeat timeout closes it; the peer reconnects.
 CLI_HEARTBEAT_MS = 2000
 CLI_HEARTBEAT_TIMEOUT_MS = 10_000
 MAX_FRAMES = 4

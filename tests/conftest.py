@@ -8,37 +8,17 @@ import os
 import pwd
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from crane.local import LocalCluster, make_config
+from crane.polling import pid_alive, wait_for  # noqa: F401  (the tests import them from here)
 
 BIN = os.path.dirname(sys.executable)
 IS_ROOT = os.geteuid() == 0
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING")
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.02) -> Any:
-    """Poll ``cond`` until it returns a truthy value; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[-1][0] not in "ZX"
-    except OSError:
-        return False
 
 
 class Cluster(LocalCluster):

@@ -26,7 +26,7 @@ import pytest
 from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import call, load_config
-from tests.conftest import BIN, IS_ROOT, Cluster, pid_alive, wait_for
+from tests.conftest import BIN, IS_ROOT, Cluster, open_ancestors, pid_alive, wait_for
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")
 CANCELLABLE = ["PENDING", "CONFIGURING", "RUNNING", "SUSPENDED"]
@@ -134,17 +134,6 @@ def c(cluster: Cluster) -> Iterator[Cluster]:
     clear(cluster)
     yield cluster
     clear(cluster)
-
-
-def open_ancestors(path: str) -> None:
-    """o+x on the directories above ``path`` (pytest's temp root is 0700):
-    the test users must reach the config and the job's work directory."""
-    p = os.path.dirname(os.path.realpath(path))
-    while p not in ("/", "/tmp"):
-        st = os.stat(p)
-        if not st.st_mode & 0o001 and st.st_uid == os.geteuid():
-            os.chmod(p, st.st_mode | 0o001)
-        p = os.path.dirname(p)
 
 
 @pytest.fixture(scope="module")

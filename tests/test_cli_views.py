@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Cluster, wait_for
+from tests.conftest import Cluster, open_ancestors, wait_for
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 
@@ -364,16 +364,6 @@ def test_cacctmgr_errors(cluster: Cluster) -> None:
     r = cluster.run("cacctmgr", "show", "qos", "format=Name,Nope")
     assert r.returncode == 2 and "Nope" in r.stderr
     assert "Usage: cacctmgr" in cluster.ok("cacctmgr", "--help")
-
-
-def open_ancestors(path: str) -> None:
-    """Let other users reach ``path``: pytest's base temp dir is 0700."""
-    p = os.path.dirname(os.path.realpath(path))
-    while p not in ("/", "/tmp"):
-        st = os.stat(p)
-        if not st.st_mode & 0o001:
-            os.chmod(p, st.st_mode | 0o001)
-        p = os.path.dirname(p)
 
 
 def test_plain_user_views_and_refusals(cluster: Cluster, users: dict[str, int], running: list[int]) -> None:

@@ -194,10 +194,11 @@ def test_submit_spec_with_a_uid_field_is_refused(cluster: Cluster) -> None:
 def test_an_oversized_frame_on_a_backed_up_connection_does_not_wedge_it(
     tmp_path: Any, heartbeat: int
 ) -> None:
-    """libzmq 4.3: a frame over MAXMSGSIZE arriving while the reader lags can
-    leave the connection unread for good (the peer's later frames never
-    arrive, its fd leaks even after the peer closes). The CLI sockets' ZMTP
-    heartbeat closes such a connection; the client reconnects and is heard."""
+    """libzmq 4.3: a frame over MAXMSGSIZE drops the connection; a peer with a
+    fixed routing id reconnects while its old pipe still holds unread frames
+    (the reader lags), and the ROUTER parks the new connection unread for good
+    (its fd leaks even after the peer closes). The CLI sockets' ZMTP heartbeat
+    closes it; the client reconnects and is heard again (within ~12 s)."""
     ctx = zmq.Context()
     addr = f"ipc://{tmp_path}/s.sock"
     router = transport.bind_router(ctx, addr, hwm=transport.CLI_HWM, heartbeat_ms=heartbeat)

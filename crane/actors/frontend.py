@@ -244,12 +244,16 @@ class Frontend:
             reply(m.Error(2, "a command is required"))
             return
         fut = self.ctl.loop.create_future()
-        fut.add_done_callback(lambda f: reply(f.result()))
+        # acknowledged means on disk: a step id answered before a crash is known after it
+        fut.add_done_callback(lambda f: self.ctl.store.barrier(lambda: reply(f.result())))
         actor.tell(ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, fut))
 
     def on_WaitStep(self, caller: Any, msg: m.WaitStep, rid: str, reply: Any) -> None:
         actor = self._own_job(caller, msg.job_id, reply)
         if actor is None:
+            return
+        if msg.step_id not in actor.job.steps:  # never started: waiting would never end
+            reply(m.Error(4, f"Step {msg.job_id}.{msg.step_id} not found"))
             return
         fut = self.ctl.loop.create_future()
         fut.add_done_callback(lambda f: reply(f.result()))

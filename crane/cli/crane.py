@@ -73,14 +73,15 @@ def down(base: str | None) -> None:
 @click.option("--dir", "base", type=click.Path(file_okay=False))
 def status(base: str | None) -> None:
     """Show the local cluster's processes and nodes."""
-    from crane.local import LocalCluster, _alive, default_dir
+    from crane.local import LocalCluster, default_dir
+    from crane.polling import pid_alive
 
     lc = LocalCluster(base or default_dir())
     pids = lc.pids()
     if not pids:
         raise CliError(f"no local cluster in {lc.base}", 1)
     for key, pid in sorted(pids.items()):
-        print(f"{key:<20} pid {pid:<8} {'running' if _alive(pid) else 'dead'}")
+        print(f"{key:<20} pid {pid:<8} {'running' if pid_alive(pid) else 'dead'}")
     try:
         for n, st in sorted(lc.nodes_state().items()):
             print(f"{n:<20} {st}")

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import click
 
-from crane.cli.common import CliError, call, click_main, load_config
+from crane.cli.common import EXIT_UNREACHABLE, CliError, call, click_main, load_config
 
 PROG = "crun"
+WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "10"))  # seconds
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
@@ -32,7 +34,7 @@ def command(cpus_per_task: int, jobid: int | None, config: str | None, argv: tup
     started: dict[str, Any] = call(cfg, m.StartStep(job_id, list(argv), cpus_per_task, env, os.getcwd()))
     step_id = int(started["step_id"])
     print(f"crun: step {job_id}.{step_id} started on {started.get('node')}", file=sys.stderr) if os.environ.get("CRUN_VERBOSE") else None
-    done = call(cfg, m.WaitStep(job_id, step_id), timeout=0)
+    done = wait_step(cfg, job_id, step_id)
     st = done["step"]
     state = st.get("state")
     code = int(st.get("exit_code") or 0)
@@ -42,6 +44,22 @@ def command(cpus_per_task: int, jobid: int | None, config: str | None, argv: tup
     if state not in ("COMPLETED",) and code == 0:
         return 1
     return code
+
+
+def wait_step(cfg: Any, job_id: int, step_id: int) -> dict[str, Any]:
+    """Block until the step ends. A controller that restarted meanwhile has
+    forgotten the request (not the step): with no answer after WAIT_REASK
+    seconds, ask again (an ended step is answered at once)."""
+    from crane import messages as m
+
+    while True:
+        t0 = time.monotonic()
+        try:
+            return call(cfg, m.WaitStep(job_id, step_id), timeout=WAIT_REASK)
+        except CliError as e:
+            if e.code != EXIT_UNREACHABLE:
+                raise
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))  # controller down: one try a second
 
 
 def main() -> None:
