@@ -56,7 +56,8 @@ QOS_SETUP = (
     ["add", "qos", "Interactive", "Priority=5000", "Preempt=Background"],
     ["modify", "account", "where", "Name=default", "set", "AllowedQos+=Background,Interactive"],
 )
-MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 15\ncrun sleep 1\n"
+MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 10\ncrun sleep 1\n"
+MAX_PENDING = 30  # no new submissions (but "keep" jobs) while this many jobs wait
 KEEP_MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 3\ncrun sleep 2\ncrun true\n"
 
 
@@ -238,6 +239,12 @@ class Storm:
             self.stop_workload.wait(rng.uniform(0.01, 0.1))
 
     def _submit(self, kind: str, spec: dict[str, Any], repeat: int = 1) -> None:
+        with self.lock:
+            pending = sum(
+                1 for j in self.view.values() if j["state"] == "PENDING" and not j["held"]
+            )
+        if pending >= MAX_PENDING and not kind.startswith("keep"):
+            return  # keep the queue short: the drain waits for it
         sent, sent_wall = time.monotonic(), time.time()
         res = self.req(m.SubmitJob(spec, repeat), timeout=5)
         if res is not None:
