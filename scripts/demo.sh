@@ -65,6 +65,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "Starting a local cluster: 1 controller + 4 node agents (CPU: crane01-02, GPU: crane03-04)"
+rm -rf "$DIR"  # a fresh cluster each time: no jobs, accounts or QoS left from an earlier demo
 out="$(crane local up --nodes 4 --dir "$DIR")"
 echo "$out"
 eval "$(grep '^export CRANE_CONF=' <<<"$out")"
