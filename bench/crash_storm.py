@@ -43,6 +43,7 @@ from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import EXIT_UNREACHABLE, CliError, call, load_config
 from crane.local import LocalCluster, make_config
+from crane.polling import pid_alive
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "crash_storm.json")
@@ -63,14 +64,6 @@ KEEP_MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 3\ncrun sleep 2\ncrun true\n"
 
 def log(text: str) -> None:
     print(f"[storm {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b") ", 1)[-1][:1] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 class Storm:
@@ -226,7 +219,7 @@ class Storm:
             (25, self.submit_short), (10, self.submit_long), (6, self.submit_held),
             (8, self.submit_multi), (6, self.submit_background), (6, self.submit_interactive),
             (15, self.cancel_by_id), (7, self.cancel_by_filter), (8, self.cancel_step),
-            (9, self.refresh_view), (4, self.submit_keep),
+            (9, self.refresh_view), (3, self.submit_keep),
         ]  # fmt: skip
         weights = [w for w, _ in actions]
         while not self.stop_workload.is_set():
@@ -251,7 +244,7 @@ class Storm:
             self.record_submit(list(res["job_ids"]), kind, sent, sent_wall)
 
     def submit_short(self, rng: random.Random) -> None:
-        part = rng.choice(["CPU", "GPU", "GPU"])
+        part = rng.choice(["CPU", "GPU"])
         t = round(rng.uniform(0.5, 3.0), 2)
         self._submit(
             "short", self.spec("short", f"sleep {t}", partition=part), rng.choice([1, 1, 1, 2, 3])
@@ -278,7 +271,10 @@ class Storm:
             self._submit("keep-multi", spec)
         else:
             t = round(rng.uniform(0.5, 5.0), 2)
-            self._submit("keep-short", self.spec("keep-short", f"sleep {t}", partition="GPU"))
+            self._submit(
+                "keep-short",
+                self.spec("keep-short", f"sleep {t}", partition=rng.choice(["CPU", "GPU"])),
+            )
 
     def submit_background(self, rng: random.Random) -> None:
         self._submit(
@@ -384,7 +380,7 @@ class Storm:
                 self.recovery_s.append(took)
                 log(f"crash {self.stats['crashes']}/{crashes}{' (twice, during recovery)' if early else ''}: "
                     f"answering again after {took:.2f}s; {self.stats['jobs_acknowledged']} jobs, "
-                    f"{self.stats['cancels_acknowledged']} cancels acknowledged")  # fmt: skip
+                    f"{self.stats['cancels_acknowledged']} cancels acknowledged; {self.queue_summary()}")  # fmt: skip
                 t = time.monotonic()
                 self.check(time.monotonic())
                 self.check_s.append(time.monotonic() - t)
@@ -393,6 +389,11 @@ class Storm:
             for w in workers:
                 w.join(30)
         self.drain()
+
+    def queue_summary(self) -> str:
+        with self.lock:
+            c = Counter((j["state"], j["name"], j["partition"]) for j in self.view.values())
+        return " ".join(f"{st[:3]}:{n}@{p}={k}" for (st, n, p), k in sorted(c.items()))
 
     def drain(self) -> None:
         """After the storm: cancel the jobs that never end by themselves (long,

@@ -54,6 +54,8 @@ class Config:
     epilog: str = ""
     prolog: str = ""
     auto_create_users: bool = False
+    metrics_port: int = 0  # Prometheus /metrics on this port; 0 = off
+    metrics_address: str = "127.0.0.1"
     cli_rate: float = 2000.0  # requests/s per non-root user before frames are dropped
     cli_burst: float = 5000.0
     craned_state_dir: str = "craned"
@@ -105,6 +107,8 @@ _KEYS = {
     "LogDir": ("log_dir", str),
     "PreemptExemptTime": ("preempt_exempt_time", int),
     "CliRateLimit": ("cli_rate", float),
+    "MetricsPort": ("metrics_port", int),
+    "MetricsAddress": ("metrics_address", str),
     "CliRateBurst": ("cli_burst", float),
 }
 _STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth"}

@@ -45,6 +45,10 @@ class Controller:
         self.recent: dict[int, str] = {}  # terminal, not yet committed: id -> state
         self.waiters: dict[int, list[list[Any]]] = {}
         self._terminal: list[int] = []  # ended this loop turn, waiting for one barrier
+        self.collector: Any = None  # Prometheus snapshot holder when MetricsPort is set
+        from crane.metrics import LatencyHistogram
+
+        self.cancel_latency = LatencyHistogram()
         self.nodes = {name: NodeActor(name, self) for name in cfg.nodes}
         self.scheduler = Scheduler(self)
         self.frontend = Frontend(self)
@@ -122,6 +126,11 @@ class Controller:
             )
         log.info("cranectld up: agents %s, clis %s", self.cfg.agent_address, self.cfg.cli_address)
         sd_notify("READY=1")
+        if self.cfg.metrics_port:
+            from crane import metrics
+
+            self.collector = metrics.serve(self.cfg.metrics_port, self.cfg.metrics_address)
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_address, self.cfg.metrics_port)
         ticker = asyncio.ensure_future(self._tick())
         await self.stopping.wait()
         ticker.cancel()
@@ -146,6 +155,10 @@ class Controller:
             now = time.monotonic()
             for node in self.nodes.values():
                 node.tell(Tick(now))
+            if self.collector is not None:
+                from crane import metrics
+
+                self.collector.latest = metrics.snapshot(self)
 
     # ------------------------------------------------------------ sockets
 
@@ -256,6 +269,9 @@ class Controller:
         self.jobs.pop(job.id, None)
         self.recent[job.id] = job.state
         self.metrics["jobs_" + job.state.lower()] += 1
+        if job.cancel:
+            self.metrics["cancel_path_" + str(job.cancel.get("path", "user"))] += 1
+            self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.get("time") or time.time())))
         for st_id in list(actor.step_waiters or {}):
             actor._step_done(st_id, job.steps.get(st_id, {"state": job.state}))
         self._terminal.append(job.id)

@@ -98,3 +98,43 @@ def test_kill_right_after_launch_leaves_nothing() -> None:
         [sys.executable, "-c", RACE, "10"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_crun_survives_a_controller_restart(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """crun blocks in WaitStep; a restarted controller has forgotten that
+    request. crun asks again, so the job goes on with its next step and ends
+    (it used to hang RUNNING forever, found by the storm's "keep" jobs)."""
+    import signal
+
+    from crane import messages as m
+    from crane.cli.common import call, load_config
+    from tests.conftest import BIN, wait_for
+
+    c = make_cluster(nodes=1, cpus=2)
+    cfg = load_config(c.config_path)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "CRANE_CONF": c.config_path, "CRUN_WAIT_REASK": "2"}
+    spec = {
+        "name": "multi",
+        "script": "#!/bin/sh\ncrun sleep 3\ncrun true\n",
+        "cwd": c.workdir,
+        "env": env,
+    }
+    jid = call(cfg, m.SubmitJob(spec))["job_ids"][0]
+
+    def step2_running() -> bool:
+        j = c.job(jid) or {}
+        return any(s["step_id"] == 2 and s["state"] == "RUNNING" for s in j.get("steps", []))
+
+    wait_for(step2_running, 30, "step 2 running")
+    p = c.procs["cranectld"]
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    c.start_controller()
+    c.wait_nodes_up(30)
+    j = c.wait_state(jid, "COMPLETED", "FAILED", "CANCELLED", timeout=40)
+    assert j["state"] == "COMPLETED", j
+    assert [(s["step_id"], s["state"]) for s in j["steps"]] == [
+        (1, "COMPLETED"),
+        (2, "COMPLETED"),
+        (3, "COMPLETED"),
+    ]

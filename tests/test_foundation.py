@@ -226,3 +226,26 @@ def test_memory_limit_ends_job_out_of_memory(cluster: Cluster) -> None:
     jid = cluster.submit("--mem", "64M", wrap=hog)
     j = cluster.wait_state(jid, "OUT_OF_MEMORY", "FAILED", "COMPLETED", timeout=60)
     assert j["state"] == "OUT_OF_MEMORY", j
+
+
+def test_prometheus_metrics_endpoint(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    import urllib.request
+
+    from crane.local import free_port
+    from tests.conftest import wait_for
+
+    port = free_port()
+    c: Cluster = make_cluster(nodes=1, MetricsPort=port)
+    jid = c.submit(wrap="sleep 300")
+    c.step_pid(jid)
+    c.ok("ccancel", str(jid))
+    c.wait_state(jid, "CANCELLED")
+
+    def scrape() -> str | None:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return text if 'crane_cancels_total{path="admin"} 1.0' in text else None
+
+    text = wait_for(scrape, 15, "metrics to show the cancel")
+    assert 'crane_cancel_latency_seconds_count 1.0' in text
+    assert 'crane_messages_total{direction="in",socket="cli"}' in text
+    assert "crane_store_queue_depth" in text and "crane_nodes_up 1.0" in text
