@@ -16,6 +16,7 @@ from crane.cli.common import (
     EXIT_PARTIAL,
     CliError,
     call,
+    call_until_answered,
     click_main,
     load_config,
     print_json,
@@ -91,7 +92,7 @@ def wait_terminal(cfg: Any, job_ids: list[int], progress: bool) -> None:
     from crane import messages as m
 
     if not progress:
-        call(cfg, m.WaitJobs(job_ids), timeout=0)
+        call_until_answered(cfg, m.WaitJobs(job_ids))
         return
     # a progress bar on a terminal: poll the queue, then confirm with WaitJobs
     total = len(job_ids)
@@ -107,7 +108,7 @@ def wait_terminal(cfg: Any, job_ids: list[int], progress: bool) -> None:
             break
         time.sleep(0.2)  # a progress display refresh, not a wait for a condition
     sys.stderr.write("\n")
-    call(cfg, m.WaitJobs(job_ids), timeout=0)
+    call_until_answered(cfg, m.WaitJobs(job_ids))
 
 
 # The options, once: (flags, destination, takes a value). Both the click
@@ -226,7 +227,7 @@ def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
             wait_terminal(cfg, jobs, sys.stderr.isatty() and len(jobs) > 5 and not o["quiet"])
         for c in steps:
             for s in c["steps"]:
-                call(cfg, m.WaitStep(c["job_id"], s), timeout=0)
+                call_until_answered(cfg, m.WaitStep(c["job_id"], s))
         if verbose:
             print(f"ccancel: all selected jobs terminal after {1000 * (time.monotonic() - t0):.1f} ms",
                   file=sys.stderr)  # fmt: skip

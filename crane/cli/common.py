@@ -60,6 +60,26 @@ def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
     return reply.data
 
 
+REASK = 10.0  # seconds without an answer before a long wait is asked again
+
+
+def call_until_answered(cfg: Config, msg: m.Message, reask: float = REASK) -> dict[str, Any]:
+    """For requests that block until something happens (WaitJobs, WaitStep):
+    a controller that restarted meanwhile has forgotten the request, not the
+    jobs, so with no answer after ``reask`` seconds ask again (at most once a
+    second while it is down). Other errors are raised."""
+    import time
+
+    while True:
+        t0 = time.monotonic()
+        try:
+            return call(cfg, msg, timeout=reask)
+        except CliError as e:
+            if e.code != EXIT_UNREACHABLE:
+                raise
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))  # retry pacing, not a wait for a condition
+
+
 def run(prog: str, fn: Any, *args: Any, **kw: Any) -> NoReturn:
     """Run a CLI body; every failure becomes one line on stderr and an exit code."""
     try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any
 
 import click
 
-from crane.cli.common import EXIT_UNREACHABLE, CliError, call, click_main, load_config
+from crane.cli.common import CliError, call, call_until_answered, click_main, load_config
 
 PROG = "crun"
 WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "10"))  # seconds
@@ -47,19 +46,10 @@ def command(cpus_per_task: int, jobid: int | None, config: str | None, argv: tup
 
 
 def wait_step(cfg: Any, job_id: int, step_id: int) -> dict[str, Any]:
-    """Block until the step ends. A controller that restarted meanwhile has
-    forgotten the request (not the step): with no answer after WAIT_REASK
-    seconds, ask again (an ended step is answered at once)."""
+    """Block until the step ends, surviving controller restarts."""
     from crane import messages as m
 
-    while True:
-        t0 = time.monotonic()
-        try:
-            return call(cfg, m.WaitStep(job_id, step_id), timeout=WAIT_REASK)
-        except CliError as e:
-            if e.code != EXIT_UNREACHABLE:
-                raise
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))  # controller down: one try a second
+    return call_until_answered(cfg, m.WaitStep(job_id, step_id), WAIT_REASK)
 
 
 def main() -> None:
