@@ -30,7 +30,7 @@ from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import load_config
 from crane.local import LocalCluster, make_config
-from crane.polling import pid_alive
+from crane.polling import pid_alive, wait_for
 from crane.transport import Client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,13 +67,7 @@ class Api:
 
 
 def wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(POLL)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    return wait_for(cond, timeout, what, interval=POLL)
 
 
 def spec(workdir: str, qos: str, command: str, exclusive: bool = False) -> dict[str, Any]:
