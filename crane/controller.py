@@ -373,6 +373,17 @@ class Controller:
         a = self.jobs.get(job_id)
         return a is None or a.job.state in ("PENDING", "SUSPENDED")
 
+    def qos_job_limits(self) -> dict[str, int]:
+        return {q.name: q.max_jobs_per_user for q in self.acct.qos.values() if q.max_jobs_per_user is not None}
+
+    def running_per_user_qos(self) -> dict[tuple[int, str], int]:
+        out: dict[tuple[int, str], int] = {}
+        for a in self.jobs.values():
+            j = a.job
+            if j.state in ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"):
+                out[(j.uid, j.qos)] = out.get((j.uid, j.qos), 0) + 1
+        return out
+
     def could_preempt(self, req: Request) -> bool:
         return preemption.could_preempt(self, req)
 

@@ -249,3 +249,36 @@ def test_prometheus_metrics_endpoint(make_cluster) -> None:  # type: ignore[no-u
     assert 'crane_cancel_latency_seconds_count 1.0' in text
     assert 'crane_messages_total{direction="in",socket="cli"}' in text
     assert "crane_store_queue_depth" in text and "crane_nodes_up 1.0" in text
+
+
+def test_qos_max_jobs_per_user_holds_jobs_pending(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    c: Cluster = make_cluster(nodes=1)
+    c.ok("cacctmgr", "add", "qos", "tiny", "MaxJobsPerUser=1", "MaxSubmitJobsPerUser=3")
+    c.ok("cacctmgr", "modify", "account", "where", "Name=default", "set", "AllowedQos+=tiny")
+    first = c.submit("-q", "tiny", wrap="sleep 300")
+    second = c.submit("-q", "tiny", wrap="sleep 300")
+    c.wait_state(first, "RUNNING")
+    assert c.wait_state(second, "PENDING")["reason"] == "QOSMaxJobsPerUserLimit"
+    c.submit("-q", "tiny", wrap="true")
+    r = c.run("cbatch", "-q", "tiny", "--wrap", "true")  # a fourth exceeds MaxSubmitJobsPerUser
+    assert r.returncode == 2 and "MaxSubmitJobsPerUser" in r.stderr
+    c.ok("ccancel", str(first))
+    c.wait_state(second, "RUNNING")
+
+
+def test_interactive_cancel_asks_on_a_terminal(cluster: Cluster) -> None:
+    import shutil
+
+    keep = cluster.submit("-H", "-J", "keepme", wrap="true")
+    drop = cluster.submit("-H", "-J", "dropme", wrap="true")
+    r = cluster.run("ccancel", "-i", f"{keep},{drop}", input="y\n")
+    assert r.returncode == 2 and r.stderr.strip() == "ccancel: error: --interactive needs a terminal"
+    if shutil.which("script") is None:
+        pytest.skip("util-linux script is needed for a pseudo-terminal")
+    cmd = f"{BIN}/ccancel -i {keep},{drop}"
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], input="n\ny\n", capture_output=True,
+                       text=True, timeout=60, env=cluster.env(), cwd=cluster.workdir)  # fmt: skip
+    assert f"Cancel job {keep} (keepme, CPU)? [y/N]" in p.stdout, p.stdout
+    assert f"Job {drop} cancelled successfully." in p.stdout, p.stdout
+    assert cluster.state(keep) == "PENDING" and cluster.state(drop) == "CANCELLED"
+    cluster.ok("ccancel", str(keep))

@@ -216,7 +216,13 @@ class Scheduler(Actor):
         free_cpus = sum(led.cpus_free for led in self.ledgers.values() if led.usable())
         preempting = self.ctl.preemption_enabled()
         reasons = self.reasons
+        limits = self.ctl.qos_job_limits()  # QoS MaxJobsPerUser, only where set
+        running = self.ctl.running_per_user_qos() if limits else {}
         for req in order:
+            lim = limits.get(req.qos) if limits else None
+            if lim is not None and running.get((req.uid, req.qos), 0) >= lim:
+                reasons[req.job_id] = "QOSMaxJobsPerUserLimit"
+                continue
             if req.job_id in self.reserved:
                 rnodes, victims = self.reserved[req.job_id]
                 nodes = place(req, self.ledgers, rnodes)
@@ -247,6 +253,8 @@ class Scheduler(Actor):
                 continue
             self._allocate(req, nodes)
             free_cpus -= req.cpus * len(nodes)
+            if lim is not None:
+                running[(req.uid, req.qos)] = running.get((req.uid, req.qos), 0) + 1
 
     def _allocate(self, req: Request, nodes: list[str]) -> None:
         # an exclusive job gets every cpu of its nodes (the smallest node counts)
