@@ -59,8 +59,8 @@ class Controller:
         self.cli_endpoint: transport.Endpoint
         self.stopping = asyncio.Event()
         self.agent_keys: dict[str, str] | None = None  # z85 key -> node (CurveZMQ on)
-        self.routes: dict[bytes, str] = {}
-        self.limiter = transport.RateLimiter(cfg.cli_rate, cfg.cli_burst)  # agent routing id -> node that registered on it
+        self.routes: dict[bytes, str] = {}  # agent routing id -> node that registered on it
+        self.limiter = transport.RateLimiter(cfg.cli_rate, cfg.cli_burst)
         self.auth: Any = None
 
     # ------------------------------------------------------------ start / stop
@@ -85,8 +85,7 @@ class Controller:
             self.jobs[job.id] = actor
             if job.state in ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"):
                 live = [n for n in job.nodes if n not in job.released]
-                exclusive_mem = job.memory
-                self.scheduler.adopt(job.id, live, job.cpus, exclusive_mem, job.exclusive, job.state == "SUSPENDED")
+                self.scheduler.adopt(job.id, live, job.cpus, job.memory, job.exclusive, job.state == "SUSPENDED")
             actors.append(actor)
         for actor in actors:
             actor.start()
