@@ -267,9 +267,9 @@ class Controller:
         job = actor.job
         self.jobs.pop(job.id, None)
         self.recent[job.id] = job.state
-        self.metrics["jobs_" + job.state.lower()] += 1
+        self.metrics[_ENDED_KEY.get(job.state) or "jobs_" + job.state.lower()] += 1
         if job.cancel:
-            self.metrics["cancel_path_" + str(job.cancel.get("path", "user"))] += 1
+            self.metrics[_PATH_KEY.get(job.cancel.get("path")) or "cancel_path_other"] += 1
             self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.get("time") or time.time())))
         for st_id in list(actor.step_waiters or {}):
             actor._step_done(st_id, job.steps.get(st_id, {"state": job.state}))
@@ -388,6 +388,10 @@ class Controller:
 
     def try_preempt(self, req: Request, ledgers: dict[str, Any], members: list[str]) -> bool:
         return preemption.try_preempt(self, req, ledgers, members)
+
+
+_ENDED_KEY = {s: "jobs_" + s.lower() for s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")}
+_PATH_KEY = {p: "cancel_path_" + p for p in ("user", "admin", "preemption", "timeout", "node_failure")}
 
 
 def sd_notify(state: str) -> None:

@@ -75,19 +75,20 @@ def handle_cancel(ctl: Any, caller: Any, req: m.Cancel, rid: str, reply: Any) ->
     path = "user" if caller.admin_level == "none" else "admin"
     if req.grace is None:  # --grace overrides KillWait for this request (SPEC §3, §5)
         req.grace = float(ctl.cfg.kill_wait)
+    whole = _event(caller, req, rid, path, None)  # one event object, read-only, for every job
     for job in sel.jobs:
         if req.signal is not None and job.state not in ("RUNNING", "SUSPENDED"):
             refused.append({"job_id": job.id, "step_id": None, "reason": f"Job is {job.state}, not running"})
             continue
         cancelled.setdefault(job.id, [])
-        ctl.job_event(job.id, _event(caller, req, rid, path, None))
+        ctl.job_event(job.id, whole)
     for job, step_id in sel.steps:
         cancelled.setdefault(job.id, []).append(step_id)
         ctl.job_event(job.id, _event(caller, req, rid, path, step_id))
     ctl.metrics["cancel_requests"] += 1
     ctl.metrics["jobs_cancelled"] += len(cancelled)
     result = {
-        "cancelled": [{"job_id": j, "steps": sorted(s)} for j, s in sorted(cancelled.items())],
+        "cancelled": [{"job_id": j, "steps": sorted(s) if s else s} for j, s in sorted(cancelled.items())],
         "not_cancelled": refused,
         "dry_run": False,
         "signal": req.signal,

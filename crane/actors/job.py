@@ -442,24 +442,29 @@ class JobActor(Actor):
         self.execute(self.machine.handle(msg, time.time()))
 
     def execute(self, actions: list[Any]) -> None:
-        ctl = self.ctl
         for a in actions:
-            if isinstance(a, ev.ToNode):
-                ctl.to_node(a.node, a.msg)
-            elif isinstance(a, ev.ToScheduler):
-                msg = a.msg
-                if isinstance(msg, ev.Enqueue) and isinstance(msg.req, int):
-                    msg = ev.Enqueue(ctl.request_of(self.machine.job))
-                ctl.scheduler.tell(msg)
-            elif isinstance(a, ev.Persist):
-                ctl.store.put_job(self.machine.job.to_dict())
-            elif isinstance(a, ev.Terminal):
-                ctl.job_terminal(self)
-            elif isinstance(a, ev.Reply):
-                if isinstance(a.value, tuple) and a.value[0] == "step_done":
-                    self._step_done(a.value[1], a.value[2])
-                elif a.future is not None and not a.future.done():
-                    a.future.set_result(a.value)
+            _EXECUTE[type(a)](self, a)
+
+    def _to_node(self, a: ev.ToNode) -> None:
+        self.ctl.to_node(a.node, a.msg)
+
+    def _to_scheduler(self, a: ev.ToScheduler) -> None:
+        msg = a.msg
+        if isinstance(msg, ev.Enqueue) and isinstance(msg.req, int):
+            msg = ev.Enqueue(self.ctl.request_of(self.machine.job))
+        self.ctl.scheduler.tell(msg)
+
+    def _persist(self, a: ev.Persist) -> None:
+        self.ctl.store.put_job(self.machine.job.to_dict())
+
+    def _terminal(self, a: ev.Terminal) -> None:
+        self.ctl.job_terminal(self)
+
+    def _reply(self, a: ev.Reply) -> None:
+        if isinstance(a.value, tuple) and a.value[0] == "step_done":
+            self._step_done(a.value[1], a.value[2])
+        elif a.future is not None and not a.future.done():
+            a.future.set_result(a.value)
 
     def wait_step(self, step_id: int, fut: Any) -> None:
         st = self.job.steps.get(step_id)
@@ -476,3 +481,12 @@ class JobActor(Actor):
         for fut in self.step_waiters.pop(step_id, []):
             if not fut.done():
                 fut.set_result(m.Ok({"step": dict(st)}))
+
+
+_EXECUTE: dict[type, Callable[[JobActor, Any], None]] = {
+    ev.ToNode: JobActor._to_node,
+    ev.ToScheduler: JobActor._to_scheduler,
+    ev.Persist: JobActor._persist,
+    ev.Terminal: JobActor._terminal,
+    ev.Reply: JobActor._reply,
+}
