@@ -6,7 +6,7 @@ Usage (root, from the repository)::
     /opt/crane-venv/bin/python bench/fuzz.py                 # 100,000 frames
     /opt/crane-venv/bin/python bench/fuzz.py --frames 20000 --seed 7 --keep
 
-Frames (``crane.fuzz.FrameGen``) are split between processes (``crane.fuzz.ROLES``):
+Frames (``bench.fuzzer.FrameGen``) are split between processes (``bench.fuzzer.ROLES``):
 CLI socket as uid 0, as a plain user (daemon) and one identity of another plain
 user (nobody) flooding as fast as it can; agent socket
 with random identities and with the identity of a real node ("crane01"),
@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crane import fuzz  # noqa: E402
+from bench import fuzzer as fuzz  # noqa: E402
 from crane.local import LocalCluster, make_config  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -15,7 +15,8 @@ import msgpack
 import pytest
 import zmq
 
-from crane import PROTOCOL_VERSION, fuzz, transport
+from bench import fuzzer as fuzz
+from crane import PROTOCOL_VERSION, transport
 from crane import messages as m
 from crane.config import load
 from tests.conftest import Cluster, pid_alive
