@@ -200,3 +200,23 @@ class LocalCluster:
             os.unlink(self.pids_path)
         except OSError:
             pass
+        self._remove_empty_cgroups()
+
+    def _remove_empty_cgroups(self) -> None:
+        """Drop this cluster's (now empty) cgroup scope: crane/<ClusterName>."""
+        if os.geteuid() != 0:
+            return
+        try:
+            from crane.agent.cgroup import hierarchy_roots
+
+            scope = os.path.join("crane", str(self.config()["ClusterName"]))
+            roots = hierarchy_roots()
+        except (OSError, KeyError, ValueError):
+            return
+        for root in roots:
+            top = os.path.join(root, scope)
+            for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+                try:
+                    os.rmdir(dirpath)  # only empty cgroups can go; others stay
+                except OSError:
+                    pass
