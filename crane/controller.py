@@ -272,7 +272,7 @@ class Controller:
             self.metrics[_PATH_KEY.get(job.cancel.get("path")) or "cancel_path_other"] += 1
             self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.get("time") or time.time())))
         for st_id in list(actor.step_waiters or {}):
-            actor._step_done(st_id, job.steps.get(st_id, {"state": job.state}))
+            actor.step_done(st_id, job.steps.get(st_id, {"state": job.state}))
         self._terminal.append(job.id)
         if len(self._terminal) == 1:
             self.loop.call_soon(self._flush_terminal)

@@ -157,6 +157,14 @@ class Reply:
 
 
 @dataclass(slots=True)
+class StepDone:
+    """A step ended: wake whoever waits for it (crun, ccancel --wait)."""
+
+    step_id: int
+    step: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Log:
     text: str
     extra: dict[str, Any] = field(default_factory=dict)

@@ -218,7 +218,7 @@ class JobMachine:
             st["state"] = "COMPLETED" if e.exit_code == 0 and e.signal == 0 else "FAILED"
         if e.reason == "LOST":
             st["reason"] = "Node re-registered but step lost"
-        actions: list[Any] = [ev.Persist(), ev.Reply(None, ("step_done", e.step_id, st))]
+        actions: list[Any] = [ev.Persist(), ev.StepDone(e.step_id, st)]
         if e.step_id == 1 and j.state in ("RUNNING", "SUSPENDED"):
             j.exit_code, j.exit_signal = e.exit_code, e.signal
             if e.reason in ("TIMEOUT", "OUT_OF_MEMORY"):
@@ -461,10 +461,11 @@ class JobActor(Actor):
         self.ctl.job_terminal(self)
 
     def _reply(self, a: ev.Reply) -> None:
-        if isinstance(a.value, tuple) and a.value[0] == "step_done":
-            self._step_done(a.value[1], a.value[2])
-        elif a.future is not None and not a.future.done():
+        if a.future is not None and not a.future.done():
             a.future.set_result(a.value)
+
+    def _step_ended(self, a: ev.StepDone) -> None:
+        self.step_done(a.step_id, a.step)
 
     def wait_step(self, step_id: int, fut: Any) -> None:
         st = self.job.steps.get(step_id)
@@ -475,7 +476,7 @@ class JobActor(Actor):
             self.step_waiters = {}
         self.step_waiters.setdefault(step_id, []).append(fut)
 
-    def _step_done(self, step_id: int, st: dict[str, Any]) -> None:
+    def step_done(self, step_id: int, st: dict[str, Any]) -> None:
         if not self.step_waiters:
             return
         for fut in self.step_waiters.pop(step_id, []):
@@ -489,4 +490,5 @@ _EXECUTE: dict[type, Callable[[JobActor, Any], None]] = {
     ev.Persist: JobActor._persist,
     ev.Terminal: JobActor._terminal,
     ev.Reply: JobActor._reply,
+    ev.StepDone: JobActor._step_ended,
 }
