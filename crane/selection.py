@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crane.actors.job import Job
+from crane.ids import CANCELLABLE
 
 FILTER_KEYS = ("name", "user", "account", "partition", "qos", "states", "nodes", "jobs")
 
@@ -56,7 +57,6 @@ class Selection:
     refused: list[tuple[int, int | None, str]] = field(default_factory=list)
 
 
-CANCELLABLE = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED")
 
 
 def select(

@@ -20,6 +20,8 @@ from typing import Any
 
 import msgpack
 
+from crane.ids import ACTIVE
+
 log = logging.getLogger("crane.store")
 
 SCHEMA = """
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS launches (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 
-ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING")
+ACTIVE_STATES = tuple(sorted(str(s) for s in ACTIVE))  # jobs loaded back at start
 
 
 def connect(path: str) -> sqlite3.Connection:

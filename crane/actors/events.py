@@ -5,7 +5,7 @@ state machines ask the I/O layer to do (actions out). Wire messages live in
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crane import messages as m
@@ -162,9 +162,3 @@ class StepDone:
 
     step_id: int
     step: dict[str, Any]
-
-
-@dataclass(slots=True)
-class Log:
-    text: str
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -24,9 +24,7 @@ from typing import Any
 from crane import messages as m
 from crane.actors import events as ev
 from crane.actors.base import Actor
-
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING"}
-CANCELLABLE = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED"}
+from crane.ids import ACTIVE, CANCELLABLE
 
 
 @dataclass(slots=True)
