@@ -106,8 +106,21 @@ class Store:
         row = self.read.execute("SELECT data FROM launches WHERE id=?", (job_id,)).fetchone()
         return unpack(row[0]) if row else None
 
-    def finished_jobs(self, limit: int = 100_000) -> list[dict[str, Any]]:
+    def finished_jobs(self, ids: list[int] | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Finished job records, oldest first: the newest ``limit``, or only
+        ``ids`` (looked up by key, not by reading the whole history)."""
         marks = ",".join("?" * len(ACTIVE_STATES))
+        if ids is not None:
+            wanted = sorted({i for i in ids if isinstance(i, int) and 0 < i < 2**63})[:limit]
+            out = []
+            for start in range(0, len(wanted), 500):  # SQLite's variable limit
+                chunk = wanted[start : start + 500]
+                rows = self.read.execute(
+                    f"SELECT data FROM jobs WHERE id IN ({','.join('?' * len(chunk))}) "
+                    f"AND state NOT IN ({marks}) ORDER BY id", (*chunk, *ACTIVE_STATES),
+                )  # fmt: skip
+                out += [unpack(d) for (d,) in rows]
+            return out
         rows = self.read.execute(
             f"SELECT data FROM jobs WHERE state NOT IN ({marks}) ORDER BY id DESC LIMIT ?",
             (*ACTIVE_STATES, limit),

@@ -203,7 +203,7 @@ class Frontend:
             return
 
         def read() -> None:
-            jobs = [Job.from_dict(d) for d in ctl.store.finished_jobs()]
+            jobs = [Job.from_dict(d) for d in ctl.store.finished_jobs(f.get("jobs"))]
             reply(m.Ok({"jobs": [job_view(j) for j in jobs if matches(j, f)]}))
 
         ctl.store.barrier(read)
