@@ -8,7 +8,7 @@ from typing import Any
 from crane import messages as m
 from crane.accounts import AcctError
 from crane.cacctmgr_parse import ParseError, render_show
-from crane.permissions import Caller, authorize
+from crane.permissions import Caller, denial
 
 
 def handle_op(ctl: Any, caller: Caller, op: dict[str, Any], reply: Callable[[m.Message], None]) -> None:
@@ -21,8 +21,9 @@ def handle_op(ctl: Any, caller: Caller, op: dict[str, Any], reply: Callable[[m.M
             text = render_show(db, op, ctl.cfg.preempt_mode)
             reply(m.Ok({"text": text, "rows": rows}))
             return
-        if not authorize(db, caller, op):
-            reply(m.Error(1, "Permission denied"))
+        refused = denial(db, caller, op)
+        if refused is not None:
+            reply(m.Error(1, refused))
             return
         message = db.apply(op)
     except (AcctError, ParseError) as e:

@@ -23,20 +23,31 @@ prints (``Failed to modify information: Unknown QoS: Foo``) and leaves the
 database unchanged (it works on a copy and swaps it in only when valid).
 After a successful ``apply``/``ensure_user``, ``last_changes`` lists
 ``(entity, name, row_or_None)`` for every row to write (None = delete the row).
+
+Identity: a user record is bound to a system account by its *name*. A record's
+``uid``, when set, must be the one passwd gives that name (or, for a name
+passwd does not know, a uid passwd gives to no one); :meth:`AccountDB.user_by_uid`
+resolves a uid only through passwd's name for it, never through a record's
+``Uid`` field. Who may set a uid at all is :mod:`crane.permissions`' business.
 """
 
 from __future__ import annotations
 
+import pwd
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
+
+from crane.text import safe
+from crane.untrusted import check_text
 
 PREEMPT_MODES = ("OFF", "CANCEL", "REQUEUE", "SUSPEND")
 ADMIN_LEVELS = ("none", "operator", "admin")
 ENTITIES = ("qos", "account", "user")
 OPS = ("=", "+=", "-=")
 UNLIMITED_WORDS = ("", "unlimited", "infinite", "none", "-1")
+MAX_UID = 2**32 - 1  # (uid_t)-1 is "no uid"
 
 Entity: TypeAlias = Literal["qos", "account", "user"]
 Change: TypeAlias = tuple[str, str, dict[str, Any] | None]
@@ -46,6 +57,66 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}$")
 
 class AcctError(Exception):
     """An operation was refused. ``str(err)`` is one line, ready to print."""
+
+
+# --------------------------------------------------------------------------- passwd
+
+
+class Passwd(Protocol):
+    """The system's user table, both ways (None = no such entry)."""
+
+    def uid_of(self, name: str) -> int | None: ...
+
+    def name_of(self, uid: int) -> str | None: ...
+
+
+class SystemPasswd:
+    """passwd through NSS (``pwd``), looked up afresh every time."""
+
+    def uid_of(self, name: str) -> int | None:
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except (KeyError, ValueError, OverflowError):
+            return None
+
+    def name_of(self, uid: int) -> str | None:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except (KeyError, ValueError, OverflowError, TypeError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class PasswdTable:
+    """A fixed passwd (name -> uid); the first name listed for a uid is its name."""
+
+    entries: Mapping[str, int]
+
+    def uid_of(self, name: str) -> int | None:
+        return self.entries.get(name)
+
+    def name_of(self, uid: int) -> str | None:
+        return next((n for n, u in self.entries.items() if u == uid), None)
+
+
+SYSTEM_PASSWD: Passwd = SystemPasswd()
+
+
+def uid_mismatch(passwd: Passwd, name: str, uid: int) -> str | None:
+    """Why ``uid`` may not be the uid of record ``name``, or None if it may.
+
+    It may when passwd gives ``name`` exactly ``uid``, or when passwd knows
+    neither ``name`` nor ``uid`` (a record for a name not on this system).
+    """
+    own = passwd.uid_of(name)
+    if own == uid:
+        return None
+    holder = passwd.name_of(uid)
+    if holder is not None and holder != name:
+        return f"Uid {uid} is the system uid of {holder}, not of {name}"
+    if own is not None:
+        return f"Uid {uid} does not match passwd: the system uid of {name} is {own}"
+    return None
 
 
 # --------------------------------------------------------------------------- fields
@@ -191,7 +262,7 @@ def _text(spec: FieldSpec, value: Any) -> str:
 
 
 def _bad(spec: FieldSpec, raw: str, hint: str = "") -> AcctError:
-    return AcctError(f'Invalid value "{raw}" for {spec.label}{hint}')
+    return AcctError(f'Invalid value "{safe(raw)}" for {spec.label}{hint}')
 
 
 def _int(spec: FieldSpec, raw: str) -> int:
@@ -207,11 +278,19 @@ def _scalar(spec: FieldSpec, value: Any) -> Any:
     s = raw.strip()
     k = spec.kind
     if k == "str":
-        if "\n" in raw:
-            raise _bad(spec, raw.replace("\n", "\\n"))
+        why = check_text(spec.label, raw)
+        if why is not None:
+            raise AcctError(why)
         return raw
-    if k in ("int", "uid"):
+    if k == "int":
         return _int(spec, raw)
+    if k == "uid":
+        if s.lower() in ("", "-", "none"):
+            return None  # unbind (a record from an old database may carry a wrong uid)
+        uid = _int(spec, raw)
+        if uid >= MAX_UID:
+            raise _bad(spec, raw, f": a uid must be below {MAX_UID}")
+        return uid
     if k == "limit":
         return None if s.lower() in UNLIMITED_WORDS else _int(spec, raw)
     if k == "seconds":
@@ -257,6 +336,8 @@ def _names(spec: FieldSpec, value: Any) -> list[str]:
     out: list[str] = []
     for it in items:
         it = it.strip()
+        if it and not _NAME_RE.match(it):
+            raise AcctError(f'Invalid value "{safe(it)}" for {spec.label}')
         if it and it not in out:
             out.append(it)
     return out
@@ -402,6 +483,22 @@ _DEL_OK = {
 MODIFY_OK = "Information was successfully modified."
 
 
+def target_name(op: Mapping[str, Any]) -> str | None:
+    """The entity an add/modify/delete op acts on, exactly as ``apply`` reads it:
+    ``where.name`` for modify, ``name`` (else ``where.name``) for delete, ``name`` for add."""
+    where = op.get("where") or {}
+    if not isinstance(where, Mapping):
+        raise AcctError("Invalid operation: where must be a mapping")
+    verb = op.get("verb")
+    if verb == "modify":
+        name = where.get("name")
+    elif verb == "delete":
+        name = op.get("name") or where.get("name")
+    else:
+        name = op.get("name")
+    return None if name is None or name == "" else str(name)
+
+
 def _fail_prefix(verb: str, entity: str) -> str:
     if verb == "modify":
         return "Failed to modify information: "
@@ -419,16 +516,18 @@ class AccountDB:
         qos: Mapping[str, Qos] | None = None,
         accounts: Mapping[str, Account] | None = None,
         users: Mapping[str, User] | None = None,
+        passwd: Passwd | None = None,
     ) -> None:
         self.qos: dict[str, Qos] = dict(qos or {})
         self.accounts: dict[str, Account] = dict(accounts or {})
         self.users: dict[str, User] = dict(users or {})
+        self.passwd: Passwd = passwd if passwd is not None else SYSTEM_PASSWD
         self.last_changes: list[Change] = []
 
     # ---- construction / serialisation
 
     @classmethod
-    def fresh(cls) -> AccountDB:
+    def fresh(cls, passwd: Passwd | None = None) -> AccountDB:
         """QoS ``normal``; account ``default`` (allows ``normal``); user ``root`` (uid 0, admin)."""
         return cls(
             qos={"normal": Qos("normal")},
@@ -442,6 +541,7 @@ class AccountDB:
                     admin_level="admin",
                 )
             },
+            passwd=passwd,
         )
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
@@ -452,22 +552,28 @@ class AccountDB:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Iterable[Mapping[str, Any]]]) -> AccountDB:
+    def from_dict(
+        cls, d: Mapping[str, Iterable[Mapping[str, Any]]], passwd: Passwd | None = None
+    ) -> AccountDB:
         qs = [Qos.from_dict(x) for x in d.get("qos", [])]
         acs = [Account.from_dict(x) for x in d.get("account", [])]
         us = [User.from_dict(x) for x in d.get("user", [])]
-        return cls({q.name: q for q in qs}, {a.name: a for a in acs}, {u.name: u for u in us})
+        return cls(
+            {q.name: q for q in qs}, {a.name: a for a in acs}, {u.name: u for u in us}, passwd
+        )
 
     @classmethod
-    def from_rows(cls, entity_rows: Iterable[tuple[str, Mapping[str, Any]]]) -> AccountDB:
+    def from_rows(
+        cls, entity_rows: Iterable[tuple[str, Mapping[str, Any]]], passwd: Passwd | None = None
+    ) -> AccountDB:
         """Build from ``(entity, row_dict)`` pairs as stored one per row."""
         grouped: dict[str, list[Mapping[str, Any]]] = {"qos": [], "account": [], "user": []}
         for entity, row in entity_rows:
             grouped[entity].append(row)
-        return cls.from_dict(grouped)
+        return cls.from_dict(grouped, passwd)
 
     def copy(self) -> AccountDB:
-        return AccountDB.from_dict(self.to_dict())
+        return AccountDB.from_dict(self.to_dict(), self.passwd)
 
     # ---- lookups
 
@@ -490,10 +596,15 @@ class AccountDB:
         return u
 
     def user_by_uid(self, uid: int) -> User | None:
-        for u in self.users.values():
-            if u.uid == uid:
-                return u
-        return None
+        """The record of the user passwd names for ``uid``, strictly: the record
+        named passwd's name for ``uid``, if its own uid is unset or ``uid``.
+        Never a record found by its ``Uid`` field alone; None for a uid passwd
+        does not know."""
+        name = self.passwd.name_of(uid)
+        u = self.users.get(name) if name is not None else None
+        if u is None or (u.uid is not None and u.uid != uid):
+            return None
+        return u
 
     def ancestors(self, account: str) -> list[str]:
         """Parent, grandparent, ... of ``account`` (nearest first, itself excluded)."""
@@ -637,9 +748,11 @@ class AccountDB:
         without a uid gets ``uid``. ``last_changes`` lists the rows written.
         """
         self.last_changes = []
+        if uid is not None and uid_mismatch(self.passwd, name, uid) is not None:
+            uid = None  # never bind a name to a uid passwd does not give it
         u = self.users.get(name)
         if u is not None:
-            if u.uid is None and uid is not None:
+            if u.uid is None and uid is not None and self._uid_holder(uid) is None:
                 u.uid = uid
                 self.last_changes = [("user", name, u.to_dict())]
             return u
@@ -652,11 +765,16 @@ class AccountDB:
             a = Account(account, allowed_qos=allowed, default_qos=default)
             self.accounts[account] = a
             changes.append(("account", account, a.to_dict()))
+        if uid is not None and self._uid_holder(uid) is not None:
+            uid = None  # an old record holds it: uids stay unique
         u = User(name, uid=uid, accounts=[account], default_account=account)
         self.users[name] = u
         changes.append(("user", name, u.to_dict()))
         self.last_changes = changes
         return u
+
+    def _uid_holder(self, uid: int) -> str | None:
+        return next((u.name for u in self.users.values() if u.uid == uid), None)
 
     # ---- operations
 
@@ -665,13 +783,14 @@ class AccountDB:
         verb = op.get("verb")
         entity = op.get("entity")
         if verb not in ("add", "modify", "delete") or entity not in ENTITIES:
-            raise AcctError(f"Invalid operation: {verb} {entity}")
+            raise AcctError(safe(f"Invalid operation: {verb} {entity}"))
         work = self.copy()
         try:
             msg = work._do(str(verb), str(entity), op)
             work._validate(str(entity), op)
+            work._check_uids(self)
         except AcctError as e:
-            raise AcctError(_fail_prefix(str(verb), str(entity)) + str(e)) from None
+            raise AcctError(safe(_fail_prefix(str(verb), str(entity)) + str(e))) from None
         changes = _diff(self, work)
         self.qos, self.accounts, self.users = work.qos, work.accounts, work.users
         self.last_changes = changes
@@ -680,7 +799,7 @@ class AccountDB:
     def _do(self, verb: str, entity: str, op: Mapping[str, Any]) -> str:
         sets = _set_items(op.get("set") or [])
         if verb == "add":
-            name = op.get("name")
+            name = target_name(op)
             if entity == "qos":
                 self._add_qos(str(name) if name is not None else "", sets)
             elif entity == "account":
@@ -690,7 +809,7 @@ class AccountDB:
             return _ADD_OK[entity]
         if verb == "modify":
             where = dict(op.get("where") or {})
-            name = where.get("name")
+            name = target_name(op)
             if not name:
                 raise AcctError("a target is required: where Name=NAME")
             if not sets:
@@ -703,7 +822,7 @@ class AccountDB:
                 acct = where.get("account")
                 self._modify_user(str(name), None if acct is None else str(acct), sets)
             return MODIFY_OK
-        name = op.get("name") or (op.get("where") or {}).get("name")
+        name = target_name(op)
         if not name:
             raise AcctError("a name is required")
         if entity == "qos":
@@ -981,6 +1100,16 @@ class AccountDB:
                 if u.uid in uids and uids[u.uid] != u.name:
                     raise AcctError(f"Uid {u.uid} is already used by user {uids[u.uid]}")
                 uids[u.uid] = u.name
+
+    def _check_uids(self, before: AccountDB) -> None:
+        """Every record whose uid is new or changed carries passwd's uid for its name."""
+        for u in self.users.values():
+            old = before.users.get(u.name)
+            if u.uid is None or (old is not None and old.uid == u.uid):
+                continue
+            why = uid_mismatch(self.passwd, u.name, u.uid)
+            if why is not None:
+                raise AcctError(why)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,7 +8,7 @@ entity names are case-sensitive)::
                  [GraceTime=S] [PreemptExemptTime=S]
     add account NAME [Parent=P] [AllowedQos=Q1,Q2] [DefaultQos=Q] [Description=..]
                      [AllowedPartition=CPU,GPU]
-    add user NAME Account=A[,B] [Level=none|operator|admin] [Coordinator=true] [Uid=N]
+    add user NAME Account=A[,B] [Level=none|operator|admin] [Coordinator=true] [Uid=N (admin only)]
     modify qos|account NAME-CLAUSE set KEY=V KEY+=V KEY-=V ...
     modify user where Name=U [Account=A] set ...
     delete qos|account NAME        delete user NAME [Account=A]
@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from crane.accounts import AccountDB, canonical_key, format_duration, is_list_field
+from crane.text import safe
 
 VERBS = {
     "add": "add",
@@ -357,8 +358,8 @@ def _cell(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, list | tuple):
-        return _lst(v)
-    return str(v).replace("\n", " ")
+        return safe(_lst(v))
+    return safe(str(v))
 
 
 def render_show(

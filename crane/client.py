@@ -5,6 +5,7 @@ message module, so a CLI starts fast."""
 from __future__ import annotations
 
 import os
+import time
 
 import zmq
 
@@ -48,9 +49,12 @@ class Client:
         t = self.timeout if timeout is None else timeout
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        deadline_ms = None if t <= 0 else int(t * 1000)
+        # one deadline for the whole wait: messages for other request ids (the
+        # controller's liveness probes of a pending wait) do not extend it
+        deadline = None if t <= 0 else time.monotonic() + t
         while True:
-            if not poller.poll(deadline_ms):
+            left_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not poller.poll(left_ms):
                 raise Unreachable("timed out waiting for the controller")
             data = self.sock.recv()
             try:

@@ -60,6 +60,11 @@ class Config:
     cli_burst: float = 5000.0
     craned_state_dir: str = "craned"
     log_dir: str = "log"
+    # exhaustion bounds (root is exempt from the per-user ones; see crane/actors/frontend.py)
+    max_job_count: int = 100_000  # active jobs in the whole cluster
+    max_submit_jobs_per_user: int = 10_000  # active (pending, running, ...) jobs of one user
+    max_waits_per_user: int = 64  # WaitJobs/WaitStep requests one user may have pending
+    max_step_count: int = 40_000  # steps of one job (Slurm's MaxStepCount)
 
     def resolve(self, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(self.base_dir, rel)
@@ -110,7 +115,12 @@ _KEYS = {
     "MetricsPort": ("metrics_port", int),
     "MetricsAddress": ("metrics_address", str),
     "CliRateBurst": ("cli_burst", float),
+    "MaxJobCount": ("max_job_count", int),
+    "MaxSubmitJobsPerUser": ("max_submit_jobs_per_user", int),
+    "MaxWaitsPerUser": ("max_waits_per_user", int),
+    "MaxStepCount": ("max_step_count", int),
 }
+_AT_LEAST_ONE = ("MaxJobCount", "MaxSubmitJobsPerUser", "MaxWaitsPerUser", "MaxStepCount")
 _STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth"}
 PREEMPT_TYPES = ("none", "qos", "partition")
 PREEMPT_MODES = ("OFF", "CANCEL", "REQUEUE", "SUSPEND")
@@ -166,6 +176,9 @@ def parse(raw: Any, path: str = "<config>") -> Config:
             setattr(cfg, attr, _typed(key, value, typ))
         elif key not in _STRUCT_KEYS:
             raise ConfigError(f"{key}: unknown key")
+    for key in _AT_LEAST_ONE:
+        if getattr(cfg, _KEYS[key][0]) < 1:
+            raise ConfigError(f"{key}: must be at least 1")
     if not os.path.isabs(cfg.base_dir):
         cfg.base_dir = os.path.abspath(os.path.join(os.path.dirname(path), cfg.base_dir))
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from crane.actors.frontend import Frontend, user_name
 from crane.actors.job import Job, JobActor
 from crane.actors.node import FromAgent, NodeActor, Send, Tick
 from crane.actors.scheduler import Request, Scheduler
+from crane.actors.waits import Waits
 from crane.config import Config, ConfigError, load
 from crane.permissions import Caller, caller_from, may_act_on_job
 from crane.store import Store
@@ -43,7 +46,8 @@ class Controller:
         self.store = Store(cfg.db_file)
         self.jobs: dict[int, JobActor] = {}
         self.recent: dict[int, str] = {}  # terminal, not yet committed: id -> state
-        self.waiters: dict[int, list[list[Any]]] = {}
+        self.waits = Waits(cfg.max_waits_per_user)  # WaitJobs / WaitStep requests
+        self.active_by_uid: collections.Counter[int] = collections.Counter()  # jobs in self.jobs per owner
         self._terminal: list[int] = []  # ended this loop turn, waiting for one barrier
         self.collector: Any = None  # Prometheus snapshot holder when MetricsPort is set
         from crane.metrics import LatencyHistogram
@@ -83,6 +87,7 @@ class Controller:
             job = Job.from_dict(rec)
             actor = JobActor(job, self)
             self.jobs[job.id] = actor
+            self.active_by_uid[job.uid] += 1
             if job.state in ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"):
                 live = [n for n in job.nodes if n not in job.released]
                 self.scheduler.adopt(job.id, live, job.cpus, job.memory, job.exclusive, job.state == "SUSPENDED")
@@ -113,6 +118,7 @@ class Controller:
         )
         csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM,
                                       heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
+        csock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone client is seen (waiters are dropped)
         self.cli_endpoint = transport.Endpoint(
             csock, self.on_cli, self.on_cli_bad, router=True, credentials=True, admit=self.admit_cli
         )
@@ -120,6 +126,7 @@ class Controller:
         if self.cfg.auth_type == "munge":
             msock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM,
                                           heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
+            msock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.munge_endpoint = transport.Endpoint(
                 msock, self.on_munge_cli, self.on_munge_bad, router=True, cred_frame=True
             )
@@ -149,11 +156,15 @@ class Controller:
         self.ctx.term()
 
     async def _tick(self) -> None:
+        turn = 0
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for node in self.nodes.values():
                 node.tell(Tick(now))
+            turn += 1
+            if turn % WAIT_SWEEP_EVERY == 0 and self.waits.by_uid:
+                self.metrics["waits_dropped"] += self.waits.sweep()
             if self.collector is not None:
                 from crane import metrics
 
@@ -232,11 +243,7 @@ class Controller:
                endpoint: transport.Endpoint | None = None) -> None:  # fmt: skip
         self.metrics["cli_requests"] += 1
         endpoint = endpoint or self.cli_endpoint
-
-        def reply(answer: m.Message) -> None:
-            endpoint.send(peer.identity, answer, rid)
-
-        self.frontend.handle(peer, msg, rid, reply)
+        self.frontend.handle(peer, msg, rid, transport.Replier(endpoint, peer.identity, rid))
 
     def on_cli_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
         self.metrics["cli_bad_frames"] += 1
@@ -260,19 +267,23 @@ class Controller:
     def add_job(self, job: Job) -> None:
         actor = JobActor(job, self)
         self.jobs[job.id] = actor
+        self.active_by_uid[job.uid] += 1
         self.store.put_job(job.to_dict())
         actor.start()
 
     def job_terminal(self, actor: JobActor) -> None:
         job = actor.job
-        self.jobs.pop(job.id, None)
+        if self.jobs.pop(job.id, None) is not None:
+            self.active_by_uid[job.uid] -= 1
+            if self.active_by_uid[job.uid] <= 0:
+                del self.active_by_uid[job.uid]
         self.recent[job.id] = job.state
         self.metrics[_ENDED_KEY.get(job.state) or "jobs_" + job.state.lower()] += 1
         if job.cancel:
             self.metrics[_PATH_KEY.get(job.cancel.get("path")) or "cancel_path_other"] += 1
             self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.get("time") or time.time())))
-        for st_id in list(actor.step_waiters or {}):
-            actor.step_done(st_id, job.steps.get(st_id, {"state": job.state}))
+        for key in self.waits.keys_of_job(job.id):
+            self.waits.fire(key, dict(job.steps.get(key[1], {"state": job.state})))
         self._terminal.append(job.id)
         if len(self._terminal) == 1:
             self.loop.call_soon(self._flush_terminal)
@@ -285,10 +296,7 @@ class Controller:
         def committed() -> None:
             for job_id in ids:
                 self.recent.pop(job_id, None)
-                for w in self.waiters.pop(job_id, []):
-                    w[0] -= 1
-                    if w[0] == 0:
-                        w[1]()
+                self.waits.fire(job_id)
 
         self.store.barrier(committed)
 
@@ -297,14 +305,15 @@ class Controller:
         the store has committed what they wrote."""
         Actor.when_idle(lambda: self.store.barrier(callback))
 
-    def wait_jobs(self, job_ids: list[int], callback: Callable[[], None]) -> None:
+    def wait_jobs(self, uid: int, job_ids: list[int], callback: Callable[[], None],
+                  alive: Callable[[], bool] | None = None) -> str | None:  # fmt: skip
+        """Call back once every job is terminal and committed; an error line
+        if the caller is at a waiting limit."""
         live = [j for j in set(job_ids) if j in self.jobs or j in self.recent]
         if not live:
             self.store.barrier(callback)
-            return
-        w = [len(live), callback]
-        for j in live:
-            self.waiters.setdefault(j, []).append(w)
+            return None
+        return self.waits.add(uid, live, lambda _v: callback(), alive)
 
     def finished_state(self, job_id: int) -> str | None:
         if job_id in self.recent:
@@ -335,6 +344,14 @@ class Controller:
             level = "admin"
         ancestors = self.acct.ancestors(job.account) if job.account in self.acct.accounts else []
         return may_act_on_job(caller, job.uid, level, job.account, ancestors)
+
+    def privileged_on(self, caller: Caller, job: Job) -> bool:
+        """Root, or an admin/operator/coordinator with rights over the job by
+        their level or account (not merely as its owner): who may release
+        an admin hold."""
+        if caller.uid == 0:
+            return True
+        return self.may_act(dataclasses.replace(caller, uid=-1), job)
 
     def qos_priority(self, qos: str | None) -> int:
         q = self.acct.qos.get(qos or "")
@@ -390,6 +407,7 @@ class Controller:
         return preemption.try_preempt(self, req, ledgers, members)
 
 
+WAIT_SWEEP_EVERY = 2  # ticks (seconds) between sweeps of waiters whose client is gone
 _ENDED_KEY = {s: "jobs_" + s.lower() for s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")}
 _PATH_KEY = {p: "cancel_path_" + p for p in ("user", "admin", "preemption", "timeout", "node_failure")}
 
@@ -405,6 +423,29 @@ def sd_notify(state: str) -> None:
             s.sendto(state.encode(), path)
     except OSError as e:
         log.warning("sd_notify failed: %s", e)
+
+
+def private_dirs(cfg: Config) -> None:
+    """CraneBaseDir 0711 as root (the CLI socket in it stays reachable by
+    path, its listing is not), 0700 otherwise (a non-root controller runs
+    every job as its own user: no one else may reach it); the database's
+    directory 0700. A base directory owned by someone else, or shared
+    (sticky, like /tmp), is refused: its other users could replace the
+    socket or the database."""
+    base = cfg.base_dir
+    mode = 0o711 if os.geteuid() == 0 else 0o700
+    os.makedirs(base, mode=mode, exist_ok=True)
+    st = os.stat(base)
+    if st.st_uid != os.geteuid():
+        raise OSError(f"CraneBaseDir {base} is owned by uid {st.st_uid}, not by this daemon's user")
+    if st.st_mode & stat.S_ISVTX:
+        raise OSError(f"CraneBaseDir {base} is a shared (sticky) directory")
+    os.chmod(base, mode)
+    db_dir = os.path.realpath(os.path.dirname(cfg.db_file))
+    ours = not os.path.exists(db_dir) or db_dir.startswith(os.path.realpath(base) + os.sep)
+    os.makedirs(db_dir, mode=0o700, exist_ok=True)
+    if ours and os.stat(db_dir).st_uid == os.geteuid():
+        os.chmod(db_dir, 0o700)  # the database files are 0600 in any case (crane.store)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -426,7 +467,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cranectld: {e}", file=sys.stderr)
         sys.exit(1)
     setup_logging(args.verbose)
-    os.makedirs(cfg.base_dir, exist_ok=True)
+    os.umask(0o077)  # the database, its journal and anything else created here: root only
+    try:
+        private_dirs(cfg)
+    except OSError as e:
+        print(f"cranectld: {e}", file=sys.stderr)
+        sys.exit(1)
     try:
         import uvloop
 

@@ -1,5 +1,14 @@
 """A one-machine cluster: a controller and N agents as background processes
-with a generated config. Used by ``crane local`` and by the tests."""
+with a generated config. Used by ``crane local`` and by the tests.
+
+The cluster's directory is trusted by root's daemons (config, agent keys,
+pids, logs), so it must be one nobody else can change: owned by the caller,
+writable by no one else, not a symlink, and reached through directories that
+only root or the caller can change (others may write into one only if it is
+sticky, like /tmp). Files in it are written through fresh temp files renamed
+into place, never by following a name that is already there; agent keys are
+generated fresh by every start.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +27,15 @@ import yaml
 
 from crane.polling import pid_alive
 
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LOG = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+OWN_ENTRIES = ("config.yaml", "pids.json", "keys", "log")
+
+
+class UnsafeDirError(RuntimeError):
+    """A directory or file on the cluster's path that someone else could change."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -25,7 +44,188 @@ def free_port() -> int:
 
 
 def default_dir() -> str:
-    return os.path.join(os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"crane-local-{os.getuid()}")
+    """Root: a root-owned runtime directory. Others: their own runtime
+    directory ($XDG_RUNTIME_DIR, if it really is theirs and private), else
+    /tmp/crane-local-<uid> (checked like any other directory when used)."""
+    uid = os.geteuid()
+    if uid == 0:
+        return "/run/crane-local" if os.path.isdir("/run") else "/var/lib/crane-local"
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        try:
+            st = os.lstat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077:
+            return os.path.join(xdg, "crane-local")
+    return f"/tmp/crane-local-{uid}"
+
+
+def cluster_dir_mode(uid: int) -> int:
+    """Root's cluster: others traverse to the CLI socket and config.yaml (0711).
+    A plain user's: only that user (its agents run every job as that user)."""
+    return 0o711 if uid == 0 else 0o700
+
+
+# ------------------------------------------------------------ safe paths (pure)
+
+
+def dir_problem(st: os.stat_result, uid: int, own: bool) -> str | None:
+    """Why a directory (its lstat) is not safe for ``uid`` to trust, or None.
+
+    ``own``: one of the cluster's own directories (the caller's, writable by
+    no one else). Otherwise a directory on the way there: root's or the
+    caller's, and writable by others only if sticky."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if own and st.st_uid != uid:
+        return f"is owned by uid {st.st_uid}, not by you (uid {uid})"
+    if not own and st.st_uid not in (0, uid):
+        return f"is owned by uid {st.st_uid}, not by root or you (uid {uid})"
+    if st.st_mode & 0o022 and (own or not st.st_mode & stat.S_ISVTX):
+        return "is writable by group or others"
+    return None
+
+
+def prefixes(path: str) -> list[str]:
+    """Every directory down to ``path`` (absolute, normalized): /a/b -> /, /a, /a/b."""
+    out = [path]
+    while (parent := os.path.dirname(out[-1])) != out[-1]:
+        out.append(parent)
+    return out[::-1]
+
+
+# ------------------------------------------------------------ safe paths (checks)
+
+
+def check_ancestors(path: str) -> None:
+    """Every existing directory above ``path``, as written and as resolved,
+    must be safe (see :func:`dir_problem`); a symlink on the way must be
+    root's or the caller's (its target is checked as resolved)."""
+    uid = os.geteuid()
+    parent = os.path.dirname(os.path.abspath(path))
+    for p in prefixes(parent) + prefixes(os.path.realpath(parent)):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue  # created (and checked) by secure_dir
+        if stat.S_ISLNK(st.st_mode) and st.st_uid in (0, uid):
+            continue
+        problem = dir_problem(st, uid, own=False)
+        if stat.S_ISLNK(st.st_mode):
+            problem = f"is a symlink owned by uid {st.st_uid}"
+        if problem:
+            raise UnsafeDirError(f"refusing {path}: {p} {problem}")
+
+
+def secure_dir(path: str, mode: int | None = None, create: bool = False) -> None:
+    """Check ``path`` is a directory only the caller can change (and every
+    directory above it, see :func:`check_ancestors`); with ``create``, make
+    it and missing parents with ``mode``; with ``mode``, set its mode.
+    Raises UnsafeDirError, or FileNotFoundError when missing and not created."""
+    path = os.path.abspath(path)
+    uid = os.geteuid()
+    check_ancestors(path)
+    if create:
+        for p in prefixes(path):
+            if os.path.lexists(p):
+                continue
+            try:
+                os.mkdir(p, 0o700)
+            except FileExistsError:
+                pass  # someone was faster: checked below like any existing one
+            else:
+                os.chmod(p, mode if mode is not None else 0o700)  # mkdir's mode is umasked
+            if p != path:
+                problem = dir_problem(os.lstat(p), uid, own=False)
+                if problem:
+                    raise UnsafeDirError(f"refusing {path}: {p} {problem}")
+    problem = dir_problem(os.lstat(path), uid, own=True)
+    if problem:
+        raise UnsafeDirError(f"refusing {path}: it {problem}")
+    check_ancestors(path)  # again: nothing above can change any more once this holds
+    if mode is not None and stat.S_IMODE(os.lstat(path).st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def check_entries(base: str, names: tuple[str, ...] = OWN_ENTRIES) -> None:
+    """Refuse a cluster directory where one of our names is a symlink or
+    belongs to someone else (planted before the directory became ours)."""
+    uid = os.geteuid()
+    for name in names:
+        p = os.path.join(base, name)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeDirError(f"refusing {base}: {p} is a symlink")
+        if st.st_uid != uid:
+            raise UnsafeDirError(f"refusing {base}: {p} is owned by uid {st.st_uid}, not by you (uid {uid})")
+
+
+def write_new(path: str, data: bytes, mode: int) -> None:
+    """Replace ``path`` (in a directory already checked) with ``data``: a new
+    temp file (O_EXCL|O_NOFOLLOW) renamed over it, so whatever was there (a
+    symlink included) is replaced, never followed or reused."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, _NEW, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask applies to os.open
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _own_regular(fd: int, path: str) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        raise UnsafeDirError(f"refusing {path}: not a regular file of yours (uid {st.st_uid}, {st.st_nlink} links)")
+
+
+def open_log(path: str) -> int:
+    """Open (append, create 0600) a log file in a checked directory: never
+    through a symlink, never someone else's file or a hard link to one."""
+    try:
+        fd = os.open(path, _LOG, 0o600)
+    except OSError as e:
+        raise UnsafeDirError(f"refusing {path}: {e.strerror}") from None
+    _own_regular(fd, path)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def read_own(path: str) -> str | None:
+    """The text of ``path`` if it is the caller's own regular file, else None."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError:
+        return None
+    try:
+        _own_regular(fd, path)
+    except UnsafeDirError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read(1 << 20).decode("utf-8", "replace")
 
 
 def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G", **extra: Any) -> dict[str, Any]:
@@ -65,19 +265,31 @@ class LocalCluster:
 
     # ------------------------------------------------------------ config
 
+    def check_dir(self) -> bool:
+        """False if the directory does not exist; UnsafeDirError if it is not
+        one only the caller can change (nothing in it is trusted then)."""
+        if not os.path.lexists(self.base):
+            return False
+        secure_dir(self.base)
+        check_entries(self.base)
+        return True
+
     def write_config(self, cfg: dict[str, Any]) -> None:
-        os.makedirs(self.base, exist_ok=True)
-        os.chmod(self.base, 0o755)
-        with open(self.config_path, "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-        os.chmod(self.config_path, 0o644)
+        """Create (or check) the directory, write config.yaml and fresh keys."""
+        secure_dir(self.base, cluster_dir_mode(os.geteuid()), create=True)
+        check_entries(self.base)
+        # readable by everyone: users run CLIs against a root-run cluster with it
+        write_new(self.config_path, yaml.safe_dump(cfg, sort_keys=False).encode(), 0o644)
         from crane.config import parse
 
         parsed = parse(cfg, self.config_path)
         if parsed.curve_key_dir:
             from crane import keys
 
-            keys.generate(parsed.curve_key_dir, list(parsed.nodes))
+            if os.path.dirname(os.path.abspath(parsed.curve_key_dir)) == self.base:
+                keys.fresh(parsed.curve_key_dir, list(parsed.nodes))  # never trust keys found here
+            else:
+                keys.generate(parsed.curve_key_dir, list(parsed.nodes))
 
     def config(self) -> dict[str, Any]:
         with open(self.config_path) as f:
@@ -92,10 +304,12 @@ class LocalCluster:
 
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
         logdir = os.path.join(self.base, "log")
-        os.makedirs(logdir, exist_ok=True)
-        log = open(os.path.join(logdir, f"{key}.log"), "ab")
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        log.close()
+        secure_dir(logdir, 0o700, create=True)
+        fd = open_log(os.path.join(logdir, f"{key}.log"))  # daemons' logs may hold job scripts
+        try:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+        finally:
+            os.close(fd)
         self.procs[key] = p
         self._save_pids()
         return p
@@ -103,15 +317,30 @@ class LocalCluster:
     def _save_pids(self) -> None:
         pids = self.pids()
         pids.update({k: p.pid for k, p in self.procs.items()})
-        with open(self.pids_path, "w") as f:
-            json.dump(pids, f)
+        write_new(self.pids_path, json.dumps(pids).encode(), 0o600)
 
     def pids(self) -> dict[str, int]:
-        try:
-            with open(self.pids_path) as f:
-                return {k: int(v) for k, v in json.load(f).items()}
-        except (OSError, ValueError):
+        """The daemons recorded in pids.json: only from a checked directory,
+        only from the caller's own file (UnsafeDirError otherwise)."""
+        if not self.check_dir():
             return {}
+        text = read_own(self.pids_path)
+        try:
+            return {str(k): int(v) for k, v in json.loads(text).items()} if text else {}
+        except (ValueError, AttributeError, TypeError):
+            return {}
+
+    def is_ours(self, pid: int) -> bool:
+        """Whether ``pid`` still is a daemon of this cluster (and not a process
+        that got a recorded pid after ours died): its argv names our config."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return not os.path.isdir("/proc") and pid_alive(pid)
+        want = os.path.realpath(self.config_path)
+        return any(a == b"-C" and i + 1 < len(argv) and os.path.realpath(os.fsdecode(argv[i + 1])) == want
+                   for i, a in enumerate(argv))  # fmt: skip
 
     def start_controller(self) -> subprocess.Popen[bytes]:
         return self._spawn("cranectld", [sys.executable, "-m", "crane.controller", "-C", self.config_path])
@@ -119,7 +348,7 @@ class LocalCluster:
     def start_agent(self, node: str) -> subprocess.Popen[bytes]:
         return self._spawn(f"craned-{node}", [sys.executable, "-m", "crane.agent.main", "-C", self.config_path, "-n", node])
 
-    def up(self, timeout: float = 30.0) -> None:
+    def up(self, timeout: float = 60.0) -> None:
         self.start_controller()
         for n in self.node_names():
             self.start_agent(n)
@@ -159,8 +388,8 @@ class LocalCluster:
 
     def stop(self, key: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         pid = self.procs[key].pid if key in self.procs else self.pids().get(key)
-        if pid is None:
-            return
+        if pid is None or (key not in self.procs and not self.is_ours(pid)):
+            return  # a stale record: that pid is someone else's process now
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
@@ -177,7 +406,7 @@ class LocalCluster:
             deadline = time.monotonic() + timeout
             while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if pid_alive(pid):
+            if pid_alive(pid) and self.is_ours(pid):
                 os.kill(pid, signal.SIGKILL)
 
     def down(self) -> None:

@@ -5,11 +5,15 @@ Jobs (cancel, signal, hold, ...): the owner; an admin (any job); an operator
 coordinator of the job's account or of any ancestor account.
 
 ``cacctmgr``: anyone may ``show``. Only operators and admins change QoS and
-accounts. Coordinators may add/modify/delete users of the accounts they
-coordinate (and their descendants), but may not grant a Level, make
-coordinators, or touch operator/admin users. Only an admin may grant
-``Level=operator``/``Level=admin`` or change an operator's/admin's level or
-entry at all.
+accounts. Only an admin sets a user's ``Uid`` or grants ``Level=operator`` /
+``Level=admin``, and only an admin touches an operator's or admin's record.
+Operators manage every other user. A coordinator manages *membership* in the
+accounts it coordinates (and their descendants): it may add a user to them and
+remove a user from them. Anything about the user as a whole (DefaultAccount,
+deleting the record) needs every account the user is in to be within its
+reach; it never sets Level or Coordinator, never removes anyone's coordinator
+rights, and never sets a uid. The caller is resolved strictly through passwd
+(:meth:`~crane.accounts.AccountDB.user_by_uid`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crane.accounts import AccountDB, AcctError, canonical_key
+from crane.accounts import AccountDB, AcctError, canonical_key, target_name
 
 PRIVILEGED = ("operator", "admin")
 
@@ -34,14 +38,14 @@ class Caller:
 def caller_from(db: AccountDB, uid: int, name: str) -> Caller:
     """The caller as the kernel identified them (``uid``, and ``name`` from passwd).
 
-    uid 0 is always admin. The user record is found by name when its uid is
-    unset or equal, else by uid; an unknown caller is a plain user.
+    uid 0 is always admin. The user record is the one passwd's name for
+    ``uid`` names (and only if that is ``name`` and the record's own uid, if
+    set, is ``uid``); never one found through its Uid field. Anyone else is a
+    plain user.
     """
-    u = db.users.get(name)
-    if u is not None and u.uid is not None and u.uid != uid:
+    u = db.user_by_uid(uid)
+    if u is not None and u.name != name:
         u = None
-    if u is None:
-        u = db.user_by_uid(uid)
     level = u.admin_level if u is not None else "none"
     coord = frozenset(u.coordinator_of) if u is not None else frozenset()
     if uid == 0:
@@ -121,6 +125,8 @@ def may_manage(
     level, coord = _user_grants(sets)
     if target_level in PRIVILEGED or (level is not None and level != "none"):
         return False  # only an admin grants/changes privileged levels
+    if "uid" in _user_keys(sets):
+        return False  # only an admin binds a record to a uid
     if caller.admin_level == "operator":
         return True
     if coord:
@@ -129,43 +135,145 @@ def may_manage(
 
 
 def authorize(db: AccountDB, caller: Caller, op: Mapping[str, Any]) -> bool:
-    """``may_manage`` with the targets worked out from ``db`` (every account involved
-    in a user operation must be within a coordinator's reach)."""
+    """May ``caller`` perform ``op`` (an op dict) on ``db``? See :func:`denial`."""
+    return denial(db, caller, op) is None
+
+
+DENIED = "Permission denied"
+
+
+def denial(db: AccountDB, caller: Caller, op: Mapping[str, Any]) -> str | None:
+    """None if ``caller`` may perform ``op``, else the one-line reason
+    (``Permission denied`` or ``Permission denied: ...``)."""
     entity = str(op.get("entity", ""))
     verb = str(op.get("verb", ""))
     if verb == "show" or caller.admin_level == "admin":
-        return True
+        return None
     if entity != "user":
-        return may_manage(caller, entity, op)
-    where = op.get("where") or {}
-    name = op.get("name") or where.get("name")
-    user = db.users.get(str(name)) if name else None
-    level = user.admin_level if user is not None else "none"
-    if user is not None and user.uid == 0:
-        level = "admin"
-    involved: list[str] = []
-    if where.get("account"):
-        involved.append(str(where["account"]))
-    elif verb != "add" and user is not None:
-        involved.extend(user.accounts)
-    for item in op.get("set") or []:
+        return None if may_manage(caller, entity, op) else DENIED
+    try:
+        return _user_denial(db, caller, op)
+    except (TypeError, ValueError, AttributeError, AcctError):
+        return DENIED  # a malformed op is refused, never half-checked
+
+
+def _user_keys(sets: Sequence[Any]) -> list[str | None]:
+    keys: list[str | None] = []
+    for item in sets:
         try:
-            key, _, value = item
+            key, _, _ = item
         except (TypeError, ValueError):
+            keys.append(None)
             continue
-        canon = canonical_key("user", str(key))
-        if canon == "account":
-            vals = value if isinstance(value, list) else str(value).split(",")
-            involved.extend(str(v).strip() for v in vals if str(v).strip())
-        elif canon == "defaultaccount" and str(value).strip():
-            involved.append(str(value).strip())
-    if not involved:
-        return caller.admin_level == "operator" and may_manage(caller, entity, op, None, (), level)
-    for acc in dict.fromkeys(involved):
+        keys.append(canonical_key("user", str(key)))
+    return keys
+
+
+def _account_values(value: Any) -> list[str]:
+    vals = value if isinstance(value, list | tuple) else str(value).split(",")
+    return [str(v).strip() for v in vals if str(v).strip()]
+
+
+def _user_denial(db: AccountDB, caller: Caller, op: Mapping[str, Any]) -> str | None:
+    verb = str(op.get("verb", ""))
+    where = op.get("where") or {}
+    name = target_name(op)
+    target = db.users.get(name) if name else None
+    sets = list(op.get("set") or [])
+    keys = _user_keys(sets)
+    if "uid" in keys:
+        return f"{DENIED}: only an admin may set a Uid"
+    if target is not None and (
+        target.admin_level in PRIVILEGED or target.uid == 0 or target.name == "root"
+    ):
+        return f"{DENIED}: only an admin may change an operator's or admin's record"
+    for key, item in zip(keys, sets, strict=True):
+        if key == "level" and str(item[2]).strip().lower() != "none":
+            return f"{DENIED}: only an admin may grant an operator or admin Level"
+    if caller.admin_level == "operator":
+        return None
+    if not caller.coordinator_of:
+        return DENIED
+    if "level" in keys or "coordinator" in keys:
+        return f"{DENIED}: only an operator or admin may set Level or Coordinator"
+    if any(k not in ("account", "defaultaccount") for k in keys):
+        return f"{DENIED}: a coordinator may set only Account and DefaultAccount"
+    return _coordinator_denial(db, caller, verb, str(name or ""), target, where, sets)
+
+
+def _coordinator_denial(
+    db: AccountDB,
+    caller: Caller,
+    verb: str,
+    name: str,
+    target: Any,
+    where: Mapping[str, Any],
+    sets: Sequence[Any],
+) -> str | None:
+    """A coordinator's user operation: membership in accounts within reach;
+    anything user-wide needs every account of the user within reach."""
+
+    def reach(acc: str) -> bool:
         try:
             anc = db.ancestors(acc)
         except AcctError:
-            anc = []
-        if not may_manage(caller, entity, op, acc, anc, level):
             return False
-    return True
+        return _coordinates(caller, acc, anc)
+
+    def out_of_reach(accs: Sequence[str]) -> str | None:
+        bad = [a for a in dict.fromkeys(accs) if not reach(a)]
+        return f"{DENIED}: you do not coordinate account {bad[0]}" if bad else None
+
+    def user_wide() -> str | None:
+        if target is None:
+            return None
+        bad = [a for a in target.accounts if not reach(a)]
+        if bad:
+            return f"{DENIED}: user {name} is also in account {bad[0]}, which you do not coordinate"
+        return None
+
+    def keeps_coordinators(removed: Sequence[str]) -> str | None:
+        lost = [a for a in removed if target is not None and a in target.coordinator_of]
+        if lost:
+            return f"{DENIED}: only an operator or admin may remove a coordinator of {lost[0]}"
+        return None
+
+    wacc = where.get("account")
+    checks: list[str | None] = []
+    if verb == "add":
+        added: list[str] = []
+        for key, _, value in sets:
+            canon = canonical_key("user", str(key))
+            if canon == "account":
+                added += _account_values(value)
+            elif canon == "defaultaccount":
+                checks += [out_of_reach(_account_values(value)), user_wide()]
+        if not added:
+            return DENIED
+        checks.insert(0, out_of_reach(added))
+    elif target is None:
+        return DENIED  # modify/delete of no one: nothing a coordinator reaches
+    elif verb == "modify":
+        if wacc:
+            checks.append(out_of_reach([str(wacc)]))
+        for key, sign, value in sets:
+            canon = canonical_key("user", str(key))
+            vals = _account_values(value)
+            if canon == "defaultaccount":
+                checks += [out_of_reach(vals), user_wide()]
+            elif sign == "+=":
+                checks.append(out_of_reach(vals))
+            elif sign == "-=":
+                checks += [out_of_reach(vals), keeps_coordinators(vals)]
+            else:  # Account=: a whole new list
+                old = list(target.accounts)
+                changed = [a for a in old if a not in vals] + [a for a in vals if a not in old]
+                checks += [out_of_reach(changed), keeps_coordinators([a for a in old if a not in vals])]
+    elif verb == "delete":
+        if wacc:
+            checks += [out_of_reach([str(wacc)]), keeps_coordinators([str(wacc)])]
+        else:
+            checks += [user_wide(), keeps_coordinators(list(target.accounts))]
+    else:
+        return DENIED
+    return next((c for c in checks if c is not None), None)

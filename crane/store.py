@@ -46,13 +46,31 @@ ACTIVE_STATES = tuple(sorted(str(s) for s in ACTIVE))  # jobs loaded back at sta
 
 
 def connect(path: str) -> sqlite3.Connection:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    private(path)  # files left by an older version or another umask
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(SCHEMA)
+    private(path)  # SQLite creates -wal and -shm with the database file's mode
     return conn
+
+
+def private(path: str) -> None:
+    """The database and its WAL and shared-memory files: 0600 (job scripts
+    and environments are in them). Changed through a descriptor opened
+    without following symlinks."""
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # absent, or a symlink: not changed through it
+            continue
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def pack(obj: Any) -> bytes:

@@ -31,6 +31,11 @@ CLI_HWM = 1000  # per CLI connection: 1000 x MAX_FRAME at worst, a few MB in pra
 CLI_HEARTBEAT_MS = 2000
 CLI_HEARTBEAT_TIMEOUT_MS = 10_000
 MAX_FRAMES = 4
+# A liveness probe for a client with a request pending (a WaitJobs waiter): an
+# Ok under a request id no client uses (Client ignores replies to other ids).
+# On a ROUTER with ROUTER_MANDATORY, sending it fails once the peer is gone.
+PROBE_RID = -2
+PROBE = m.encode(m.Ok({"waiting": True}), PROBE_RID)
 
 
 @dataclass(slots=True)
@@ -183,6 +188,17 @@ class Endpoint:
         self._wake()
         return True
 
+    def reachable(self, identity: bytes) -> bool:
+        """False once ``identity``'s connection is gone (needs ROUTER_MANDATORY:
+        an unroutable send raises instead of vanishing)."""
+        if self._closed:
+            return False
+        try:
+            self.sock.send_multipart([identity, PROBE], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -193,7 +209,25 @@ class Endpoint:
             self.sock.close(linger=0)
 
 
-def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777,
+class Replier:
+    """Answers one request: ``replier(msg)`` sends the reply; ``alive()``
+    tells whether the client can still receive it."""
+
+    __slots__ = ("endpoint", "identity", "rid")
+
+    def __init__(self, endpoint: Endpoint, identity: bytes, rid: int) -> None:
+        self.endpoint = endpoint
+        self.identity = identity
+        self.rid = rid
+
+    def __call__(self, answer: m.Message) -> None:
+        self.endpoint.send(self.identity, answer, self.rid)
+
+    def alive(self) -> bool:
+        return self.endpoint.reachable(self.identity)
+
+
+def bind_router(ctx: zmq.Context, address: str, mode: int = 0o666,
                 curve: tuple[bytes, bytes] | None = None, hwm: int = 100_000,
                 heartbeat_ms: int = 0) -> zmq.Socket:  # fmt: skip
     """``hwm``: messages queued per connection each way. Past it, ZeroMQ stops
@@ -213,8 +247,11 @@ def bind_router(ctx: zmq.Context, address: str, mode: int = 0o777,
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, CLI_HEARTBEAT_TIMEOUT_MS)
     if address.startswith("ipc://"):
         path = address[len("ipc://") :]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.path.exists(path):
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):  # traversable by all (the daemons' umask is 077)
+            os.makedirs(parent, exist_ok=True)
+            os.chmod(parent, 0o711)
+        if os.path.lexists(path):
             os.unlink(path)
     sock.bind(address)
     if address.startswith("ipc://"):

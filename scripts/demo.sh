@@ -6,7 +6,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 "$REPO/scripts/setup.sh"
 
 export PATH="${CRANE_VENV:-/opt/crane-venv}/bin:$PATH"
-DIR=/tmp/crane-demo
+DIR=/run/crane-demo
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }

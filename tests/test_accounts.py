@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crane.accounts import AccountDB, AcctError, Qos, parse_duration
+from crane.accounts import AccountDB, AcctError, PasswdTable, Qos, parse_duration
 from crane.cacctmgr_parse import (
     DEFAULT_COLUMNS,
     ParseError,
@@ -46,9 +46,13 @@ def table_rows(table: str) -> list[list[str]]:
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
 
 
+# a fixed passwd, so that the rules do not depend on the users of this machine
+PASSWD = PasswdTable({"root": 0, "alice": 1001, "oscar": 1002, "carl": 2000, "bob": 2001, "eve": 2002})
+
+
 @pytest.fixture
 def db() -> AccountDB:
-    return AccountDB.fresh()
+    return AccountDB.fresh(passwd=PASSWD)
 
 
 # --------------------------------------------------------------------------- defaults
@@ -369,11 +373,11 @@ def test_account_tree(db: AccountDB) -> None:
 def test_users(db: AccountDB) -> None:
     run(db, "add account A")
     run(db, "add account B")
-    assert run(db, "add user bob Account=A Uid=1001") == "User added successfully."
+    assert run(db, "add user bob Account=A Uid=2001") == "User added successfully."
     assert run(db, "add user bob Account=B Coordinator=true") == "User added successfully."
     bob = db.users["bob"]
     assert bob.accounts == ["A", "B"] and bob.default_account == "A"
-    assert bob.coordinator_of == ["B"] and bob.uid == 1001
+    assert bob.coordinator_of == ["B"] and bob.uid == 2001
     assert (
         fail(db, "add user bob Account=A") == "Failed to add user: User bob is already in account A"
     )
@@ -382,9 +386,19 @@ def test_users(db: AccountDB) -> None:
         == "Failed to add user: Account=ACCOUNT is required to add a user"
     )
     assert fail(db, "add user carol Account=Z") == "Failed to add user: Unknown account: Z"
-    assert fail(db, "add user carol Account=A Uid=1001") == (
-        "Failed to add user: Uid 1001 is already used by user bob"
+    assert fail(db, "add user carol Account=A Uid=2001") == (
+        "Failed to add user: Uid 2001 is already used by user bob"
     )
+    # a uid must be the one passwd gives the name (carol is not in PASSWD: a free uid)
+    assert fail(db, "add user carol Account=A Uid=1001") == (
+        "Failed to add user: Uid 1001 is the system uid of alice, not of carol"
+    )
+    assert fail(db, "modify user where Name=bob set Uid=3001") == (
+        "Failed to modify information: Uid 3001 does not match passwd: the system uid of bob is 2001"
+    )
+    run(db, "modify user where Name=bob set Uid=")  # an admin may unbind a record
+    assert db.users["bob"].uid is None
+    run(db, "modify user where Name=bob set Uid=2001")
     assert fail(db, "add user carol Account=A Level=god").startswith(
         'Failed to add user: Invalid value "god" for Level'
     )
@@ -459,8 +473,8 @@ def test_check_submit(db: AccountDB) -> None:
 
 
 def test_check_submit_without_any_qos() -> None:
-    empty = AccountDB()
-    assert empty.ensure_user("eve", 1005).name == "eve"
+    empty = AccountDB(passwd=PASSWD)
+    assert empty.ensure_user("eve", 2002).name == "eve"
     assert empty.check_submit("eve", None, None, "CPU") == ("default", None)
 
 
@@ -470,7 +484,11 @@ def test_ensure_user(db: AccountDB) -> None:
     assert u.accounts == ["default"] and u.uid == 1001
     assert [(e, n) for e, n, _ in db.last_changes] == [("user", "alice")]
     assert db.ensure_user("alice", 1001) is db.users["alice"] and db.last_changes == []
-    db.ensure_user("bob", 1002, account="auto")
+    db.ensure_user("bob", 2001, account="auto")
+    assert db.users["bob"].uid == 2001
+    # a uid passwd does not give the name is never recorded
+    assert db.ensure_user("carl", 1002).uid is None
+    assert db.ensure_user("dan", 4000).uid == 4000  # neither in passwd: nothing to contradict
     assert db.accounts["auto"].allowed_qos == ["normal", "hi"]
     assert db.accounts["auto"].default_qos == "normal"
     assert db.check_submit("bob", None, "hi", None) == ("auto", "hi")
@@ -614,12 +632,20 @@ def test_authorize_with_db(db: AccountDB) -> None:
     run(db, "add user eve Account=Else Uid=2002")
     carl = caller_from(db, 2000, "carl")
     bob = caller_from(db, 2001, "bob")
-    ok = ["add user dan Account=Lab", "modify user where Name=bob set Uid=3001", "delete user bob"]
+    ok = [
+        "add user dan Account=Lab",
+        "modify user where Name=bob set Account-=Top",
+        "modify user where Name=bob Account=Lab set DefaultAccount=Lab",  # bob is in Lab only
+        "add user eve Account=Lab",  # membership in an account carl coordinates
+        "delete user bob",
+    ]
     for cmd in ok:
         assert authorize(db, carl, parse_argv(shlex.split(cmd))), cmd
     denied = [
         "add user dan Account=Else",
         "modify user where Name=eve set Uid=3002",
+        "modify user where Name=bob set Uid=2001",  # only an admin sets a Uid
+        "add user eve Account=Lab DefaultAccount=Lab",  # eve is also in Else
         "modify user where Name=bob set Account+=Else",
         "modify user where Name=bob set Level=operator",
         "delete user eve",
@@ -685,3 +711,19 @@ def test_preempt_graph_stays_acyclic(ops: list[tuple[str, str, list[str]]]) -> N
 
         for n in graph:
             assert not reaches(n, n)
+
+
+def test_text_fields_refuse_control_characters(db: AccountDB) -> None:
+    # a description or partition name reaches other users' terminals through show
+    assert fail(db, "add account X Description=a\x1b[2Jb") == (
+        "Failed to add account: Description contains a control character"
+    )
+    op = parse_argv(["add", "account", "X", "AllowedPartition=CPU,\x1b]52;c;eA==\x07"])
+    with pytest.raises(AcctError) as ei:
+        db.apply(op)
+    assert ei.value.args[0].isprintable() and "X" not in db.accounts
+    # a value stored before (or by a path that did not check) is escaped in the table
+    db.apply(parse_argv(["add", "account", "X"]))
+    db.accounts["X"].description = "red\x1b[31m\nline"
+    table = run(db, "show account X format=Name,Description")
+    assert "\x1b" not in table and "\\x1b[31m\\nline" in table

@@ -21,7 +21,7 @@ def _as(user: str, script: str, cwd: str) -> subprocess.CompletedProcess[str]:
 
 def test_plain_user_cluster_kills_escapees(users) -> None:  # type: ignore[no-untyped-def]
     base = tempfile.mkdtemp(prefix="crane-nonroot-")
-    os.chmod(base, 0o777)
+    os.chmod(base, 0o1777)
     d = os.path.join(base, "lc")
     up = _as("bob", f"crane local up --dir {d} --nodes 2", base)
     assert up.returncode == 0, up.stderr

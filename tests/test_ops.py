@@ -196,7 +196,9 @@ def test_pam_check_users_files(tmp_path: Path) -> None:
         if pam_user is not None:
             env["PAM_USER"] = pam_user
             env["PAM_TYPE"] = "account"
-        if conf is not None:
+        if conf is not None and pam_user is not None:
+            args = ("-C", conf, *args)  # under PAM, $CRANE_CONF is not trusted
+        elif conf is not None:
             env["CRANE_CONF"] = conf
         return subprocess.run(
             [PAM_CHECK, *args], capture_output=True, text=True, env=env, timeout=30
@@ -208,7 +210,7 @@ def test_pam_check_users_files(tmp_path: Path) -> None:
     r = check(pam_user="nobody")
     assert r.returncode == 0, r.stderr
     assert check("nobody").returncode == 0  # argv instead of PAM_USER
-    assert check(str(nobody.pw_uid)).returncode == 0
+    assert check(str(nobody.pw_uid)).returncode == 1  # a number is not a name
     assert check("-n", "crane02", pam_user="nobody").returncode == 0
     assert check("-C", lc.config_path, pam_user="nobody", conf=None).returncode == 0
 
@@ -228,6 +230,10 @@ def test_pam_check_users_files(tmp_path: Path) -> None:
     assert check().returncode == 1  # no user at all
     assert check("-n", "crane99", pam_user="nobody").returncode == 1  # unknown node
     assert check(pam_user="nobody", conf=str(tmp_path / "missing.yaml")).returncode == 1
+    # under PAM a CRANE_CONF in the environment does not move the config
+    pam_env = {**os.environ, "PAM_USER": "nobody", "PAM_TYPE": "account", "CRANE_CONF": lc.config_path}
+    r = subprocess.run([PAM_CHECK], capture_output=True, text=True, env=pam_env, timeout=30)
+    assert r.returncode == 1 and "/etc/crane/config.yaml" in r.stderr, r.stderr
 
     # the agent rewrites the file when the job ends: access ends with it
     with open(os.path.join(state, "crane02", "users"), "w") as f:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from crane import messages as m
+from crane import untrusted
 from crane.actors import events as ev
 from crane.actors.job import Job
 from crane.selection import check_filters, select
@@ -38,6 +39,8 @@ def validate(req: m.Cancel) -> str | None:
         return "--grace must be between 0 and 86400 seconds"
     if len(req.message) > MAX_MESSAGE:
         return f"--message is longer than {MAX_MESSAGE} characters"
+    if untrusted.has_control(req.message):  # stored, shown to others, written into the job's stderr
+        return "message contains a control character"
     return None
 
 
@@ -49,13 +52,14 @@ def describe(job: Job) -> dict[str, Any]:
 def handle_cancel(ctl: Any, caller: Any, req: m.Cancel, rid: str, reply: Any) -> None:
     """``reply(message)`` is called once, after the intents are persisted."""
     err = validate(req)
+    filters, err = (req.filters, err) if err else untrusted.bound_filters(req.filters)
     if err:
         reply(m.Error(2, err))
         return
     ids = [(int(a), b) for a, b in req.ids]  # type: ignore[arg-type]
     sel = select(
         ids,
-        req.filters,
+        filters,
         active=lambda jid: ctl.jobs[jid].job if jid in ctl.jobs else None,
         all_active=lambda: (a.job for a in list(ctl.jobs.values())),
         finished_state=ctl.finished_state,

@@ -89,6 +89,7 @@ class SetReason:
 class ControlEv:
     action: str  # hold | release | requeue | suspend | resume
     reply: asyncio.Future[Any] | None = None
+    admin: bool = False  # hold: an admin hold; release: the caller may release an admin hold
 
 
 # ------------------------------------------------------------------ events to the scheduler

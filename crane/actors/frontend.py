@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from crane import messages as m
+from crane import untrusted
 from crane.actors import cancel
 from crane.actors import events as ev
 from crane.actors.job import Job
@@ -24,7 +25,8 @@ SPEC_KEYS = {
     "nnodes": int, "nodelist": list, "exclusive": bool, "time_limit": int, "script": str,
     "argv": list, "cwd": str, "env": dict, "stdout": str, "stderr": str, "hold": bool,
 }  # fmt: skip
-MAX_REPEAT = 1_000_000
+MAX_TIME_LIMIT = 2**31 - 1  # seconds: what every timer downstream can hold
+MAX_REPEAT = 100_000  # jobs per SubmitJob; MaxJobCount and MaxSubmitJobsPerUser bound the total
 
 
 def user_name(uid: int) -> str:
@@ -50,6 +52,9 @@ def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
             continue
         if not isinstance(v, t) or (t is int and isinstance(v, bool)):
             return f"job field {k} must be {t.__name__}"
+    err = untrusted.check_spec(spec)  # first: the errors below echo names back
+    if err:
+        return err
     if spec.get("partition") and spec["partition"] not in cfg.partitions:
         return f"invalid partition: {spec['partition']}"
     for k in ("cpus", "nnodes"):
@@ -57,8 +62,8 @@ def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
             return f"{k} must be at least 1"
     if spec.get("memory") is not None and spec["memory"] < 0:
         return "memory must not be negative"
-    if spec.get("time_limit") is not None and spec["time_limit"] < 1:
-        return "time limit must be positive"
+    if spec.get("time_limit") is not None and not 1 <= spec["time_limit"] <= MAX_TIME_LIMIT:
+        return f"time limit must be between 1 and {MAX_TIME_LIMIT} seconds"
     if not spec.get("script") and not spec.get("argv"):
         return "a script or a command is required"
     if any(not isinstance(a, str) for a in spec.get("argv") or []):
@@ -69,6 +74,24 @@ def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
     env = spec.get("env") or {}
     if any(not isinstance(k, str) or not isinstance(v, str) for k, v in env.items()):
         return "env must map strings to strings"
+    return None
+
+
+def check_limits(ctl: Any, caller: Any, repeat: int) -> str | None:
+    """MaxJobCount (active jobs in the cluster) and MaxSubmitJobsPerUser
+    (active jobs of one user; root is exempt, as from the CLI rate limit:
+    it cannot be the attacker, and ``crane local down`` or an admin's
+    bulk work must not be refused by it). Operators and admins are bound
+    like every other user."""
+    cfg = ctl.cfg
+    total = len(ctl.jobs)
+    if total + repeat > cfg.max_job_count:
+        return (f"MaxJobCount reached: the cluster has {total} active jobs, at most "
+                f"{cfg.max_job_count} (this request adds {repeat})")  # fmt: skip
+    mine = ctl.active_by_uid.get(caller.uid, 0)
+    if caller.uid != 0 and mine + repeat > cfg.max_submit_jobs_per_user:
+        return (f"MaxSubmitJobsPerUser reached: user {caller.name} has {mine} active jobs, at most "
+                f"{cfg.max_submit_jobs_per_user} (this request adds {repeat})")  # fmt: skip
     return None
 
 
@@ -135,7 +158,7 @@ class Frontend:
             return
         err = check_spec(spec, cfg)
         part = spec.get("partition") or cfg.default_partition
-        err = err or fits_partition(spec, cfg, part)
+        err = err or fits_partition(spec, cfg, part) or check_limits(ctl, caller, msg.repeat)
         if err:
             reply(m.Error(2, err))
             return
@@ -188,11 +211,11 @@ class Frontend:
 
     def on_QueryJobs(self, caller: Any, msg: m.QueryJobs, rid: str, reply: Any) -> None:
         err = check_filters(msg.filters)
+        f, err = (msg.filters, err) if err else untrusted.bound_filters(msg.filters)
         if err:
             reply(m.Error(2, err))
             return
         ctl = self.ctl
-        f = msg.filters
         if not msg.history:
             reasons = ctl.scheduler.reasons
             out = [
@@ -222,26 +245,53 @@ class Frontend:
         cancel.handle_cancel(self.ctl, caller, msg, rid, reply)
 
     def on_WaitJobs(self, caller: Any, msg: m.WaitJobs, rid: str, reply: Any) -> None:
-        self.ctl.wait_jobs(msg.job_ids, lambda: reply(m.Ok()))
+        """Only on jobs the caller may act on (their own; any a coordinator,
+        operator or admin may cancel); bounded per user (crane.actors.waits)."""
+        ctl = self.ctl
+        for j in set(msg.job_ids):
+            actor = ctl.jobs.get(j)
+            if actor is not None and not ctl.may_act(caller, actor.job):
+                reply(m.Error(4, f"Job {j}: Permission denied"))
+                return
+        err = ctl.wait_jobs(caller.uid, msg.job_ids, lambda: reply(m.Ok()), getattr(reply, "alive", None))
+        if err:
+            reply(m.Error(2, err))
 
     # ---------------------------------------------------------------- steps
 
-    def _own_job(self, caller: Any, job_id: int, reply: Any) -> Any:
+    def _own_job(self, caller: Any, job_id: int, reply: Any, execute: bool = False) -> Any:
+        """The job's actor if the caller may act on it, else reply an error.
+        ``execute``: running code in the job (a step) is its owner's and
+        root's alone; coordinators, operators and admins may cancel, signal,
+        hold and requeue it, never run code as its owner."""
         actor = self.ctl.jobs.get(job_id)
         if actor is None:
             reply(m.Error(4, f"Job {job_id} not found or not active"))
             return None
-        if not self.ctl.may_act(caller, actor.job):
+        if execute:
+            allowed = caller.uid in (0, actor.job.uid)
+        else:
+            allowed = self.ctl.may_act(caller, actor.job)
+        if not allowed:
             reply(m.Error(4, "Permission denied"))
             return None
         return actor
 
     def on_StartStep(self, caller: Any, msg: m.StartStep, rid: str, reply: Any) -> None:
-        actor = self._own_job(caller, msg.job_id, reply)
+        actor = self._own_job(caller, msg.job_id, reply, execute=True)
         if actor is None:
             return
         if not msg.argv or msg.cpus < 1:
             reply(m.Error(2, "a command is required"))
+            return
+        err = (untrusted.check_argv(msg.argv) or untrusted.check_env(msg.env)
+               or untrusted.check_path("working directory", msg.cwd))  # fmt: skip
+        if err:
+            reply(m.Error(2, err))
+            return
+        limit = self.ctl.cfg.max_step_count
+        if len(actor.job.steps) >= limit:
+            reply(m.Error(2, f"MaxStepCount reached: job {msg.job_id} has {limit} steps"))
             return
         fut = self.ctl.loop.create_future()
         # acknowledged means on disk: a step id answered before a crash is known after it
@@ -252,17 +302,27 @@ class Frontend:
         actor = self._own_job(caller, msg.job_id, reply)
         if actor is None:
             return
-        if msg.step_id not in actor.job.steps:  # never started: waiting would never end
+        st = actor.job.steps.get(msg.step_id)
+        if st is None:  # never started: waiting would never end
             reply(m.Error(4, f"Step {msg.job_id}.{msg.step_id} not found"))
             return
-        fut = self.ctl.loop.create_future()
-        fut.add_done_callback(lambda f: reply(f.result()))
-        actor.wait_step(msg.step_id, fut)
+        if st.get("state") != "RUNNING":
+            reply(m.Ok({"step": st}))
+            return
+        key = (msg.job_id, msg.step_id)
+        err = self.ctl.waits.add(caller.uid, [key], lambda step: reply(m.Ok({"step": step})),
+                                 getattr(reply, "alive", None))  # fmt: skip
+        if err:
+            reply(m.Error(2, err))
 
     # ---------------------------------------------------------------- control
 
     def on_Control(self, caller: Any, msg: m.Control, rid: str, reply: Any) -> None:
         ctl = self.ctl
+        err = check_args(msg.args)
+        if err:
+            reply(m.Error(2, err))
+            return
         if msg.action == "update_node":
             if caller.admin_level == "none":
                 reply(m.Error(4, "Permission denied"))
@@ -296,9 +356,31 @@ class Frontend:
         if msg.action in ("suspend", "resume") and caller.admin_level == "none":
             reply(m.Error(4, "Permission denied"))
             return
+        # hold: on another's job (an admin, operator or coordinator) it is an
+        # admin hold (JobHeldAdmin); the owner's own is a user hold. release:
+        # an admin hold only by root or one privileged over the job.
+        if msg.action == "hold":
+            admin = caller.uid != actor.job.uid
+        else:
+            admin = msg.action == "release" and ctl.privileged_on(caller, actor.job)
         fut = ctl.loop.create_future()
         fut.add_done_callback(lambda f: ctl.store.barrier(lambda: reply(f.result())))
-        actor.tell(ev.ControlEv(msg.action, fut))
+        actor.tell(ev.ControlEv(msg.action, fut, admin))
 
     def on_AcctOp(self, caller: Any, msg: m.AcctOp, rid: str, reply: Any) -> None:
+        err = untrusted.check_strings("cacctmgr value", msg.op)
+        if err:
+            reply(m.Error(2, err))
+            return
         self.ctl.accounting(caller, msg.op, reply)
+
+
+def check_args(args: dict[str, Any]) -> str | None:
+    """ccontrol arguments (node update reasons, messages) are stored and shown
+    to others: no control characters, bounded length."""
+    for k, v in args.items():
+        what = k if isinstance(k, str) and k.isidentifier() else "argument"
+        err = untrusted.check_strings(what, [k, v], untrusted.TEXT_MAX)
+        if err:
+            return err
+    return None

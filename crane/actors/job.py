@@ -61,6 +61,7 @@ class Job:
     end_reason: str = ""  # TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | LOST
     cancel: dict[str, Any] | None = None  # who/when/why/how: the durable cancel intent
     held: bool = False
+    admin_hold: bool = False  # held by root or by someone other than the owner (JobHeldAdmin)
     requeue_count: int = 0
     # what the batch step runs: {"script", "argv", "env"}. Written once at
     # submission (store.put_launch), dropped from memory once committed and
@@ -109,6 +110,7 @@ class Job:
         }
 
 
+STEP_ARGV_CHARS = 256
 _RECORD_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "launch")
 _get_record = operator.attrgetter(*_RECORD_FIELDS)  # one C call for the whole record
 
@@ -143,7 +145,7 @@ class JobMachine:
         j = self.job
         if j.state == "PENDING":
             if j.held:
-                j.reason = j.reason or "JobHeldUser"
+                j.reason = j.reason or ("JobHeldAdmin" if j.admin_hold else "JobHeldUser")
                 return []
             return [ev.ToScheduler(ev.Enqueue(j.id))]
         if j.state == "COMPLETING":  # a cancel or cleanup in flight before a restart: redo it
@@ -186,7 +188,8 @@ class JobMachine:
             return [ev.Reply(e.reply, m.Error(2, f"step asks {e.cpus} cpus, the job has {j.cpus}"))]
         sid = j.next_step
         j.next_step += 1
-        j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": e.argv[:8]}
+        shown = [a[:STEP_ARGV_CHARS] for a in e.argv[:8]]  # the record keeps a bounded summary
+        j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
         spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus)
         return [
             ev.ToNode(j.nodes[0], m.LaunchStep(j.id, sid, spec)),
@@ -301,15 +304,18 @@ class JobMachine:
     @on(ev.ControlEv)
     def _on_ControlEv(self, e: ev.ControlEv, now: float) -> list[Any]:
         j = self.job
-        if e.action == "hold":
+        if e.action == "hold":  # e.admin: an admin hold (an owner's hold never lowers one)
             if j.state != "PENDING":
                 return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not pending"))]
-            j.held, j.reason = True, "JobHeldUser"
+            j.admin_hold = e.admin or (j.held and j.admin_hold)
+            j.held, j.reason = True, "JobHeldAdmin" if j.admin_hold else "JobHeldUser"
             return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
-        if e.action == "release":
+        if e.action == "release":  # e.admin: the caller may release an admin hold
             if not j.held:
                 return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not held"))]
-            j.held, j.reason = False, ""
+            if j.admin_hold and not e.admin:
+                return [ev.Reply(e.reply, m.Error(4, "Permission denied"))]
+            j.held, j.admin_hold, j.reason = False, False, ""
             return [ev.ToScheduler(ev.Enqueue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
         if e.action in ("suspend", "resume"):
             want = e.action == "suspend"
@@ -415,13 +421,12 @@ class JobMachine:
 class JobActor(Actor):
     """Runs a JobMachine and carries out its actions through the controller."""
 
-    __slots__ = ("machine", "ctl", "step_waiters")
+    __slots__ = ("machine", "ctl")
 
     def __init__(self, job: Job, ctl: Any) -> None:
         super().__init__()
         self.machine = JobMachine(job)
         self.ctl = ctl
-        self.step_waiters: dict[int, list[Any]] | None = None
 
     @property
     def job(self) -> Job:
@@ -465,21 +470,10 @@ class JobActor(Actor):
     def _step_ended(self, a: ev.StepDone) -> None:
         self.step_done(a.step_id, a.step)
 
-    def wait_step(self, step_id: int, fut: Any) -> None:
-        st = self.job.steps.get(step_id)
-        if st is not None and st.get("state") != "RUNNING":
-            fut.set_result(m.Ok({"step": st}))
-            return
-        if self.step_waiters is None:
-            self.step_waiters = {}
-        self.step_waiters.setdefault(step_id, []).append(fut)
-
     def step_done(self, step_id: int, st: dict[str, Any]) -> None:
-        if not self.step_waiters:
-            return
-        for fut in self.step_waiters.pop(step_id, []):
-            if not fut.done():
-                fut.set_result(m.Ok({"step": dict(st)}))
+        """Answer whoever waits for the step (crun, ccancel --wait): see
+        ``Frontend.on_WaitStep`` and ``crane.actors.waits``."""
+        self.ctl.waits.fire((self.machine.job.id, step_id), dict(st))
 
 
 _EXECUTE: dict[type, Callable[[JobActor, Any], None]] = {

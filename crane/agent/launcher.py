@@ -18,7 +18,8 @@ from crane.agent.cgroup import StepCgroup
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOCTTY | os.O_CLOEXEC
+JOB_UMASK = 0o022  # the agent itself runs with 077; jobs get the usual default
 
 
 def set_child_subreaper() -> None:
@@ -66,6 +67,8 @@ def spawn(
     """
     if not argv:
         raise ValueError("empty argv")
+    if not os.path.isabs(cwd):  # output paths are joined to it: never to the agent's cwd
+        raise ValueError(f"cwd is not an absolute path: {cwd!r}")
     root = os.geteuid() == 0
     if not root and uid != os.getuid():
         raise PermissionError(errno.EPERM, f"cannot run as uid {uid} without root")
@@ -145,6 +148,8 @@ def _child(
             os.setgroups(groups)
             os.setgid(gid)
             os.setuid(uid)
+        os.umask(JOB_UMASK)
+        # the output files are opened only now, with the owner's rights
         out_fd = os.open(out_path, _OUT_FLAGS, 0o644)
         if err_path != out_path:
             err_fd = os.open(err_path, _OUT_FLAGS, 0o644)

@@ -18,6 +18,7 @@ from crane import messages as m
 from crane import transport
 from crane.agent import cgroup as cgmod
 from crane.agent.launcher import set_child_subreaper
+from crane.agent.statedir import StateDirError
 from crane.agent.steps import StepManager
 from crane.config import Config, ConfigError, load
 
@@ -31,10 +32,10 @@ class Agent:
         self.mode = cgmod.detect_mode() if os.geteuid() == 0 else "none"
         self.scope = f"crane/{cfg.cluster}/{node}"
         self.state_dir = os.path.join(cfg.resolve(cfg.craned_state_dir), node)
-        os.makedirs(self.state_dir, exist_ok=True)
+        epilog = cfg.resolve(cfg.epilog) if cfg.epilog else ""  # never relative to our cwd
+        self.steps = StepManager(node, self.scope, self.state_dir, self.mode, self.send, epilog)
         self.ctx = zmq.Context()
         self.endpoint: transport.Endpoint | None = None
-        self.steps = StepManager(node, self.scope, self.state_dir, self.mode, self.send, cfg.epilog)
         self.registered = False
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-n", "--node", required=True, help="this node's name in the config")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    os.umask(0o077)  # our files (state, scripts, logs) are private unless made otherwise
     try:
         cfg = load(args.config)
     except ConfigError as e:
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.node not in cfg.nodes:
         print(f"craned: node {args.node} is not in the config {cfg.path}", file=sys.stderr)
         sys.exit(1)
+    os.chdir("/")  # nothing may resolve against the directory we were started in
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=f"%(asctime)s craned[{args.node}] %(levelname)s %(message)s",
@@ -143,7 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     async def amain() -> None:
         await Agent(cfg, args.node).run()
 
-    asyncio.run(amain())
+    try:
+        asyncio.run(amain())
+    except StateDirError as e:
+        print(f"craned: state directory: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

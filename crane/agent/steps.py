@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crane import messages as m
+from crane.agent import as_user, statedir
 from crane.agent import cgroup as cgmod
 from crane.agent.launcher import spawn
 
@@ -36,6 +37,21 @@ WRAPPER = f'trap : {_CATCH}; "$@"; rc=$?; echo $rc > "$CRANE_RC_FILE"; exit $rc'
 
 KILL_RETRIES = 10
 POLL = 0.01
+BANNER_TIMEOUT = 5.0  # a banner write that takes longer (a hung file system) is abandoned
+
+
+def path_problem(spec: dict[str, Any]) -> str:
+    """Why the step's paths cannot be used, or ''. They must be absolute: a
+    relative one would resolve against whatever directory the opener is in."""
+    for key in ("cwd", "stdout", "stderr"):
+        value = spec.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str) or not os.path.isabs(value):
+            return f"{key} is not an absolute path: {value!r}"
+        if "\0" in value:
+            return f"{key} contains a NUL byte"
+    return ""
 
 
 @dataclass(slots=True)
@@ -72,10 +88,8 @@ class StepManager:
         self.released: dict[int, float] = {}  # recently released jobs
         self.attempt: dict[int, int] = {}  # job -> its latest run (requeue count) launched here
         self.releasing: set[int] = set()
-        os.makedirs(os.path.join(state_dir, "steps"), exist_ok=True)
-        os.makedirs(os.path.join(state_dir, "scripts"), mode=0o755, exist_ok=True)
-        os.chmod(state_dir, 0o755)
-        os.chmod(os.path.join(state_dir, "scripts"), 0o755)
+        self.tasks: set[asyncio.Future[Any]] = set()
+        statedir.prepare(state_dir)  # raises StateDirError
 
     # ------------------------------------------------------------ reaping
 
@@ -110,6 +124,9 @@ class StepManager:
         run = StepRun(msg.job_id, msg.step_id, spec, cg, start=time.time())
         self.steps[key] = run
         try:
+            problem = path_problem(spec)
+            if problem:
+                raise ValueError(problem)
             cg.create(spec.get("memory") or None)
             argv = list(spec.get("argv") or [])
             if spec.get("script"):
@@ -134,39 +151,40 @@ class StepManager:
             loop = asyncio.get_running_loop()
             run.timer = loop.call_later(float(spec["time_limit"]), self._timeout, run)
 
+    def _background(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
     def _rc_file(self, job_id: int, step_id: int, uid: int, gid: int) -> str:
+        """A new empty file for the wrapper's exit status, owned by the job's
+        owner (the wrapper writes it as the owner) in a directory only the
+        agent writes to."""
         path = os.path.join(self.state_dir, "rc", f"{job_id}.{step_id}")
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
-        if os.geteuid() == 0:
-            os.chown(path, uid, gid)
+        statedir.write_new(path, b"", 0o600, uid, gid)
         return path
 
     def _read_rc(self, job_id: int, step_id: int) -> int | None:
         """The wait status recorded by the wrapper, or None."""
         try:
-            with open(os.path.join(self.state_dir, "rc", f"{job_id}.{step_id}")) as f:
-                rc = int(f.read().strip())
+            rc = int(statedir.read(os.path.join(self.state_dir, "rc", f"{job_id}.{step_id}"), 64).strip())
         except (OSError, ValueError):
             return None
         return (rc - 128) if 128 < rc < 128 + 65 else (rc & 0xFF) << 8
 
     def _write_script(self, job_id: int, spec: dict[str, Any]) -> str:
+        """The batch script, readable and executable by its owner (and root) only."""
         path = os.path.join(self.state_dir, "scripts", f"job_{job_id}.sh")
         script = spec["script"]
         if not script.startswith("#!"):
             script = "#!/bin/sh\n" + script
-        with open(path, "w") as f:
-            f.write(script)
-        os.chmod(path, 0o755)
+        statedir.write_new(path, script.encode(), statedir.SCRIPT_MODE, int(spec["uid"]), int(spec["gid"]))
         return path
 
     def _save(self, run: StepRun) -> None:
         path = os.path.join(self.state_dir, "steps", f"{run.job_id}.{run.step_id}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({"job_id": run.job_id, "step_id": run.step_id, "spec": run.spec, "start": run.start}, f)
-        os.replace(path + ".tmp", path)
+        body = {"job_id": run.job_id, "step_id": run.step_id, "spec": run.spec, "start": run.start}
+        statedir.replace(path, json.dumps(body).encode())
         self.write_users()
 
     def adopt(self) -> None:
@@ -174,9 +192,8 @@ class StepManager:
         for job_id, step_id in cgmod.existing_steps(self.scope, self.mode):
             path = os.path.join(self.state_dir, "steps", f"{job_id}.{step_id}.json")
             try:
-                with open(path) as f:
-                    spec = json.load(f)["spec"]
-            except (OSError, ValueError, KeyError):
+                spec = json.loads(statedir.read(path))["spec"]
+            except (OSError, ValueError, KeyError, TypeError):
                 spec = {}
             cg = cgmod.StepCgroup(self.scope, job_id, step_id, self.mode)
             run = StepRun(job_id, step_id, spec, cg, adopted=True)
@@ -253,8 +270,11 @@ class StepManager:
     def _timeout(self, run: StepRun) -> None:
         if not run.reported and not run.killing:
             log.info("step %d.%d exceeded its time limit", run.job_id, run.step_id)
-            self._write_banner(run, f"*** JOB {run.job_id} CANCELLED AT {_now()} DUE TO TIME LIMIT ***")
-            asyncio.ensure_future(self._kill_step(run, 0.0, "TIMEOUT"))
+            self._background(self._time_out(run))
+
+    async def _time_out(self, run: StepRun) -> None:
+        await self._write_banner(run, f"*** JOB {run.job_id} CANCELLED AT {_now()} DUE TO TIME LIMIT ***")
+        await self._kill_step(run, 0.0, "TIMEOUT")
 
     # ------------------------------------------------------------ kill
 
@@ -313,8 +333,8 @@ class StepManager:
         runs = [r for (j, s), r in list(self.steps.items()) if j == msg.job_id and (msg.step_id is None or s == msg.step_id)]
         grace = 0.0 if msg.force else msg.grace
         if msg.banner:
-            for r in runs:
-                self._write_banner(r, msg.banner)
+            await asyncio.gather(*(self._write_banner(r, msg.banner) for r in runs))
+            runs = [r for r in runs if not r.reported]  # ended while the banner was written
         reason = "CANCELLED" if msg.reason == "CANCELLED" else ""
         log.info("kill job %d step %s: %d steps, grace %.1fs, force %s", msg.job_id,
                  "all" if msg.step_id is None else msg.step_id, len(runs), grace, msg.force)  # fmt: skip
@@ -346,15 +366,42 @@ class StepManager:
         finally:
             self.releasing.discard(msg.job_id)
 
-    def _write_banner(self, run: StepRun, text: str) -> None:
-        path = run.spec.get("stderr")
-        if not path:
+    async def _write_banner(self, run: StepRun, text: str) -> None:
+        """Append ``text`` to the step's stderr file as the job's owner: the
+        path is the user's, so root never opens it (a symlink or hard link
+        planted there after the launch reaches only what the owner may write)."""
+        spec = run.spec
+        path = spec.get("stderr")
+        if not path or not isinstance(path, str) or "uid" not in spec:
             return
+        if path_problem({"stderr": path}):
+            log.info("banner of %d.%d not written: relative path %r", run.job_id, run.step_id, path)
+            return
+        who = as_user.owner_of(int(spec["uid"]), int(spec["gid"]), str(spec.get("user") or ""))
+        data = (text + "\n").encode(errors="replace")
         try:
-            with open(path, "a") as f:
-                f.write(text + "\n")
+            pid = as_user.start(who, lambda: as_user.append(path, data, create=True))
         except OSError as e:
-            log.info("cannot write banner to %s: %s", path, e)
+            log.warning("cannot write banner to %s: %s", path, e)
+            return
+        status = await self._child_status(pid, BANNER_TIMEOUT)
+        why = "timed out" if status is None else as_user.exit_error(status)
+        if why:
+            log.info("cannot write banner to %s as uid %d: %s", path, who.uid, why)
+
+    async def _child_status(self, pid: int, timeout: float) -> int | None:
+        """The wait status of our child ``pid`` (reaped by ``reap``), or None
+        once ``timeout`` has passed (the child is then killed)."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.children[pid] = lambda st: fut.done() or fut.set_result(st)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            try:
+                os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid is still ours
+            except ProcessLookupError:
+                pass
+            return None
 
     async def run_epilog(self, env: dict[str, str]) -> bool:
         loop = asyncio.get_running_loop()
@@ -409,10 +456,7 @@ class StepManager:
         uids = sorted({int(r.spec["uid"]) for r in self.steps.values() if "uid" in r.spec})
         path = os.path.join(self.state_dir, "users")
         try:
-            with open(path + ".tmp", "w") as f:
-                f.write("".join(f"{u}\n" for u in uids))
-            os.chmod(path + ".tmp", 0o644)
-            os.replace(path + ".tmp", path)
+            statedir.replace(path, "".join(f"{u}\n" for u in uids).encode())
         except OSError as e:
             log.warning("cannot write %s: %s", path, e)
 

@@ -22,6 +22,7 @@ from crane.cli.cqueue import (
     sort_jobs,
     with_options,
 )
+from crane.text import safe
 
 PROG = "cacct"
 
@@ -104,7 +105,7 @@ def command(**o: Any) -> int:
         print_json(jobs)
         return 0
     for line in render(layout, jobs, header=not o["noheader"]):
-        print(line)
+        print(safe(line))
     return 0
 
 

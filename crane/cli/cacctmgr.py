@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from crane.cli.common import EXIT_ARGS, CliError, call, load_config, print_json, run
+from crane.text import safe, safe_lines
 
 PROG = "cacctmgr"
 
@@ -75,12 +76,12 @@ def body(argv: list[str]) -> int:
 
     opts, rest = split_options(argv)
     if opts["help"]:
-        print(HELP, end="")
+        print(safe_lines(HELP), end="")
         return 0
     if opts["version"]:
         from importlib.metadata import version
 
-        print(f"{PROG} {version('crane')}")
+        print(safe(f"{PROG} {version('crane')}"))
         return 0
     try:
         op = parse_argv(rest)
@@ -94,12 +95,12 @@ def body(argv: list[str]) -> int:
         if opts["json"]:
             print_json(data.get("rows", []))
         else:
-            print(data.get("text", ""))
+            print(safe_lines(str(data.get("text", ""))))  # the controller's table: each line escaped
         return 0
     if opts["json"]:
         print_json({"message": data.get("message", "")})
     elif data.get("message"):
-        print(data["message"])
+        print(safe(str(data["message"])))
     return 0
 
 

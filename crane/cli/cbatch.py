@@ -1,4 +1,11 @@
-"""cbatch: submit a batch job (a script with #CBATCH lines, or --wrap)."""
+"""cbatch: submit a batch job (a script with #CBATCH lines, or --wrap).
+
+Paths are sent absolute: ``-D`` against the submitter's current directory,
+``-o``/``-e`` against the job's working directory (``-D``, else the current
+directory), from the command line and ``#CBATCH`` lines alike; the
+controller refuses relative ones. A job name, path or working directory
+holding a control character is refused here with exit 2 (the controller
+refuses it too)."""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ from typing import Any
 
 import click
 
-from crane.cli.common import CliError, call, click_main, load_config, print_json
+from crane.cli.common import CliError, call, check_text, click_main, load_config, print_json
+from crane.text import safe
 
 PROG = "cbatch"
 
@@ -30,6 +38,19 @@ def script_options(script: str) -> list[str]:
         elif not s.startswith("#"):
             break
     return args
+
+
+def current_dir() -> str:
+    try:
+        return os.getcwd()
+    except OSError as e:
+        raise CliError(f"cannot read the current directory: {e.strerror}") from None
+
+
+def absolute(path: str, base: str) -> str:
+    """``path`` made absolute against ``base`` (itself absolute), normalized
+    lexically (``..`` and ``.`` removed; symlinks are not resolved here)."""
+    return os.path.normpath(os.path.join(base, path))
 
 
 def build_spec(o: dict[str, Any], script: str | None, wrap: str | None) -> dict[str, Any]:
@@ -63,11 +84,13 @@ def build_spec(o: dict[str, Any], script: str | None, wrap: str | None) -> dict[
         spec["exclusive"] = True
     if o.get("hold"):
         spec["hold"] = True
-    cwd = o.get("chdir") or os.getcwd()
-    spec["cwd"] = os.path.abspath(cwd)
+    spec["cwd"] = absolute(o.get("chdir") or ".", current_dir())
     for k in ("stdout", "stderr"):
-        if k in spec and not os.path.isabs(spec[k]):
-            spec[k] = os.path.join(spec["cwd"], spec[k])
+        if k in spec:
+            spec[k] = absolute(spec[k], spec["cwd"])
+    for what, field in (("--job-name", "name"), ("--output", "stdout"), ("--error", "stderr"),
+                        ("the working directory", "cwd")):  # fmt: skip
+        check_text(what, spec.get(field))
     if o.get("export_env", True):
         spec["env"] = {k: v for k, v in os.environ.items() if k == "CRANE_CONF" or not k.startswith("CRANE_")}
     return spec
@@ -126,8 +149,9 @@ def command(script: str | None, wrap: str | None, repeat: int, as_json: bool, co
             if v is not None:
                 merged[k] = v
         opts = merged
-        if not opts.get("job_name"):
-            opts["job_name"] = os.path.basename(script)
+        if not opts.get("job_name"):  # the script's file name, non-printables escaped
+            name = os.path.basename(script)
+            opts["job_name"] = safe(name)
     spec = build_spec(opts, text, wrap)
     from crane import messages as m
 
@@ -137,9 +161,9 @@ def command(script: str | None, wrap: str | None, repeat: int, as_json: bool, co
     if as_json:
         print_json({"job_id": ids[0]} if repeat == 1 else {"job_ids": ids})
     elif repeat == 1:
-        print(f"Job id allocated: {ids[0]}.")
+        print(safe(f"Job id allocated: {ids[0]}."))
     else:
-        print(f"Job ids allocated: {ids[0]}-{ids[-1]}.")
+        print(safe(f"Job ids allocated: {ids[0]}-{ids[-1]}."))
     return 0
 
 

@@ -17,11 +17,13 @@ from crane.cli.common import (
     CliError,
     call,
     call_until_answered,
+    check_text,
     click_main,
     load_config,
     print_json,
     run,
 )
+from crane.text import safe
 
 PROG = "ccancel"
 
@@ -63,6 +65,7 @@ def check_combinations(o: dict[str, Any]) -> None:
         raise CliError("--signal cannot be combined with --force")
     if o["message"] is not None and len(o["message"]) > 320:
         raise CliError("--message is longer than 320 characters")
+    check_text("--message", o["message"])
     if o["grace"] is not None and o["force"]:
         raise CliError("--grace cannot be combined with --force")
 
@@ -102,7 +105,7 @@ def wait_terminal(cfg: Any, job_ids: list[int], progress: bool) -> None:
         left = len(data["jobs"])
         done = total - left
         bar = "#" * (30 * done // total)
-        sys.stderr.write(f"\rccancel: waiting [{bar:<30}] {done}/{total}")
+        sys.stderr.write("\r" + safe(f"ccancel: waiting [{bar:<30}] {done}/{total}"))
         sys.stderr.flush()
         if left == 0:
             break
@@ -210,7 +213,7 @@ def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
         end_state=(o["end_state"] or "CANCELLED").upper(), dry_run=o["dry_run"] or o["interactive"],
     )  # fmt: skip
     if verbose:
-        print(f"ccancel: selecting ids={job_ids or '-'} filters={filters}", file=sys.stderr)
+        print(safe(f"ccancel: selecting ids={job_ids or '-'} filters={filters}"), file=sys.stderr)
     t0 = time.monotonic()
     res = call(cfg, req)
     if o["interactive"] and not o["dry_run"]:
@@ -218,8 +221,8 @@ def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
     if req.dry_run:
         return _print_dry_run(res, o["as_json"])
     if verbose:
-        print(f"ccancel: controller answered in {1000 * (time.monotonic() - t0):.1f} ms "
-              "(every cancel is on disk)", file=sys.stderr)  # fmt: skip
+        print(safe(f"ccancel: controller answered in {1000 * (time.monotonic() - t0):.1f} ms "
+                   "(every cancel is on disk)"), file=sys.stderr)  # fmt: skip
     if o["wait"] and res["cancelled"]:
         jobs = [c["job_id"] for c in res["cancelled"] if not c["steps"]]
         steps = [c for c in res["cancelled"] if c["steps"]]
@@ -229,13 +232,13 @@ def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
             for s in c["steps"]:
                 call_until_answered(cfg, m.WaitStep(c["job_id"], s))
         if verbose:
-            print(f"ccancel: all selected jobs terminal after {1000 * (time.monotonic() - t0):.1f} ms",
+            print(safe(f"ccancel: all selected jobs terminal after {1000 * (time.monotonic() - t0):.1f} ms"),
                   file=sys.stderr)  # fmt: skip
     if o["as_json"]:
         print_json({"cancelled": res["cancelled"], "not_cancelled": res["not_cancelled"], "dry_run": False})
     else:
         for line in format_result(res, o["quiet"], o["signal"] and o["signal"].upper()):
-            print(line)
+            print(safe(line))
     return EXIT_PARTIAL if res["not_cancelled"] else 0
 
 
@@ -248,11 +251,11 @@ def _print_dry_run(res: dict[str, Any], as_json: bool) -> int:
         })  # fmt: skip
     else:
         for j in res["would_cancel"]:
-            print(f"Would cancel job {j['job_id']} (name={j['name']}, partition={j['partition']}, state={j['state']}).")
+            print(safe(f"Would cancel job {j['job_id']} (name={j['name']}, partition={j['partition']}, state={j['state']})."))
         for s in res["would_cancel_steps"]:
-            print(f"Would cancel step {s['job_id']}.{s['step_id']} (name={s['name']}, partition={s['partition']}, state={s['state']}).")
+            print(safe(f"Would cancel step {s['job_id']}.{s['step_id']} (name={s['name']}, partition={s['partition']}, state={s['state']})."))
         for line in format_result({"cancelled": [], "not_cancelled": res["not_cancelled"]}, True, None):
-            print(line)
+            print(safe(line))
     return EXIT_PARTIAL if res["not_cancelled"] else 0
 
 
@@ -262,11 +265,11 @@ def _confirm(cfg: Any, req: Any, res: dict[str, Any]) -> dict[str, Any]:
         raise CliError("--interactive needs a terminal")
     chosen: list[list[int | None]] = []
     for j in res["would_cancel"]:
-        answer = input(f"Cancel job {j['job_id']} ({j['name']}, {j['partition']})? [y/N] ")
+        answer = input(safe(f"Cancel job {j['job_id']} ({j['name']}, {j['partition']})? [y/N] "))
         if answer.strip().lower() in ("y", "yes"):
             chosen.append([j["job_id"], None])
     for s in res["would_cancel_steps"]:
-        answer = input(f"Cancel step {s['job_id']}.{s['step_id']} ({s['name']}, {s['partition']})? [y/N] ")
+        answer = input(safe(f"Cancel step {s['job_id']}.{s['step_id']} ({s['name']}, {s['partition']})? [y/N] "))
         if answer.strip().lower() in ("y", "yes"):
             chosen.append([s["job_id"], s["step_id"]])
     if not chosen:

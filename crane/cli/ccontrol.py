@@ -18,10 +18,12 @@ from crane.cli.common import (
     EXIT_INTERNAL,
     CliError,
     call,
+    check_text,
     click_main,
     load_config,
     print_json,
 )
+from crane.text import safe
 
 PROG = "ccontrol"
 
@@ -48,7 +50,24 @@ def _bool(x: Any) -> str:
 # --------------------------------------------------------------------------- show
 
 
-def format_job(j: dict[str, Any], now: float) -> str:
+def _block(lines: list[str]) -> list[str]:
+    """A record's lines as printed: the first, then the rest indented."""
+    return lines[:1] + ["   " + ln for ln in lines[1:]]
+
+
+def print_blocks(blocks: list[list[str]]) -> None:
+    """Records separated by a blank line; every line escaped on its own (a
+    newline inside a value prints as ``\\n``, not as a new line)."""
+    if not blocks:
+        print()
+    for i, block in enumerate(blocks):
+        if i:
+            print()
+        for line in block:
+            print(safe(line))
+
+
+def format_job(j: dict[str, Any], now: float) -> list[str]:
     from crane.cli.cqueue import elapsed, fmt_time, nodelist
     from crane.ids import format_duration, format_memory
 
@@ -85,10 +104,10 @@ def format_job(j: dict[str, Any], now: float) -> str:
             + (f" CancelledBy={s['cancelled_by']}" if s.get("cancelled_by") else "")
             + (f" Reason={s['reason']}" if s.get("reason") else "")
         )
-    return "\n".join(lines[:1] + ["   " + ln for ln in lines[1:]])
+    return _block(lines)
 
 
-def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> str:
+def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> list[str]:
     from crane.ids import format_memory
 
     in_parts = [p["name"] for p in parts if n["name"] in p["nodes"]]
@@ -101,10 +120,10 @@ def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> str:
         f"Cgroup={_v(n.get('cgroup'))}",
         f"Reason={_v(n.get('reason'))}",
     ]
-    return "\n".join(lines[:1] + ["   " + ln for ln in lines[1:]])
+    return _block(lines)
 
 
-def format_partition(p: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> str:
+def format_partition(p: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> list[str]:
     from crane.ids import compress_nodes
 
     members = [nodes[n] for n in p["nodes"] if n in nodes]
@@ -119,7 +138,7 @@ def format_partition(p: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> str
         f"AllocCPUs={sum(int(n['cpus_alloc']) for n in members)}",
         f"NodeStates={_v(','.join(f'{k}:{v}' for k, v in sorted(counts.items())))}",
     ]
-    return "\n".join(lines[:1] + ["   " + ln for ln in lines[1:]])
+    return _block(lines)
 
 
 def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
@@ -145,12 +164,12 @@ def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
             print_json({"jobs": jobs})
         else:
             now = time.time()
-            print("\n\n".join(format_job(j, now) for j in jobs))
+            print_blocks([format_job(j, now) for j in jobs])
         if missing:
             if len(missing) == 1 and not jobs:
                 raise CliError(f"Job {missing[0]} not found", EXIT_INTERNAL)
             for i in missing:
-                print(f"{PROG}: error: Job {i} not found", file=sys.stderr)
+                print(safe(f"{PROG}: error: Job {i} not found"), file=sys.stderr)
             return EXIT_INTERNAL
         return 0
     data = call(cfg, m.QueryNodes())
@@ -171,7 +190,7 @@ def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
         if as_json:
             print_json({"nodes": nodes})
         else:
-            print("\n\n".join(format_node(n, parts) for n in nodes))
+            print_blocks([format_node(n, parts) for n in nodes])
         return 0
     if name is not None:
         parts = [p for p in parts if p["name"] == name]
@@ -180,7 +199,7 @@ def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
     if as_json:
         print_json({"partitions": parts})
     else:
-        print("\n\n".join(format_partition(p, by_name) for p in parts))
+        print_blocks([format_partition(p, by_name) for p in parts])
     return 0
 
 
@@ -237,6 +256,7 @@ def update(cfg: Any, args: list[str]) -> int:
         names = expand_nodes(kv["nodename"])
     except ValueError as e:
         raise CliError(str(e), EXIT_ARGS) from None
+    check_text("Reason", kv.get("reason"))
     for node in names:
         a: dict[str, Any] = {"node": node, "state": state}
         if kv.get("reason"):
@@ -259,7 +279,7 @@ def job_action(cfg: Any, action: str, args: list[str]) -> int:
             text = str(e) if str(job_id) in str(e) else f"Job {job_id}: {e}"
             if len(ids) == 1:
                 raise CliError(text, e.code) from None
-            print(f"{PROG}: error: {text}", file=sys.stderr)
+            print(safe(f"{PROG}: error: {text}"), file=sys.stderr)
             code = code or e.code
     return code
 

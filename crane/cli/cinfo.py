@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
+from crane.text import safe
 
 PROG = "cinfo"
 
@@ -39,12 +40,14 @@ def parse_node_states(text: str) -> set[str]:
 
 
 def table(header: list[str], rows: list[list[str]], with_header: bool) -> list[str]:
+    """Aligned lines; every cell escaped with :func:`safe` before it is measured."""
     lines = [header] if with_header else []
     lines += rows
     if not lines:
         return []
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    return [" ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines]
+    cells = [[safe(c) for c in r] for r in lines]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return [" ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
 
 
 def _order(state: str) -> tuple[int, str]:
@@ -143,7 +146,7 @@ def command(partition: str | None, nodes: str | None, states: str | None, node_o
         header = ["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]
         rows = partition_rows(parts, by_name, want_states)
     for line in table(header, rows, not noheader):
-        print(line)
+        print(safe(line))
     return 0
 
 

@@ -1,12 +1,21 @@
 """What every CLI shares: exit codes, the one-line error format, finding the
 config, and one request to the controller. Imports are kept lazy so that a
-CLI pays only for what it uses."""
+CLI pays only for what it uses.
+
+Terminal output: every line a CLI prints goes through :func:`crane.text.safe`
+(tables, views, errors, dry-run lists) or is JSON from :func:`json_text`, so
+no control character stored in a record or echoed in an error reaches a
+terminal raw (tests/test_security_terminal.py checks the modules' print
+calls).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from crane.text import check_no_control, safe, safe_lines
 
 if TYPE_CHECKING:
     from crane import messages as m
@@ -27,8 +36,18 @@ class CliError(Exception):
 
 
 def die(prog: str, message: str, code: int) -> NoReturn:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(safe(f"{prog}: error: {message}"), file=sys.stderr)
     sys.exit(code)
+
+
+def check_text(what: str, value: str | None) -> None:
+    """Refuse a name, message or path holding a control character before
+    sending it (exit 2); the controller refuses it too, this only gives the
+    error without a round trip."""
+    if value is not None:
+        reason = check_no_control(what, value)
+        if reason is not None:
+            raise CliError(reason, EXIT_ARGS)
 
 
 def load_config(path: str | None) -> Config:
@@ -93,8 +112,15 @@ def run(prog: str, fn: Any, *args: Any, **kw: Any) -> NoReturn:
     sys.exit(code or 0)
 
 
+def json_text(obj: Any) -> str:
+    """JSON with every character outside printable ASCII escaped (``\\u001b``,
+    ``\\u007f``, ``\\u009b``, ``\\u202e``...): ``ensure_ascii`` does exactly
+    that, and ``json.loads`` gives the original strings back."""
+    return json.dumps(obj, sort_keys=False, ensure_ascii=True)
+
+
 def print_json(obj: Any) -> None:
-    print(json.dumps(obj, sort_keys=False))
+    print(json_text(obj))
 
 
 def click_main(command: Any, prog: str) -> NoReturn:
@@ -104,7 +130,7 @@ def click_main(command: Any, prog: str) -> NoReturn:
     try:
         rv = command.main(prog_name=prog, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
-        print(e.format_message() if hasattr(e, "format_message") else str(e))
+        print(safe_lines(e.format_message() if hasattr(e, "format_message") else str(e)))
         sys.exit(EXIT_ARGS)
     except click.UsageError as e:
         die(prog, e.format_message(), EXIT_ARGS)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
+from crane.text import safe
 
 PROG = "cqueue"
 
@@ -304,9 +305,11 @@ def default_layout(columns: list[tuple[str, Getter]]) -> list[str | Field]:
 def render(
     layout: list[str | Field], records: list[Job], header: bool, now: float | None = None
 ) -> list[str]:
+    """The table's lines, every value (and literal of a ``-o`` format)
+    escaped with :func:`safe` before it is measured and padded."""
     now = time.time() if now is None else now
     fields = [p for p in layout if isinstance(p, Field)]
-    values = [[f.get(r, now) for f in fields] for r in records]
+    values = [[safe(f.get(r, now)) for f in fields] for r in records]
     widths = []
     for i, f in enumerate(fields):
         if f.width is not None:
@@ -319,7 +322,7 @@ def render(
         k = 0
         for p in layout:
             if isinstance(p, str):
-                parts.append(p)
+                parts.append(safe(p))
                 continue
             text, w = cells[k], widths[k]
             if p.width is not None:
@@ -328,7 +331,7 @@ def render(
             k += 1
         return "".join(parts).rstrip()
 
-    lines = [line([f.header for f in fields])] if header else []
+    lines = [line([safe(f.header) for f in fields])] if header else []
     lines += [line(v) for v in values]
     return lines
 
@@ -400,7 +403,7 @@ def command(**o: Any) -> int:
         layout = layout or default_layout(QUEUE_COLUMNS)
         records = jobs
     for line in render(layout, records, header=not o["noheader"]):
-        print(line)
+        print(safe(line))
     return 0
 
 

@@ -3,14 +3,28 @@ one-machine cluster (SPEC §2)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from crane.cli.common import CliError, click_main
+from crane.text import safe
 
 PROG = "crane"
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """An unsafe cluster or key directory (or a failed file operation) is one error line."""
+    from crane.local import UnsafeDirError
+
+    try:
+        yield
+    except (UnsafeDirError, OSError, ValueError) as e:
+        raise CliError(str(e), 1) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +45,7 @@ def local() -> None:
 @click.option("--dir", "base", type=click.Path(file_okay=False))
 @click.option("--preempt-mode", type=click.Choice(["CANCEL", "REQUEUE", "SUSPEND", "OFF"], case_sensitive=False), default="CANCEL")
 @click.option("--epilog", type=click.Path(dir_okay=False))
+@_refusals()
 def up(nodes: int, cpus: int, memory: str, base: str | None, preempt_mode: str, epilog: str | None) -> None:
     """Start a local cluster and print how to use it."""
     from crane.local import LocalCluster, default_dir, make_config
@@ -52,12 +67,13 @@ def up(nodes: int, cpus: int, memory: str, base: str | None, preempt_mode: str, 
     except (TimeoutError, RuntimeError) as e:
         lc.down()
         raise CliError(str(e), 1) from None
-    print(f"Local cluster up: {nodes} nodes, config {lc.config_path}")
-    print(f"export CRANE_CONF={lc.config_path}")
+    print(safe(f"Local cluster up: {nodes} nodes, config {lc.config_path}"))
+    print(safe(f"export CRANE_CONF={lc.config_path}"))
 
 
 @local.command()
 @click.option("--dir", "base", type=click.Path(file_okay=False))
+@_refusals()
 def down(base: str | None) -> None:
     """Cancel every job and stop the local cluster."""
     from crane.local import LocalCluster, default_dir
@@ -71,6 +87,7 @@ def down(base: str | None) -> None:
 
 @local.command()
 @click.option("--dir", "base", type=click.Path(file_okay=False))
+@_refusals()
 def status(base: str | None) -> None:
     """Show the local cluster's processes and nodes."""
     from crane.local import LocalCluster, default_dir
@@ -81,19 +98,20 @@ def status(base: str | None) -> None:
     if not pids:
         raise CliError(f"no local cluster in {lc.base}", 1)
     for key, pid in sorted(pids.items()):
-        print(f"{key:<20} pid {pid:<8} {'running' if pid_alive(pid) else 'dead'}")
+        print(safe(f"{key:<20} pid {pid:<8} {'running' if pid_alive(pid) else 'dead'}"))
     try:
         for n, st in sorted(lc.nodes_state().items()):
-            print(f"{n:<20} {st}")
+            print(safe(f"{n:<20} {st}"))
     except CliError as e:
-        print(f"controller: {e}")
-    print(f"export CRANE_CONF={lc.config_path}")
+        print(safe(f"controller: {e}"))
+    print(safe(f"export CRANE_CONF={lc.config_path}"))
 
 
 @command.command()
 @click.option("-C", "--config")
 @click.option("--force", is_flag=True, help="replace existing keys")
 @click.argument("nodes", required=False)
+@_refusals()
 def keygen(config: str | None, force: bool, nodes: str | None) -> None:
     """Write CurveZMQ keys for the controller and the nodes (Auth.CurveKeyDir)."""
     from crane import keys
@@ -109,9 +127,9 @@ def keygen(config: str | None, force: bool, nodes: str | None) -> None:
         raise CliError(str(e)) from None
     written = keys.generate(cfg.curve_key_dir, names, force)
     for path in written:
-        print(f"wrote {path}")
-    print(f"{len(written)} key files written in {cfg.curve_key_dir}; copy nodes/<node>.key_secret "
-          "and controller.key to each node's key directory")
+        print(safe(f"wrote {path}"))
+    print(safe(f"{len(written)} key files written in {cfg.curve_key_dir}; copy nodes/<node>.key_secret "
+               "and controller.key to each node's key directory"))
 
 
 def main() -> None:

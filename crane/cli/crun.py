@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from crane.cli.common import CliError, call, call_until_answered, click_main, load_config
+from crane.cli.common import (
+    CliError,
+    call,
+    call_until_answered,
+    check_text,
+    click_main,
+    load_config,
+)
+from crane.text import safe
 
 PROG = "crun"
 WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "10"))  # seconds
@@ -28,17 +36,23 @@ def command(cpus_per_task: int, jobid: int | None, config: str | None, argv: tup
     job_id = jobid or int(os.environ.get("CRANE_JOB_ID", "0") or 0)
     if not job_id:
         raise CliError("not inside an allocation: CRANE_JOB_ID is not set (or use --jobid)")
+    try:
+        cwd = os.getcwd()  # absolute: the step starts where crun was run
+    except OSError as e:
+        raise CliError(f"cannot read the current directory: {e.strerror}") from None
+    check_text("the working directory", cwd)
     cfg = load_config(config)
     env = {k: v for k, v in os.environ.items()}
-    started: dict[str, Any] = call(cfg, m.StartStep(job_id, list(argv), cpus_per_task, env, os.getcwd()))
+    started: dict[str, Any] = call(cfg, m.StartStep(job_id, list(argv), cpus_per_task, env, cwd))
     step_id = int(started["step_id"])
-    print(f"crun: step {job_id}.{step_id} started on {started.get('node')}", file=sys.stderr) if os.environ.get("CRUN_VERBOSE") else None
+    if os.environ.get("CRUN_VERBOSE"):
+        print(safe(f"crun: step {job_id}.{step_id} started on {started.get('node')}"), file=sys.stderr)
     done = wait_step(cfg, job_id, step_id)
     st = done["step"]
     state = st.get("state")
     code = int(st.get("exit_code") or 0)
     if state == "CANCELLED":
-        print(f"crun: step {job_id}.{step_id} cancelled", file=sys.stderr)
+        print(safe(f"crun: step {job_id}.{step_id} cancelled"), file=sys.stderr)
         return code or 130
     if state not in ("COMPLETED",) and code == 0:
         return 1
