@@ -65,6 +65,11 @@ class Config:
     max_submit_jobs_per_user: int = 10_000  # active (pending, running, ...) jobs of one user
     max_waits_per_user: int = 64  # WaitJobs/WaitStep requests one user may have pending
     max_step_count: int = 40_000  # steps of one job (Slurm's MaxStepCount)
+    # after a user's last job on a host ends, the agent kills that user's
+    # processes outside any job (crane/agent/sweep.py), except these users'
+    sweep_strays: bool = True
+    sweep_min_uid: int = 1000  # uids below it (system accounts) are never swept nor adopted
+    exempt_users: list[str] = field(default_factory=list)
 
     def resolve(self, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(self.base_dir, rel)
@@ -119,9 +124,11 @@ _KEYS = {
     "MaxSubmitJobsPerUser": ("max_submit_jobs_per_user", int),
     "MaxWaitsPerUser": ("max_waits_per_user", int),
     "MaxStepCount": ("max_step_count", int),
+    "SweepStrays": ("sweep_strays", bool),
+    "SweepMinUid": ("sweep_min_uid", int),
 }
 _AT_LEAST_ONE = ("MaxJobCount", "MaxSubmitJobsPerUser", "MaxWaitsPerUser", "MaxStepCount")
-_STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth"}
+_STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth", "ExemptUsers"}
 PREEMPT_TYPES = ("none", "qos", "partition")
 PREEMPT_MODES = ("OFF", "CANCEL", "REQUEUE", "SUSPEND")
 
@@ -142,6 +149,18 @@ def _typed(key: str, value: Any, typ: type) -> Any:
     if typ is str and isinstance(value, str | int) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+
+
+def _user_names(key: str, value: Any) -> list[str]:
+    """A list of user names (printable, no spaces); absent or null is empty."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of user names, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not name or not name.isprintable() or name.strip() != name or " " in name:
+            raise ConfigError(f"{key}: not a user name: {name!r}")
+    return list(value)
 
 
 def find_path(explicit: str | None) -> str:
@@ -179,6 +198,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
     for key in _AT_LEAST_ONE:
         if getattr(cfg, _KEYS[key][0]) < 1:
             raise ConfigError(f"{key}: must be at least 1")
+    cfg.exempt_users = _user_names("ExemptUsers", raw.get("ExemptUsers"))
     if not os.path.isabs(cfg.base_dir):
         cfg.base_dir = os.path.abspath(os.path.join(os.path.dirname(path), cfg.base_dir))
 

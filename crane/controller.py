@@ -116,7 +116,7 @@ class Controller:
         self.agent_endpoint = transport.Endpoint(
             asock, self.on_agent, self.on_agent_bad, router=True, user_ids=curve is not None
         )
-        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM,
+        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM, send_hwm=transport.CLI_REPLY_HWM,
                                       heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
         csock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone client is seen (waiters are dropped)
         self.cli_endpoint = transport.Endpoint(
@@ -124,7 +124,7 @@ class Controller:
         )
         self.munge_endpoint: transport.Endpoint | None = None
         if self.cfg.auth_type == "munge":
-            msock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM,
+            msock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM, send_hwm=transport.CLI_REPLY_HWM,
                                           heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
             msock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.munge_endpoint = transport.Endpoint(
@@ -197,7 +197,22 @@ class Controller:
             self.routes = {r: n for r, n in self.routes.items() if n != name}
             self.routes[peer.identity] = name
         self.metrics["agent_msgs"] += 1
+        if isinstance(msg, m.SessionEvent):
+            self.session_event(name, msg)
+            return
         node.tell(FromAgent(peer.identity, msg))
+
+    def session_event(self, node: str, msg: m.SessionEvent) -> None:
+        """An agent adopted an ssh session into a job or swept a user's strays."""
+        pids = ", ".join(map(str, msg.pids[:20])) + (" ..." if len(msg.pids) > 20 else "")
+        if msg.kind == "adopt":
+            self.metrics["sessions_adopted"] += 1
+            log.info("node %s: session of user %r adopted into job %d (pids %s)", node, msg.user, msg.job, pids)
+        elif msg.kind == "sweep":
+            self.metrics["strays_swept"] += len(msg.pids)
+            log.info("node %s: swept %d processes of user %r after job %d: %s", node, len(msg.pids), msg.user, msg.job, pids)
+        else:
+            log.warning("node %s: unknown session event %r", node, msg.kind[:32])
 
     def on_agent_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
         self.metrics["agent_bad_frames"] += 1
@@ -345,13 +360,17 @@ class Controller:
         ancestors = self.acct.ancestors(job.account) if job.account in self.acct.accounts else []
         return may_act_on_job(caller, job.uid, level, job.account, ancestors)
 
-    def privileged_on(self, caller: Caller, job: Job) -> bool:
-        """Root, or an admin/operator/coordinator with rights over the job by
-        their level or account (not merely as its owner): who may release
-        an admin hold."""
-        if caller.uid == 0:
-            return True
-        return self.may_act(dataclasses.replace(caller, uid=-1), job)
+    def hold_rank(self, caller: Caller, job: Job) -> int:
+        """The caller's rank for holds on ``job``: 2 root, an admin or an
+        operator over the job; 1 a coordinator over it; 0 its owner as such."""
+        if caller.uid == 0 or caller.admin_level == "admin":
+            return 2
+        as_other = dataclasses.replace(caller, uid=-1)  # rights not merely from owning it
+        if caller.admin_level == "operator" and self.may_act(as_other, job):
+            return 2
+        if self.may_act(dataclasses.replace(as_other, admin_level="none"), job):
+            return 1
+        return 0
 
     def qos_priority(self, qos: str | None) -> int:
         q = self.acct.qos.get(qos or "")

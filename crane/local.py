@@ -251,6 +251,9 @@ def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G", **
         "HeartbeatInterval": 1,
         "CranedTimeout": 30,
         "Auth": {"Type": "local", "CurveKeyDir": "keys"},
+        # a local cluster runs on the user's own machine: sweeping a user's
+        # processes after their last job would kill their shells and tools
+        "SweepStrays": False,
     }
     cfg.update(extra)
     return cfg

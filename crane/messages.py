@@ -296,6 +296,19 @@ class JobReleased(Message):
     kill_failed: bool = False
 
 
+@dataclass(slots=True)
+class SessionEvent(Message):
+    """The agent adopted a login session into a job (``adopt``: the session's
+    process) or ended a user's processes left outside any job after their
+    last job on the host (``sweep``: the processes signalled)."""
+
+    node: str
+    kind: str  # adopt | sweep
+    user: str
+    job: int
+    pids: list[int] = field(default_factory=list)
+
+
 # ---------------------------------------------------------------- controller -> agent
 
 

@@ -73,6 +73,10 @@ def families(s: dict[str, Any]) -> Iterator[Any]:
     for key, n in sorted(s["counters"].items()):
         ev.add_metric([key], n)
     yield ev
+    yield CounterMetricFamily("crane_sessions_adopted", "ssh sessions adopted into a job's cgroup",
+                              value=s["counters"].get("sessions_adopted", 0))  # fmt: skip
+    yield CounterMetricFamily("crane_strays_swept", "Processes of a user outside any job ended after their last job",
+                              value=s["counters"].get("strays_swept", 0))  # fmt: skip
     msg = CounterMetricFamily("crane_messages", "Messages on the sockets", labels=["socket", "direction"])
     for (sock, direction), n in sorted(s["messages"].items()):
         msg.add_metric([sock, direction], n)

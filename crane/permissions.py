@@ -250,6 +250,9 @@ def _coordinator_denial(
                 checks += [out_of_reach(_account_values(value)), user_wide()]
         if not added:
             return DENIED
+        if target is None and db.passwd.uid_of(name) is None:
+            # records for names no one has: unbounded, and pre-seeded for a future login
+            return f"{DENIED}: {name} is not a user of this system (only an operator or admin adds such a record)"
         checks.insert(0, out_of_reach(added))
     elif target is None:
         return DENIED  # modify/delete of no one: nothing a coordinator reaches

@@ -22,6 +22,12 @@ from crane.client import MAX_REPLY, Client, Unreachable  # noqa: F401  (re-expor
 log = logging.getLogger("crane.transport")
 BATCH = 256
 CLI_HWM = 1000  # per CLI connection: 1000 x MAX_FRAME at worst, a few MB in practice
+# Replies queued per CLI connection. A client that sends many queries and reads
+# no answer makes the controller hold up to this many replies for it; lower
+# values drop answers of legitimate pipelining clients under load (the fuzzer's
+# own clients lost answers at 128), so it stays at CLI_HWM. Known limit: see
+# SECURITY.md.
+CLI_REPLY_HWM = CLI_HWM
 # ZMTP heartbeats on CLI connections. Besides finding dead peers, they close the
 # connections a ROUTER (without handover) parks and never reads: a peer with a
 # fixed routing id whose connection was dropped (e.g. for a frame over MAXMSGSIZE)
@@ -229,7 +235,7 @@ class Replier:
 
 def bind_router(ctx: zmq.Context, address: str, mode: int = 0o666,
                 curve: tuple[bytes, bytes] | None = None, hwm: int = 100_000,
-                heartbeat_ms: int = 0) -> zmq.Socket:  # fmt: skip
+                heartbeat_ms: int = 0, send_hwm: int | None = None) -> zmq.Socket:  # fmt: skip
     """``hwm``: messages queued per connection each way. Past it, ZeroMQ stops
     reading that connection (back-pressure on its sender) and drops replies to
     a peer that does not read them: this bounds what one client can make the
@@ -241,7 +247,7 @@ def bind_router(ctx: zmq.Context, address: str, mode: int = 0o666,
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
     sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.SNDHWM, hwm if send_hwm is None else send_hwm)
     if heartbeat_ms:
         sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, CLI_HEARTBEAT_TIMEOUT_MS)

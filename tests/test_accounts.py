@@ -633,7 +633,7 @@ def test_authorize_with_db(db: AccountDB) -> None:
     carl = caller_from(db, 2000, "carl")
     bob = caller_from(db, 2001, "bob")
     ok = [
-        "add user dan Account=Lab",
+        "add user alice Account=Lab",  # a passwd user, new to the database
         "modify user where Name=bob set Account-=Top",
         "modify user where Name=bob Account=Lab set DefaultAccount=Lab",  # bob is in Lab only
         "add user eve Account=Lab",  # membership in an account carl coordinates
@@ -642,6 +642,7 @@ def test_authorize_with_db(db: AccountDB) -> None:
     for cmd in ok:
         assert authorize(db, carl, parse_argv(shlex.split(cmd))), cmd
     denied = [
+        "add user dan Account=Lab",  # not in passwd: only an operator or admin adds such a record
         "add user dan Account=Else",
         "modify user where Name=eve set Uid=3002",
         "modify user where Name=bob set Uid=2001",  # only an admin sets a Uid

@@ -106,3 +106,41 @@ def test_step_lost_at_reregistration_fails_the_job() -> None:
     mc.handle(ev.AgentStepsEv("n1", []), 2.0)
     mc.handle(ev.ReleasedEv("n1"), 3.0)
     assert mc.job.state == "FAILED" and mc.job.steps[1]["reason"] == "Node re-registered but step lost"
+
+
+def _ok(acts: list[object]) -> dict[str, object] | None:
+    for a in acts:
+        if isinstance(a, ev.Reply):
+            return a.value.data if isinstance(a.value, m.Ok) else None  # type: ignore[no-any-return]
+    return None
+
+
+def test_running_steps_fit_in_the_jobs_cpus() -> None:
+    """Red team: steps were limited one by one, not together, so a 1-CPU
+    job ran 100 steps at once (each with its own copy of the memory limit)."""
+    mc = machine(cpus=2)
+    mc.handle(ev.Allocated(["n1"], 2), 1.0)
+    assert _ok(mc.handle(ev.NewStepEv(["sleep", "9"], 1, {}, "/"), 2.0)) == {"step_id": 2, "node": "n1"}
+    assert _ok(mc.handle(ev.NewStepEv(["sleep", "9"], 1, {}, "/"), 2.0)) == {"step_id": 3, "node": "n1"}
+    refused = mc.handle(ev.NewStepEv(["sleep", "9"], 1, {}, "/"), 2.0)
+    err = [a.value for a in refused if isinstance(a, ev.Reply)][0]
+    assert isinstance(err, m.Error) and "0 of the job's 2 are free" in err.message
+    mc.handle(ev.StepEndedEv("n1", 2, 0, 0, ""), 3.0)
+    assert _ok(mc.handle(ev.NewStepEv(["true"], 1, {}, "/"), 4.0)) == {"step_id": 4, "node": "n1"}
+
+
+def test_the_job_record_keeps_a_bounded_step_history() -> None:
+    """Red team: every step persisted the whole record with every step ever
+    run (quadratic); ended steps beyond the last ENDED_STEPS_KEPT are dropped."""
+    from crane.actors.job import ENDED_STEPS_KEPT, STEP_ARGV_CHARS
+
+    mc = machine(cpus=1)
+    mc.handle(ev.Allocated(["n1"], 1), 1.0)
+    for i in range(ENDED_STEPS_KEPT + 50):
+        data = _ok(mc.handle(ev.NewStepEv(["x" * 1000] * 50, 1, {}, "/"), 2.0 + i))
+        assert data is not None
+        mc.handle(ev.StepEndedEv("n1", int(data["step_id"]), 0, 0, ""), 2.5 + i)  # type: ignore[call-overload]
+    steps = mc.job.steps
+    assert 1 in steps and len(steps) <= ENDED_STEPS_KEPT + 2
+    assert max(steps) == ENDED_STEPS_KEPT + 51  # the newest are kept
+    assert all(sum(len(a) for a in st["argv"]) <= STEP_ARGV_CHARS for st in steps.values())

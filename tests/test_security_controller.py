@@ -309,3 +309,34 @@ def test_database_and_state_are_not_readable_by_other_users(opened: Cluster) -> 
         assert str(jid) in c.ok("cqueue", user="alice")
     finally:
         force_cancel(c, jid)
+
+
+def test_a_coordinator_does_not_release_an_operators_hold(
+    make_cluster: Callable[..., Cluster], users: dict[str, int]
+) -> None:
+    """Attack (red team): a coordinator of the job's account released the hold
+    root had put on a member's job; holds now carry the holder's rank."""
+    c = make_cluster(nodes=1, cpus=2)
+    open_ancestors(c.base)
+    acct(c, "add", "account", "rthold")
+    acct(c, "add", "user", "alice", "Account=rthold")
+    acct(c, "add", "user", "carol", "Account=rthold", "Coordinator=true")
+    held_by_root = c.submit("-H", "-A", "rthold", wrap="true", user="alice")
+    c.ok("ccontrol", "hold", str(held_by_root))  # root: an admin hold
+    r = c.run("ccontrol", "release", str(held_by_root), user="carol")
+    assert r.returncode == 4 and "Permission denied" in r.stderr, r
+    c.ok("ccontrol", "hold", str(held_by_root), user="carol")  # her hold does not lower root's
+    r = c.run("ccontrol", "release", str(held_by_root), user="carol")
+    assert r.returncode == 4 and "Permission denied" in r.stderr, r
+    assert c.job(held_by_root)["reason"] == "JobHeldAdmin"  # type: ignore[index]
+    # a coordinator's own hold on a member's job: she may release it, the owner may not
+    held_by_carol = c.submit("-H", "-A", "rthold", wrap="true", user="alice")
+    c.ok("ccontrol", "hold", str(held_by_carol), user="carol")
+    assert c.job(held_by_carol)["reason"] == "JobHeldAdmin"  # type: ignore[index]
+    r = c.run("ccontrol", "release", str(held_by_carol), user="alice")
+    assert r.returncode == 4 and "Permission denied" in r.stderr, r
+    c.ok("ccontrol", "release", str(held_by_carol), user="carol")
+    c.ok("ccontrol", "release", str(held_by_root))
+    c.wait_state(held_by_carol, "COMPLETED", timeout=60)
+    c.wait_state(held_by_root, "COMPLETED", timeout=60)
+

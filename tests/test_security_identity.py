@@ -329,12 +329,13 @@ def test_coordinator_reach_covers_every_account_of_the_user() -> None:
     # what a coordinator may still do: membership in the accounts it coordinates
     for cmd in (
         "add user carol Account=Lab",
-        "add user dan Account=Lab",
         "delete user bob Account=Lab",
         "modify user where Name=bob set Account-=Lab",
     ):
         assert denial(db, alice, parse_argv(cmd.split())) is None, cmd
         assert authorize(db, alice, parse_argv(cmd.split())), cmd
+    # red team: records for names passwd does not know, without bound
+    assert "not a user of this system" in _denied(db, alice, "add user dan Account=Lab")
 
 
 def test_the_user_checked_is_the_user_changed() -> None:

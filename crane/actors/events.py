@@ -89,7 +89,7 @@ class SetReason:
 class ControlEv:
     action: str  # hold | release | requeue | suspend | resume
     reply: asyncio.Future[Any] | None = None
-    admin: bool = False  # hold: an admin hold; release: the caller may release an admin hold
+    rank: int = 0  # hold/release: the caller's rank over the job (0 owner, 1 coordinator, 2 operator/admin/root)
 
 
 # ------------------------------------------------------------------ events to the scheduler

@@ -356,16 +356,15 @@ class Frontend:
         if msg.action in ("suspend", "resume") and caller.admin_level == "none":
             reply(m.Error(4, "Permission denied"))
             return
-        # hold: on another's job (an admin, operator or coordinator) it is an
-        # admin hold (JobHeldAdmin); the owner's own is a user hold. release:
-        # an admin hold only by root or one privileged over the job.
-        if msg.action == "hold":
-            admin = caller.uid != actor.job.uid
-        else:
-            admin = msg.action == "release" and ctl.privileged_on(caller, actor.job)
+        # A hold on another's job is an admin hold (JobHeldAdmin) of the
+        # holder's rank; the owner's own is a user hold (rank 0). A release
+        # needs at least the rank of the hold: a coordinator does not undo an
+        # operator's, an admin's or root's hold.
+        own_hold = msg.action == "hold" and caller.uid == actor.job.uid
+        rank = 0 if own_hold else ctl.hold_rank(caller, actor.job)
         fut = ctl.loop.create_future()
         fut.add_done_callback(lambda f: ctl.store.barrier(lambda: reply(f.result())))
-        actor.tell(ev.ControlEv(msg.action, fut, admin))
+        actor.tell(ev.ControlEv(msg.action, fut, rank))
 
     def on_AcctOp(self, caller: Any, msg: m.AcctOp, rid: str, reply: Any) -> None:
         err = untrusted.check_strings("cacctmgr value", msg.op)

@@ -61,7 +61,7 @@ class Job:
     end_reason: str = ""  # TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | LOST
     cancel: dict[str, Any] | None = None  # who/when/why/how: the durable cancel intent
     held: bool = False
-    admin_hold: bool = False  # held by root or by someone other than the owner (JobHeldAdmin)
+    admin_hold: int = 0  # 0, or the rank of who held it if not the owner (JobHeldAdmin): 1 coordinator, 2 operator/admin/root
     requeue_count: int = 0
     # what the batch step runs: {"script", "argv", "env"}. Written once at
     # submission (store.put_launch), dropped from memory once committed and
@@ -110,7 +110,28 @@ class Job:
         }
 
 
-STEP_ARGV_CHARS = 256
+STEP_ARGV_CHARS = 256  # of a step's command line, kept in the job record
+ENDED_STEPS_KEPT = 256  # ended steps kept in the job record (the oldest go first)
+
+
+def _argv_summary(argv: list[str]) -> list[str]:
+    """The first arguments of a step, at most STEP_ARGV_CHARS in all."""
+    shown: list[str] = []
+    room = STEP_ARGV_CHARS
+    for a in argv:
+        if room <= 0:
+            break
+        shown.append(a[:room])
+        room -= len(shown[-1]) + 1
+    return shown
+
+
+def _prune_ended_steps(steps: dict[int, dict[str, Any]]) -> None:
+    """Keep the record bounded: every running step, the batch step, and the
+    last ENDED_STEPS_KEPT ended ones (each new step persists the record)."""
+    ended = [sid for sid, st in steps.items() if sid != 1 and st.get("state") != "RUNNING"]
+    for sid in sorted(ended)[: max(len(ended) - ENDED_STEPS_KEPT, 0)]:
+        del steps[sid]
 _RECORD_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "launch")
 _get_record = operator.attrgetter(*_RECORD_FIELDS)  # one C call for the whole record
 
@@ -186,9 +207,16 @@ class JobMachine:
             return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is being cancelled: no new steps"))]
         if e.cpus > j.cpus:
             return [ev.Reply(e.reply, m.Error(2, f"step asks {e.cpus} cpus, the job has {j.cpus}"))]
+        # steps share the allocation (the batch step, 1, is the job's shell, as
+        # in Slurm): the running ones together fit in the job's CPUs
+        busy = sum(int(st.get("cpus") or 0) for sid, st in j.steps.items() if sid != 1 and st.get("state") == "RUNNING")
+        if busy + e.cpus > j.cpus:
+            free = max(j.cpus - busy, 0)
+            return [ev.Reply(e.reply, m.Error(4, f"step asks {e.cpus} cpus, {free} of the job's {j.cpus} are free (running steps hold the rest)"))]
         sid = j.next_step
         j.next_step += 1
-        shown = [a[:STEP_ARGV_CHARS] for a in e.argv[:8]]  # the record keeps a bounded summary
+        shown = _argv_summary(e.argv)  # the record keeps a bounded summary
+        _prune_ended_steps(j.steps)
         j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
         spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus)
         return [
@@ -304,18 +332,18 @@ class JobMachine:
     @on(ev.ControlEv)
     def _on_ControlEv(self, e: ev.ControlEv, now: float) -> list[Any]:
         j = self.job
-        if e.action == "hold":  # e.admin: an admin hold (an owner's hold never lowers one)
+        if e.action == "hold":  # e.rank: an admin hold's rank (a lower one never lowers a hold)
             if j.state != "PENDING":
                 return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not pending"))]
-            j.admin_hold = e.admin or (j.held and j.admin_hold)
+            j.admin_hold = max(e.rank, int(j.admin_hold) if j.held else 0)
             j.held, j.reason = True, "JobHeldAdmin" if j.admin_hold else "JobHeldUser"
             return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
-        if e.action == "release":  # e.admin: the caller may release an admin hold
+        if e.action == "release":  # e.rank: the caller's rank; an admin hold needs as much
             if not j.held:
                 return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not held"))]
-            if j.admin_hold and not e.admin:
+            if int(j.admin_hold) > e.rank:
                 return [ev.Reply(e.reply, m.Error(4, "Permission denied"))]
-            j.held, j.admin_hold, j.reason = False, False, ""
+            j.held, j.admin_hold, j.reason = False, 0, ""
             return [ev.ToScheduler(ev.Enqueue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
         if e.action in ("suspend", "resume"):
             want = e.action == "suspend"

@@ -18,8 +18,10 @@ from crane import messages as m
 from crane import transport
 from crane.agent import cgroup as cgmod
 from crane.agent.launcher import set_child_subreaper
+from crane.agent.sessions import SessionService
 from crane.agent.statedir import StateDirError
 from crane.agent.steps import StepManager
+from crane.agent.sweep import Sweeper
 from crane.config import Config, ConfigError, load
 
 log = logging.getLogger("craned")
@@ -34,6 +36,10 @@ class Agent:
         self.state_dir = os.path.join(cfg.resolve(cfg.craned_state_dir), node)
         epilog = cfg.resolve(cfg.epilog) if cfg.epilog else ""  # never relative to our cwd
         self.steps = StepManager(node, self.scope, self.state_dir, self.mode, self.send, epilog)
+        self.sweeper = Sweeper(node, self.state_dir, cfg.sweep_strays, cfg.sweep_min_uid, cfg.exempt_users,
+                               cfg.kill_wait, self.steps.has_step, self.send)  # fmt: skip
+        self.steps.on_release = lambda job, uid: self.sweeper.job_released(job, uid, self.mode)
+        self.sessions = SessionService(node, self.state_dir, self.mode, self.steps, self.sweeper.exempt, self.send)
         self.ctx = zmq.Context()
         self.endpoint: transport.Endpoint | None = None
         self.registered = False
@@ -105,9 +111,11 @@ class Agent:
         self.endpoint = transport.Endpoint(sock, self.on_message, self.on_bad, router=False)
         log.info("craned %s up (cgroup mode %s), controller %s", self.node, self.mode, self.cfg.agent_address)
         self.register()
+        await self.sessions.start()
         hb = asyncio.ensure_future(self._heartbeat())
         await self.stopping.wait()
         hb.cancel()
+        await self.sessions.close()
         # steps keep running: their cgroups outlive the agent, which re-adopts them
         self.endpoint.close()
         self.ctx.term()

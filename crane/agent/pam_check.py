@@ -1,9 +1,19 @@
 """crane-pam-check: allow an ssh login to a node only to users with a running
-job there (like Slurm's pam_slurm_adopt, without the adoption).
+job there, and adopt the session into that job (like Slurm's pam_slurm_adopt).
 
-For ``pam_exec.so`` in /etc/pam.d/sshd::
+For ``pam_exec.so`` in /etc/pam.d/sshd (see conf/pam_sshd.conf)::
 
     account required pam_exec.so quiet /opt/crane-venv/bin/crane-pam-check
+    session required pam_exec.so quiet /opt/crane-venv/bin/crane-pam-check
+
+In the session phase (``PAM_TYPE=open_session``) the access check is made
+again, then the calling process (our parent: sshd's session process, which
+forks the user's shell afterwards) is moved into the cgroup of the user's
+newest running job on this host, or of the job named by ``CRANE_ADOPT_JOB``
+in the PAM environment when it is one of the user's running jobs here. The
+agents do the move (``crane/agent/sessions.py``): a cancel, timeout or
+preemption of the job then ends the session too. Root and exempt users are
+never adopted; a failed adoption does not refuse the login (it is printed).
 
 pam_exec passes the user in ``PAM_USER``. Every node agent on this host keeps
 ``<CraneBaseDir>/<CranedStateDir>/<node>/users``: the uids with a running step
@@ -16,10 +26,14 @@ unknown name is denied. Root (the name whose passwd uid is 0) is always allowed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
+import socket
 import stat
+import struct
 import sys
+from typing import Any
 
 PROG = "crane-pam-check"
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -77,6 +91,91 @@ def _listed_uids(state_dir: str, node: str | None) -> set[int]:
     return uids
 
 
+def _ask(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One request to an agent's adoption socket (``crane/agent/sessions.py``).
+    The socket and the process serving it must be root's (or ours)."""
+    st = os.lstat(path)
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+        raise OSError(f"{path}: not an agent's socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        raw = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        if struct.unpack("3i", raw)[1] not in (0, os.geteuid()):
+            raise OSError(f"{path}: served by another user")
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf and len(buf) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+    reply = json.loads(buf.split(b"\n", 1)[0] or b"null")
+    if not isinstance(reply, dict):
+        raise ValueError(f"{path}: no reply")
+    return reply
+
+
+def adopt(user: str, pid: int, config: str | None = None, node: str | None = None,
+          wanted: str | None = None) -> tuple[int | None, str]:  # fmt: skip
+    """Move ``pid`` into the cgroup of ``user``'s newest running job on this
+    host (or job ``wanted``, if it is one of them). (job, note): the job or
+    None, and what to tell (why not adopted, a choice that was ignored)."""
+    uid = _uid_of(user)
+    if uid is None:
+        return None, f"unknown user {user!r}"
+    if uid == 0:
+        return None, ""
+    from crane.config import ConfigError, load
+
+    try:
+        cfg = load(config)
+    except ConfigError as e:
+        return None, str(e)
+    notes: list[str] = []
+    job_wanted = None
+    if wanted:
+        if wanted.isdigit() and len(wanted) < 19:
+            job_wanted = int(wanted)
+        else:
+            notes.append(f"CRANE_ADOPT_JOB={wanted[:40]!r} is not a job id: ignored")
+    state = cfg.resolve(cfg.craned_state_dir)
+    try:
+        nodes = [node] if node is not None else sorted(os.listdir(state))
+    except OSError as e:
+        return None, "; ".join([*notes, f"session not adopted: cannot read {state}: {e.strerror}"])
+    best: tuple[bool, float, int, str] | None = None  # (asked for, start, job, socket)
+    errors = []
+    for n in nodes:
+        path = os.path.join(state, n, "adopt.sock")
+        if not os.path.lexists(path):
+            continue
+        try:
+            r = _ask(path, {"op": "query", "user": user, "pid": pid, "job": job_wanted})
+        except (OSError, ValueError) as e:
+            errors.append(f"{n}: {e}")
+            continue
+        if "exempt" in r:
+            return None, ""  # root, system accounts, ExemptUsers: never adopted
+        if "error" in r:
+            errors.append(f"{n}: {r['error']}")
+        elif type(r.get("job")) is int:
+            cand = (r["job"] == job_wanted, float(r.get("start") or 0.0), int(r["job"]), path)
+            best = cand if best is None or cand[:3] > best[:3] else best
+    if best is None:
+        why = "; ".join(errors) if errors else f"{user} has no running job here to adopt the session into"
+        return None, "; ".join([*notes, f"session not adopted: {why}"])
+    if job_wanted is not None and not best[0]:
+        notes.append(f"CRANE_ADOPT_JOB={job_wanted} is not a running job of {user} here: newest job taken")
+    try:
+        r = _ask(best[3], {"op": "adopt", "user": user, "pid": pid, "job": best[2]})
+    except (OSError, ValueError) as e:
+        return None, "; ".join([*notes, f"session not adopted into job {best[2]}: {e}"])
+    if type(r.get("job")) is not int:
+        return None, "; ".join([*notes, f"session not adopted into job {best[2]}: {r.get('error') or 'job gone'}"])
+    return int(r["job"]), "; ".join(notes)
+
+
 def check(user: str, config: str | None = None, node: str | None = None) -> tuple[bool, str]:
     """(allowed, reason-if-denied)."""
     uid = _uid_of(user)
@@ -124,6 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     if not allowed:
         print(f"{PROG}: {reason}", file=sys.stderr)
         sys.exit(1)
+    if os.environ.get("PAM_TYPE") == "open_session":
+        # the session is allowed even when adoption fails (pam_slurm_adopt's
+        # action_adopt_failure=allow): say why on stderr
+        _job, note = adopt(user, os.getppid(), config, args.node, os.environ.get("CRANE_ADOPT_JOB"))
+        if note:
+            print(f"{PROG}: {note}", file=sys.stderr)
     sys.exit(0)
 
 

@@ -7,6 +7,7 @@ Layout of a node's state directory (``<CranedStateDir>/<node>``)::
       scripts/         0711  job_N.sh: owned by the job's owner, 0500
       rc/              0711  N.S: the wrapper's exit status, owned by the owner, 0600
       users            0600  uids with a running step (crane-pam-check)
+      adopt.sock       0600  crane-pam-check asks here to adopt an ssh session (sessions.py)
 
 Only the agent creates entries in these directories, so a user cannot plant
 a symlink there; files are still created with O_EXCL|O_NOFOLLOW (after an

@@ -89,6 +89,9 @@ class StepManager:
         self.attempt: dict[int, int] = {}  # job -> its latest run (requeue count) launched here
         self.releasing: set[int] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
+        self.owners: dict[int, int] = {}  # job -> its owner's uid, until the job is released here
+        # called with (job, owner uid or None) once a job is released here (the stray sweep)
+        self.on_release: Callable[[int, int | None], None] | None = None
         statedir.prepare(state_dir)  # raises StateDirError
 
     # ------------------------------------------------------------ reaping
@@ -123,6 +126,8 @@ class StepManager:
         cg = cgmod.StepCgroup(self.scope, msg.job_id, msg.step_id, self.mode)
         run = StepRun(msg.job_id, msg.step_id, spec, cg, start=time.time())
         self.steps[key] = run
+        if "uid" in spec:
+            self.owners[msg.job_id] = int(spec["uid"])
         try:
             problem = path_problem(spec)
             if problem:
@@ -192,19 +197,27 @@ class StepManager:
         for job_id, step_id in cgmod.existing_steps(self.scope, self.mode):
             path = os.path.join(self.state_dir, "steps", f"{job_id}.{step_id}.json")
             try:
-                spec = json.loads(statedir.read(path))["spec"]
-            except (OSError, ValueError, KeyError, TypeError):
-                spec = {}
+                saved = json.loads(statedir.read(path))
+                spec, start = saved["spec"], float(saved.get("start") or 0.0)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                spec, start = {}, 0.0
             cg = cgmod.StepCgroup(self.scope, job_id, step_id, self.mode)
-            run = StepRun(job_id, step_id, spec, cg, adopted=True)
+            run = StepRun(job_id, step_id, spec, cg, start=start, adopted=True)
+            if isinstance(spec, dict) and "uid" in spec:
+                self.owners[job_id] = int(spec["uid"])
             self.steps[(job_id, step_id)] = run
             log.info("adopted step %d.%d (%d processes)", job_id, step_id, len(cg.pids()))
             asyncio.ensure_future(self._watch_adopted(run))
         self.write_users()
 
     async def _watch_adopted(self, run: StepRun) -> None:
-        # not our child: we cannot wait() for it; its cgroup emptying is the end
+        # not our child: we cannot wait() for it; its cgroup emptying is the end.
+        # Once the wrapper recorded its status the main process is gone: what
+        # is left (background processes, an adopted ssh session) is killed, as
+        # _finish does for a step we launched ourselves.
         while not run.cg.empty():
+            if not run.killing and self._read_rc(run.job_id, run.step_id) is not None:
+                run.cg.kill()
             await asyncio.sleep(0.5 if not run.killing else POLL)
         if not run.reported:
             if run.status is None:
@@ -363,6 +376,14 @@ class StepManager:
                 pass
             log.info("job %d released (epilog ok %s, kill failed %s)", msg.job_id, ok, failed)
             self.send(m.JobReleased(msg.job_id, ok, failed))
+            owner = self.owners.pop(msg.job_id, None)
+            if owner is None and str((msg.env or {}).get("CRANE_JOB_UID", "")).isdigit():
+                owner = int(msg.env["CRANE_JOB_UID"])
+            if self.on_release is not None:
+                try:
+                    self.on_release(msg.job_id, owner)
+                except Exception:
+                    log.exception("after the release of job %d", msg.job_id)
         finally:
             self.releasing.discard(msg.job_id)
 
@@ -459,6 +480,10 @@ class StepManager:
             statedir.replace(path, "".join(f"{u}\n" for u in uids).encode())
         except OSError as e:
             log.warning("cannot write %s: %s", path, e)
+
+    def has_step(self, uid: int) -> bool:
+        """Whether ``uid`` has a step running here."""
+        return any(int(r.spec.get("uid", -1)) == uid for r in self.steps.values())
 
     def running(self) -> list[list[int]]:
         return [[j, s] for (j, s) in self.steps]

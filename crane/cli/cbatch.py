@@ -128,7 +128,7 @@ def _parse_script_args(args: list[str]) -> dict[str, Any]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("script", required=False, type=click.Path(dir_okay=False))
 @click.option("--wrap", help="run COMMAND as the job's script")
-@click.option("--repeat", type=click.IntRange(1, 1_000_000), default=1, help="submit N identical jobs")
+@click.option("--repeat", type=click.IntRange(1, 100_000), default=1, help="submit N identical jobs")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-C", "--config")
 def command(script: str | None, wrap: str | None, repeat: int, as_json: bool, config: str | None, **opts: Any) -> int:
