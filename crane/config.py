@@ -13,11 +13,19 @@ class ConfigError(ValueError):
     pass
 
 
+@dataclass(slots=True, frozen=True)
+class GpuDevice:
+    index: int  # 0..n-1 on its node, in declaration order
+    type: str  # "" when untyped
+    path: str | None = None  # device file (DeviceFileList), None for a counted GPU
+
+
 @dataclass(slots=True)
 class NodeConf:
     name: str
     cpus: int
     memory: int  # bytes
+    gpus: list[GpuDevice] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -163,6 +171,70 @@ def _user_names(key: str, value: Any) -> list[str]:
     return list(value)
 
 
+GRES_NAMES = ("gpu",)
+MAX_GPUS_PER_NODE = 1024
+
+
+def parse_gres(key: str, value: Any) -> list[GpuDevice]:
+    """A node's ``gres:`` list -> its GPUs, indexed 0..n-1 in declaration
+    order. Each entry: ``{name: gpu, type: T (optional), count: N}`` or
+    ``{name: gpu, type: T, DeviceFileList: [/dev/..]}`` (both: they must agree)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of {{name, type, count}} entries, got {value!r}")
+    gpus: list[GpuDevice] = []
+    seen_paths: set[str] = set()
+    for i, entry in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{where}: needs name and count or DeviceFileList")
+        for k in entry:
+            if k not in ("name", "type", "count", "DeviceFileList"):
+                raise ConfigError(f"{where}.{k}: unknown key")
+        name = entry["name"]
+        if name not in GRES_NAMES:
+            raise ConfigError(f"{where}.name: unknown generic resource {name!r} (known: {', '.join(GRES_NAMES)})")
+        typ = _typed(f"{where}.type", entry.get("type", ""), str) if entry.get("type") is not None else ""
+        if typ and (not typ.isprintable() or any(c in typ for c in " :,=")):
+            raise ConfigError(f"{where}.type: not a GPU type name: {typ!r}")
+        paths: list[str] | None = None
+        if entry.get("DeviceFileList") is not None:
+            raw = entry["DeviceFileList"]
+            if not isinstance(raw, list) or not raw:
+                raise ConfigError(f"{where}.DeviceFileList: expected a non-empty list of absolute paths")
+            for p in raw:
+                if not isinstance(p, str) or not os.path.isabs(p) or not p.isprintable():
+                    raise ConfigError(f"{where}.DeviceFileList: not an absolute path: {p!r}")
+                if p in seen_paths:
+                    raise ConfigError(f"{where}.DeviceFileList: {p} listed twice")
+                seen_paths.add(p)
+            paths = list(raw)
+        if "count" in entry:
+            count = _typed(f"{where}.count", entry["count"], int)
+            if count < 1:
+                raise ConfigError(f"{where}.count: must be at least 1")
+            if paths is not None and count != len(paths):
+                raise ConfigError(f"{where}.count: {count} disagrees with DeviceFileList ({len(paths)} files)")
+        elif paths is not None:
+            count = len(paths)
+        else:
+            raise ConfigError(f"{where}: needs count or DeviceFileList")
+        if len(gpus) + count > MAX_GPUS_PER_NODE:
+            raise ConfigError(f"{where}.count: more than {MAX_GPUS_PER_NODE} GPUs on one node")
+        for k in range(count):
+            gpus.append(GpuDevice(len(gpus), typ, paths[k] if paths is not None else None))
+    return gpus
+
+
+def gres_text(types: list[str]) -> str:
+    """GPUs by type, as Slurm prints them: "gpu:2", "gpu:a100:1,gpu:v100:1", "" for none."""
+    counts: dict[str, int] = {}
+    for t in types:
+        counts[t] = counts.get(t, 0) + 1
+    return ",".join(f"gpu:{t}:{n}" if t else f"gpu:{n}" for t, n in counts.items())
+
+
 def find_path(explicit: str | None) -> str:
     return explicit or os.environ.get("CRANE_CONF") or DEFAULT_PATH
 
@@ -207,7 +279,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(f"{where}: needs name, cpu and memory")
         for k in item:
-            if k not in ("name", "cpu", "memory"):
+            if k not in ("name", "cpu", "memory", "gres"):
                 raise ConfigError(f"{where}.{k}: unknown key")
         try:
             names = expand_nodes(str(item["name"]))
@@ -220,10 +292,11 @@ def parse(raw: Any, path: str = "<config>") -> Config:
             raise ConfigError(f"{where}.memory: {e}") from None
         if cpus < 1:
             raise ConfigError(f"{where}.cpu: must be at least 1")
+        gpus = parse_gres(f"{where}.gres", item.get("gres"))
         for n in names:
             if n in cfg.nodes:
                 raise ConfigError(f"{where}.name: node {n} defined twice")
-            cfg.nodes[n] = NodeConf(n, cpus, mem)
+            cfg.nodes[n] = NodeConf(n, cpus, mem, list(gpus))
 
     for i, item in enumerate(raw.get("Partitions") or []):
         where = f"Partitions[{i}]"

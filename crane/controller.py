@@ -90,7 +90,8 @@ class Controller:
             self.active_by_uid[job.uid] += 1
             if job.state in ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"):
                 live = [n for n in job.nodes if n not in job.released]
-                self.scheduler.adopt(job.id, live, job.cpus, job.memory, job.exclusive, job.state == "SUSPENDED")
+                self.scheduler.adopt(job.id, live, job.cpus, job.memory, job.exclusive, job.state == "SUSPENDED",
+                                     job.gpu_alloc)  # fmt: skip
             actors.append(actor)
         for actor in actors:
             actor.start()
@@ -345,7 +346,8 @@ class Controller:
 
     def request_of(self, job: Job) -> Request:
         return Request(job.id, job.partition, job.cpus, job.memory, job.nnodes, job.exclusive,
-                       list(job.nodelist_req), job.qos, job.priority, job.uid)  # fmt: skip
+                       list(job.nodelist_req), job.qos, job.priority, job.uid,
+                       job.gpus_per_node, job.gpu_type)  # fmt: skip
 
     # ------------------------------------------------------------ identity and accounts
 

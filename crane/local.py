@@ -228,7 +228,10 @@ def read_own(path: str) -> str | None:
         return f.read(1 << 20).decode("utf-8", "replace")
 
 
-def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G", **extra: Any) -> dict[str, Any]:
+def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G",
+                gres: dict[str, list[dict[str, Any]]] | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """``gres``: node name -> that node's ``gres:`` list (GPUs), e.g.
+    ``{"crane03": [{"name": "gpu", "type": "a100", "count": 2}]}``."""
     names = [f"crane{i:02d}" for i in range(1, nodes + 1)]
     half = max(1, nodes // 2)
     parts = [{"name": "CPU", "nodes": ",".join(names[:half]), "priority": 5}]
@@ -242,7 +245,8 @@ def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G", **
         "CraneCtldListenPort": free_port(),
         "CraneCtldCliPort": free_port(),
         "CraneBaseDir": base,
-        "Nodes": [{"name": n, "cpu": cpus, "memory": memory} for n in names],
+        "Nodes": [{"name": n, "cpu": cpus, "memory": memory, **({"gres": gres[n]} if gres and n in gres else {})}
+                  for n in names],  # fmt: skip
         "Partitions": parts,
         "DefaultPartition": "CPU",
         "Preempt": {"PreemptType": "qos", "PreemptMode": "CANCEL"},

@@ -47,8 +47,18 @@ def snapshot(ctl: Any) -> dict[str, Any]:
         },  # fmt: skip
         "store_queue": ctl.store.queued - ctl.store.committed,
         "nodes_up": sum(1 for n in ctl.nodes.values() if n.registered),
+        "gpus": gpu_counts(ctl.scheduler.ledgers.values()),
         "cancel_latency": ctl.cancel_latency.snapshot(),
     }
+
+
+def gpu_counts(ledgers: Any) -> dict[str, int]:
+    """GPUs of the cluster by state: used (held by a running job) and free."""
+    total = free = 0
+    for led in ledgers:
+        total += len(led.gpu_types)
+        free += len(led.gpus_free)
+    return {"used": total - free, "free": free}
 
 
 class Snapshots:
@@ -84,6 +94,10 @@ def families(s: dict[str, Any]) -> Iterator[Any]:
     yield GaugeMetricFamily("crane_store_queue_depth", "Store writes queued, not yet committed",
                             value=s["store_queue"])  # fmt: skip
     yield GaugeMetricFamily("crane_nodes_up", "Nodes whose agent is registered", value=s["nodes_up"])
+    gpus = GaugeMetricFamily("crane_gpus", "GPUs of all nodes by state", labels=["state"])
+    for state, n in sorted(s.get("gpus", {}).items()):
+        gpus.add_metric([state], n)
+    yield gpus
     buckets, total = s["cancel_latency"]
     yield HistogramMetricFamily("crane_cancel_latency_seconds",
                                 "Cancel accepted -> job terminal with its processes gone",

@@ -16,7 +16,14 @@ Accounting rules:
   has ``cpus_free >= want.cpus`` and (``want.memory == 0`` or
   ``mem_free >= want.memory``);
 * an exclusive want additionally needs the node empty, i.e.
-  ``cpus_free == cpus_total`` after the removals.
+  ``cpus_free == cpus_total`` after the removals;
+* GPUs: a victim gives back the GPU indices it holds on the node (an
+  exclusive victim all of them); the node fits a want of ``gpus`` GPUs of
+  ``gpu_type`` ("" = any) when at least that many free indices are of that
+  type. So a victim is worth choosing only if it frees what the node lacks:
+  a job holding only CPUs never helps a node that lacks GPUs, and one holding
+  GPUs of another type never helps either (the irreducibility passes below
+  drop such victims).
 
 Selection: preemptable candidates are ordered lowest QoS priority first, then
 lowest partition priority, then youngest (latest ``start_time``), then highest
@@ -31,7 +38,7 @@ irreducible: removing any single victim makes the want not fit.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Candidate",
@@ -56,6 +63,8 @@ class NodeFree:
     mem_free: int
     usable: bool = True  # up and not drained
     exclusive_job: int | None = None  # a job holding the node exclusively
+    gpu_types: list[str] = field(default_factory=list)  # the node's GPUs: type by index ("" untyped)
+    gpus_free: list[int] = field(default_factory=list)  # indices no running job holds
 
 
 @dataclass(slots=True)
@@ -71,6 +80,7 @@ class Candidate:
     cpus: int  # per node
     memory: int  # per node, bytes
     exclusive: bool
+    gpus: dict[str, list[int]] = field(default_factory=dict)  # node -> GPU indices held there
 
 
 @dataclass(slots=True)
@@ -84,6 +94,8 @@ class Want:
     exclusive: bool  # needs whole empty nodes
     allowed_nodes: list[str]  # partition nodes (intersected with -w), in preference order
     required_nodes: list[str]  # -w nodes that must all be in the allocation (may be empty)
+    gpus: int = 0  # per node
+    gpu_type: str = ""  # "" = any type
 
 
 @dataclass(slots=True)
@@ -129,6 +141,7 @@ def _node_fits(
         return False
     cpus = node.cpus_free
     mem = node.mem_free
+    gpus = set(node.gpus_free) if want.gpus > 0 else set()
     holders: set[int] = set()
     if node.exclusive_job is not None:
         holders.add(node.exclusive_job)
@@ -140,6 +153,8 @@ def _node_fits(
             else:
                 cpus += c.cpus
                 mem += c.memory
+            if want.gpus > 0:
+                gpus.update(range(len(node.gpu_types)) if c.exclusive else c.gpus.get(node.name, ()))
         elif c.exclusive:
             holders.add(c.job_id)
     cpus = min(cpus, node.cpus_total)
@@ -150,6 +165,10 @@ def _node_fits(
         return False
     if want.memory > 0 and mem < want.memory:
         return False
+    if want.gpus > 0:
+        n = len(node.gpu_types)
+        if sum(1 for i in gpus if 0 <= i < n and (not want.gpu_type or node.gpu_types[i] == want.gpu_type)) < want.gpus:
+            return False
     return not (want.exclusive and cpus != node.cpus_total)
 
 

@@ -38,6 +38,9 @@ class Cluster(LocalCluster):
             timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
         cmd = [os.path.join(BIN, argv[0]), *argv[1:]]
         if user is not None:
+            # pytest closes its temp root (0700) whenever a pytest session
+            # starts: reopen the way to the config before acting as a user
+            open_ancestors(self.base)
             env_args = [f"CRANE_CONF={self.config_path}", f"PATH={BIN}:/usr/bin:/bin", "HOME=/tmp"]
             cmd = ["runuser", "-u", user, "--", "env", *env_args, *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout,

@@ -5,7 +5,7 @@ state machines ask the I/O layer to do (actions out). Wire messages live in
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crane import messages as m
@@ -17,6 +17,7 @@ from crane import messages as m
 class Allocated:
     nodes: list[str]
     cpus: int  # per node
+    gpus: dict[str, list[int]] = field(default_factory=dict)  # node -> GPU indices given there
 
 
 @dataclass(slots=True)

@@ -24,7 +24,9 @@ SPEC_KEYS = {
     "name": str, "partition": str, "qos": str, "account": str, "cpus": int, "memory": int,
     "nnodes": int, "nodelist": list, "exclusive": bool, "time_limit": int, "script": str,
     "argv": list, "cwd": str, "env": dict, "stdout": str, "stderr": str, "hold": bool,
+    "gpus_per_node": int, "gpu_type": str,
 }  # fmt: skip
+MAX_GPUS_ASKED = 2**31 - 1  # per node (more than any node has is refused by fits_gpus, naming what nodes have)
 MAX_TIME_LIMIT = 2**31 - 1  # seconds: what every timer downstream can hold
 MAX_REPEAT = 100_000  # jobs per SubmitJob; MaxJobCount and MaxSubmitJobsPerUser bound the total
 
@@ -62,6 +64,9 @@ def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
             return f"{k} must be at least 1"
     if spec.get("memory") is not None and spec["memory"] < 0:
         return "memory must not be negative"
+    err = check_gpus(spec)
+    if err:
+        return err
     if spec.get("time_limit") is not None and not 1 <= spec["time_limit"] <= MAX_TIME_LIMIT:
         return f"time limit must be between 1 and {MAX_TIME_LIMIT} seconds"
     if not spec.get("script") and not spec.get("argv"):
@@ -95,6 +100,47 @@ def check_limits(ctl: Any, caller: Any, repeat: int) -> str | None:
     return None
 
 
+def check_gpus(spec: dict[str, Any]) -> str | None:
+    gpus, typ = spec.get("gpus_per_node") or 0, spec.get("gpu_type") or ""
+    if not 0 <= gpus <= MAX_GPUS_ASKED:
+        return f"gpus_per_node must be between 0 and {MAX_GPUS_ASKED}"
+    if typ:
+        err = untrusted.check_name("GPU type", typ)
+        if err:
+            return err
+        if any(c in typ for c in " :,="):
+            return f"invalid GPU type: {typ}"
+        if not gpus:
+            return "a GPU type needs a GPU count (gpus_per_node)"
+    return None
+
+
+def gres_request(gpus: int, gpu_type: str) -> str:
+    """A per-node GPU request as Slurm writes it: "gpu:2", "gpu:a100:2", "" for none."""
+    if not gpus:
+        return ""
+    return f"gpu:{gpu_type}:{gpus}" if gpu_type else f"gpu:{gpus}"
+
+
+def fits_gpus(spec: dict[str, Any], cfg: Any, part: str, nnodes: int) -> str | None:
+    """Refuse a GPU request no node (of the partition, or of ``-w``) can ever
+    satisfy: fewer than ``nnodes`` nodes have that many GPUs of that type."""
+    gpus, typ = spec.get("gpus_per_node") or 0, spec.get("gpu_type") or ""
+    if not gpus:
+        return None
+    cpus, mem = spec.get("cpus") or 1, spec.get("memory") or 0
+    names = [n for n in spec.get("nodelist") or cfg.partitions[part].nodes
+             if cfg.nodes[n].cpus >= cpus and cfg.nodes[n].memory >= mem]  # fmt: skip
+    have = sorted((sum(1 for g in cfg.nodes[n].gpus if not typ or g.type == typ) for n in names), reverse=True)
+    if len(have) >= nnodes and have[nnodes - 1] >= gpus:
+        return None
+    where = f"partition {part}" if not spec.get("nodelist") else "the requested nodes"
+    best = have[0] if have else 0
+    nodes = "" if nnodes == 1 else f" on {nnodes} nodes"
+    return (f"Requested GPUs ({gres_request(gpus, typ)} per node{nodes}) exceed what any node of "
+            f"{where} has ({best})")  # fmt: skip
+
+
 def fits_partition(spec: dict[str, Any], cfg: Any, part: str) -> str | None:
     p = cfg.partitions[part]
     nodes = [cfg.nodes[n] for n in p.nodes]
@@ -107,7 +153,7 @@ def fits_partition(spec: dict[str, Any], cfg: Any, part: str) -> str | None:
     big = [n for n in nodes if n.cpus >= cpus and n.memory >= mem]
     if len(big) < nnodes:
         return f"Requested node configuration is not available in partition {part}"
-    return None
+    return fits_gpus(spec, cfg, part, nnodes)
 
 
 def job_view(job: Job, reason: str | None = None) -> dict[str, Any]:
@@ -126,6 +172,8 @@ def job_view(job: Job, reason: str | None = None) -> dict[str, Any]:
         "cancelled_by": c.get("by_name"), "cancel_path": c.get("path"),
         "message": c.get("message", ""), "cancel_time": c.get("time"),
         "requeue_count": job.requeue_count, "held": job.held, "exclusive": job.exclusive,
+        "gres": gres_request(job.gpus_per_node, job.gpu_type),
+        "gpu_alloc": {n: list(ix) for n, ix in job.gpu_alloc.items()},
         "stdout": job.stdout, "stderr": job.stderr, "work_dir": job.cwd,
     }  # fmt: skip
 
@@ -176,6 +224,7 @@ class Frontend:
             cpus=spec.get("cpus") or 1, memory=spec.get("memory") or 0,
             nnodes=max(spec.get("nnodes") or 1, len(nodelist)), nodelist_req=nodelist,
             exclusive=bool(spec.get("exclusive")), time_limit=spec.get("time_limit"),
+            gpus_per_node=spec.get("gpus_per_node") or 0, gpu_type=spec.get("gpu_type") or "",
             cwd=spec.get("cwd") or "/", priority=ctl.qos_priority(qos),
             submit_time=now, held=bool(spec.get("hold")),
         )  # fmt: skip

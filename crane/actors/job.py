@@ -42,6 +42,9 @@ class Job:
     nnodes: int = 1
     nodelist_req: list[str] = field(default_factory=list)
     exclusive: bool = False
+    gpus_per_node: int = 0  # GPUs asked per node (0 = none)
+    gpu_type: str = ""  # "" = any type
+    gpu_alloc: dict[str, list[int]] = field(default_factory=dict)  # node -> GPU indices held there
     time_limit: int | None = None  # seconds
     cwd: str = "/"
     stdout: str = ""
@@ -80,8 +83,15 @@ class Job:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def step_spec(self, step_id: int, argv: list[str], env: dict[str, str], cwd: str, cpus: int,
-                  script: str = "") -> dict[str, Any]:  # fmt: skip
+                  script: str = "", node: str = "") -> dict[str, Any]:  # fmt: skip
+        """The LaunchStep spec for ``node`` (the job's first node when "").
+        ``gpu_devices`` (every device file of the node) is added by the
+        JobActor, which knows the config."""
         full_env = dict(env)
+        gpus = sorted(self.gpu_alloc.get(node or (self.nodes[0] if self.nodes else ""), []))
+        if gpus:
+            ids = ",".join(map(str, gpus))
+            full_env.update(CUDA_VISIBLE_DEVICES=ids, CRANE_GPUS=ids, GPU_DEVICE_ORDINAL=ids)
         full_env.update(
             CRANE_JOB_ID=str(self.id),
             CRANE_STEP_ID=str(step_id),
@@ -107,6 +117,7 @@ class Job:
             "memory": self.memory,
             "time_limit": self.time_limit if step_id == 1 else None,
             "attempt": self.requeue_count,  # a requeued job runs again on a node that released it
+            "gpus": gpus,
         }
 
 
@@ -190,12 +201,13 @@ class JobMachine:
             return [ev.ToScheduler(ev.FreeNode(j.id, n)) for n in e.nodes]
         j.state, j.reason, j.start_time, j.end_time = "RUNNING", "", now, None
         j.nodes, j.released, j.cpus = list(e.nodes), [], e.cpus
+        j.gpu_alloc = {n: list(ix) for n, ix in e.gpus.items()}
         j.steps = {1: {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": ["batch"]}}
         j.next_step, j.end_reason, j.exit_code, j.exit_signal = 2, "", 0, 0
         launch = j.launch or {}
         j.launch = None  # a requeue reads it from the store again
         spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, e.cpus,
-                           launch.get("script") or "")  # fmt: skip
+                           launch.get("script") or "", j.nodes[0])  # fmt: skip
         return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
 
     @on(ev.NewStepEv)
@@ -218,7 +230,7 @@ class JobMachine:
         shown = _argv_summary(e.argv)  # the record keeps a bounded summary
         _prune_ended_steps(j.steps)
         j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
-        spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus)
+        spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus, node=j.nodes[0])
         return [
             ev.ToNode(j.nodes[0], m.LaunchStep(j.id, sid, spec)),
             ev.Persist(),
@@ -437,7 +449,7 @@ class JobMachine:
         if j.cancel and j.cancel.get("requeue"):
             j.requeue_count += 1
             j.state, j.reason = "PENDING", j.cancel.get("reason", "Requeued")
-            j.cancel, j.nodes, j.released, j.steps = None, [], [], {}
+            j.cancel, j.nodes, j.released, j.steps, j.gpu_alloc = None, [], [], {}, {}
             j.start_time = j.end_time = None
             return [ev.Persist(), ev.ToScheduler(ev.Enqueue(j.id))]
         j.state, j.end_time = self.final_state(), now
@@ -477,7 +489,13 @@ class JobActor(Actor):
             _EXECUTE[type(a)](self, a)
 
     def _to_node(self, a: ev.ToNode) -> None:
-        self.ctl.to_node(a.node, a.msg)
+        msg = a.msg
+        if isinstance(msg, m.LaunchStep):
+            node = self.ctl.cfg.nodes.get(a.node)
+            devices = [[g.index, g.path] for g in node.gpus if g.path] if node is not None else []
+            if devices:  # the agent denies the job every device it was not given
+                msg.spec["gpu_devices"] = devices
+        self.ctl.to_node(a.node, msg)
 
     def _to_scheduler(self, a: ev.ToScheduler) -> None:
         msg = a.msg

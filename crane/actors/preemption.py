@@ -63,9 +63,10 @@ def try_preempt(ctl: Any, req: Any, ledgers: dict[str, Any], members: list[str])
     preemptable = set(ctl.acct.qos[req.qos].preempt) if cfg.preempt_type == "qos" else set()
     allowed = [n for n in members if n not in sched.reserved_nodes]
     nodes = {
-        n: NodeFree(n, led.cpus, led.memory, led.cpus_free, led.mem_free, led.usable(), led.exclusive_holder())
+        n: NodeFree(n, led.cpus, led.memory, led.cpus_free, led.mem_free, led.usable(), led.exclusive_holder(),
+                    list(led.gpu_types), sorted(led.gpus_free))
         for n, led in ledgers.items()
-    }
+    }  # fmt: skip
     cands: list[Candidate] = []
     jobs_by_id = {}
     for actor in ctl.jobs.values():
@@ -79,6 +80,7 @@ def try_preempt(ctl: Any, req: Any, ledgers: dict[str, Any], members: list[str])
         cands.append(Candidate(
             j.id, j.qos, q.priority if q else 0, cfg.partitions[j.partition].priority,
             j.start_time or now, live, j.cpus, j.memory, j.exclusive,
+            {n: list(ix) for n, ix in j.gpu_alloc.items() if n in live},
         ))  # fmt: skip
         jobs_by_id[j.id] = j
 
@@ -93,7 +95,7 @@ def try_preempt(ctl: Any, req: Any, ledgers: dict[str, Any], members: list[str])
         return c.partition_priority < my_part_prio
 
     want = Want(req.job_id, req.cpus, req.memory, max(req.nnodes, len(req.nodelist)), req.exclusive,
-                allowed, list(req.nodelist))  # fmt: skip
+                allowed, list(req.nodelist), req.gpus, req.gpu_type)  # fmt: skip
     plan = plan_preemption(want, nodes, cands, may_preempt)
     if plan is None or not plan.victims:
         return False

@@ -32,6 +32,8 @@ class Request:
     qos: str
     priority: int
     uid: int
+    gpus: int = 0  # per node
+    gpu_type: str = ""  # "" = any type
 
 
 @dataclass(slots=True)
@@ -46,6 +48,16 @@ class NodeLedger:
     reason: str = ""
     jobs: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # job -> (cpus, mem, exclusive)
     suspended: set[int] = field(default_factory=set)
+    gpu_types: list[str] = field(default_factory=list)  # the node's GPUs: type by index
+    gpus_free: set[int] = field(default_factory=set)  # indices no (running) job holds
+    gpu_jobs: dict[int, list[int]] = field(default_factory=dict)  # job -> GPU indices it holds
+
+    def free_gpus(self, gpu_type: str = "") -> list[int]:
+        """Free GPU indices of ``gpu_type`` (any when ""), lowest first."""
+        return sorted(i for i in self.gpus_free if not gpu_type or self.gpu_types[i] == gpu_type)
+
+    def gpu_count(self, gpu_type: str = "") -> int:
+        return sum(1 for t in self.gpu_types if not gpu_type or t == gpu_type)
 
     def usable(self) -> bool:
         return self.up and not self.drain
@@ -56,29 +68,70 @@ class NodeLedger:
                 return jid
         return None
 
-    def fits(self, cpus: int, memory: int, exclusive: bool) -> bool:
+    def fits(self, cpus: int, memory: int, exclusive: bool, gpus: int = 0, gpu_type: str = "") -> bool:
         if not self.usable() or self.exclusive_holder() is not None:
+            return False
+        if gpus > 0 and len(self.free_gpus(gpu_type)) < gpus:
             return False
         if exclusive:
             return not (set(self.jobs) - self.suspended)
         return self.cpus_free >= cpus and (memory == 0 or self.mem_free >= memory)
 
-    def take(self, job_id: int, cpus: int, memory: int, exclusive: bool) -> None:
+    def take(self, job_id: int, cpus: int, memory: int, exclusive: bool, gpus: int = 0,
+             gpu_type: str = "", indices: list[int] | None = None) -> list[int]:  # fmt: skip
+        """Hold the resources; returns the GPU indices given: ``indices`` when
+        known (recovery), all free ones for an exclusive job, else the lowest
+        free ones of ``gpu_type``."""
         if exclusive:
             cpus, memory = self.cpus_free, self.mem_free
         self.jobs[job_id] = (cpus, memory, exclusive)
         self.cpus_free -= cpus
         self.mem_free -= memory
+        if indices is not None:
+            got = sorted(i for i in set(indices) if 0 <= i < len(self.gpu_types))
+        elif exclusive:
+            got = sorted(self.gpus_free)
+        else:
+            got = self.free_gpus(gpu_type)[:gpus] if gpus > 0 else []
+        if got:
+            self.gpu_jobs[job_id] = got
+            self.gpus_free.difference_update(got)
+        return got
 
     def give(self, job_id: int) -> bool:
         got = self.jobs.pop(job_id, None)
         if got is None:
             return False
+        gpus = self.gpu_jobs.pop(job_id, [])
         if job_id not in self.suspended:
             self.cpus_free += got[0]
             self.mem_free += got[1]
+            self.gpus_free.update(gpus)
         self.suspended.discard(job_id)
         return True
+
+    def lend(self, job_id: int, suspended: bool) -> None:
+        """A suspended job keeps its place but lends its cpus, memory and GPUs."""
+        if job_id not in self.jobs or suspended == (job_id in self.suspended):
+            return
+        c, mem, _ = self.jobs[job_id]
+        sign = 1 if suspended else -1
+        self.cpus_free += sign * c
+        self.mem_free += sign * mem
+        gpus = self.gpu_jobs.get(job_id, [])
+        if suspended:
+            self.suspended.add(job_id)
+            self.gpus_free.update(gpus)
+        else:
+            self.suspended.discard(job_id)
+            self.gpus_free.difference_update(gpus)
+
+    def gpu_row(self) -> dict[str, Any]:
+        from crane.config import gres_text
+
+        total = len(self.gpu_types)
+        return {"gres": gres_text(self.gpu_types), "gpus": total,
+                "gpus_used": total - len(self.gpus_free), "gpus_free": len(self.gpus_free)}  # fmt: skip
 
     def state(self) -> str:
         if not self.up:
@@ -96,13 +149,13 @@ def place(req: Request, ledgers: dict[str, NodeLedger], members: list[str]) -> l
     required = [n for n in req.nodelist if n in ledgers]
     if len(required) != len(req.nodelist) or any(n not in members for n in required):
         return None
-    chosen = [n for n in required if ledgers[n].fits(req.cpus, req.memory, req.exclusive)]
+    chosen = [n for n in required if ledgers[n].fits(req.cpus, req.memory, req.exclusive, req.gpus, req.gpu_type)]
     if len(chosen) != len(required):
         return None
     if len(chosen) >= req.nnodes:
         return chosen[: max(req.nnodes, len(required))]
     for n in members:
-        if n not in chosen and ledgers[n].fits(req.cpus, req.memory, req.exclusive):
+        if n not in chosen and ledgers[n].fits(req.cpus, req.memory, req.exclusive, req.gpus, req.gpu_type):
             chosen.append(n)
             if len(chosen) == req.nnodes:
                 return chosen
@@ -118,8 +171,10 @@ class Scheduler(Actor):
         self.ctl = ctl
         cfg = ctl.cfg
         self.ledgers = {
-            n.name: NodeLedger(n.name, n.cpus, n.memory, n.cpus, n.memory) for n in cfg.nodes.values()
-        }
+            n.name: NodeLedger(n.name, n.cpus, n.memory, n.cpus, n.memory,
+                               gpu_types=[g.type for g in n.gpus], gpus_free={g.index for g in n.gpus})
+            for n in cfg.nodes.values()
+        }  # fmt: skip
         self.pending: dict[int, Request] = {}
         self.reasons: dict[int, str] = {}
         self.reserved: dict[int, tuple[list[str], list[int]]] = {}  # preemptor -> (nodes, victims)
@@ -168,18 +223,9 @@ class Scheduler(Actor):
         self.request_pass()
 
     def _set_suspended(self, job_id: int, suspended: bool) -> None:
-        """A suspended job keeps its place on its nodes but lends its cpus and memory."""
+        """A suspended job keeps its place on its nodes but lends its cpus, memory and GPUs."""
         for led in self.ledgers.values():
-            if job_id in led.jobs:
-                c, mem, _ = led.jobs[job_id]
-                if suspended and job_id not in led.suspended:
-                    led.suspended.add(job_id)
-                    led.cpus_free += c
-                    led.mem_free += mem
-                elif not suspended and job_id in led.suspended:
-                    led.suspended.discard(job_id)
-                    led.cpus_free -= c
-                    led.mem_free -= mem
+            led.lend(job_id, suspended)
 
     def reserve(self, preemptor: int, nodes: list[str], victims: list[int]) -> None:
         self.reserved[preemptor] = (list(nodes), list(victims))
@@ -259,24 +305,25 @@ class Scheduler(Actor):
     def _allocate(self, req: Request, nodes: list[str]) -> None:
         # an exclusive job gets every cpu of its nodes (the smallest node counts)
         cpus = min(self.ledgers[n].cpus_free for n in nodes) if req.exclusive else req.cpus
+        gpus: dict[str, list[int]] = {}
         for n in nodes:
-            self.ledgers[n].take(req.job_id, req.cpus, req.memory, req.exclusive)
+            got = self.ledgers[n].take(req.job_id, req.cpus, req.memory, req.exclusive, req.gpus, req.gpu_type)
+            if got:
+                gpus[n] = got
         del self.pending[req.job_id]
         self.reasons.pop(req.job_id, None)
         self._unreserve(req.job_id)
-        self.ctl.job_event(req.job_id, ev.Allocated(nodes, cpus))
+        self.ctl.job_event(req.job_id, ev.Allocated(nodes, cpus, gpus))
 
     # restore allocations of running jobs after a controller restart
-    def adopt(self, job_id: int, nodes: list[str], cpus: int, memory: int, exclusive: bool, suspended: bool) -> None:
+    def adopt(self, job_id: int, nodes: list[str], cpus: int, memory: int, exclusive: bool, suspended: bool,
+              gpu_alloc: dict[str, list[int]] | None = None) -> None:  # fmt: skip
         for n in nodes:
             led = self.ledgers.get(n)
             if led is not None and job_id not in led.jobs:
-                led.take(job_id, cpus, memory, exclusive)
+                led.take(job_id, cpus, memory, exclusive, indices=list((gpu_alloc or {}).get(n) or []))
                 if suspended:
-                    c, mem, _ = led.jobs[job_id]
-                    led.suspended.add(job_id)
-                    led.cpus_free += c
-                    led.mem_free += mem
+                    led.lend(job_id, True)
 
     def snapshot(self) -> list[dict[str, Any]]:
         out = []
@@ -284,6 +331,6 @@ class Scheduler(Actor):
             out.append({
                 "name": led.name, "state": led.state(), "cpus": led.cpus, "cpus_free": led.cpus_free,
                 "cpus_alloc": led.cpus - led.cpus_free, "memory": led.memory, "mem_free": led.mem_free,
-                "reason": led.reason, "jobs": sorted(led.jobs), "time": time.time(),
+                "reason": led.reason, "jobs": sorted(led.jobs), "time": time.time(), **led.gpu_row(),
             })  # fmt: skip
         return out

@@ -7,6 +7,9 @@ Modes:
 * ``v2``     pure cgroup v2 at /sys/fs/cgroup (tracking, kill, freeze, memory).
 * ``hybrid`` v2 at /sys/fs/cgroup/unified for tracking/kill/freeze, v1 memory for limits.
 * ``v1``     v1 only: freezer (tracking/kill/freeze) + memory + pids hierarchies.
+
+In ``hybrid`` and ``v1`` the v1 ``devices`` hierarchy is used too when mounted
+(GPU isolation, see ``agent.devices``).
 * ``none``   no writable cgroups (not root): processes are found through their
   environment (CRANE_JOB_ID/CRANE_STEP_ID/CRANE_SCOPE) and their process group.
 
@@ -172,6 +175,9 @@ def _hierarchies(mode: str) -> list[tuple[str, str]]:
     memory = _v1("memory")
     if memory:
         out.append(("memory", memory))
+    devices = _v1("devices")  # GPU isolation (agent.devices): devices.deny
+    if devices:
+        out.append(("devices", devices))
     return out
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crane import messages as m
-from crane.agent import as_user, statedir
+from crane.agent import as_user, devices, statedir
 from crane.agent import cgroup as cgmod
 from crane.agent.launcher import spawn
 
@@ -133,6 +133,7 @@ class StepManager:
             if problem:
                 raise ValueError(problem)
             cg.create(spec.get("memory") or None)
+            devices.apply(cg, spec)  # before any process joins the cgroup
             argv = list(spec.get("argv") or [])
             if spec.get("script"):
                 argv = [self._write_script(msg.job_id, spec)]

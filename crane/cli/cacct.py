@@ -57,6 +57,7 @@ ACCT_FIELDS: dict[str, tuple[str, Getter]] = {
     "N": ("NODELIST", acct_nodes),
     "r": ("REASON", acct_reason),
     "b": ("CANCELLED_BY", lambda j, now: str(j.get("cancelled_by") or "-")),
+    "g": ("GRES", JOB_FIELDS["b"][1]),  # %b is CANCELLED_BY here; %G the GPU allocation
 }
 
 ACCT_COLUMNS: list[tuple[str, Getter]] = [

@@ -5,7 +5,8 @@ Paths are sent absolute: ``-D`` against the submitter's current directory,
 directory), from the command line and ``#CBATCH`` lines alike; the
 controller refuses relative ones. A job name, path or working directory
 holding a control character is refused here with exit 2 (the controller
-refuses it too)."""
+refuses it too). GPUs: ``--gres gpu:[TYPE:]N`` per node, ``--gpus [TYPE:]N``
+per job (``crane.cli.gres``)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def build_spec(o: dict[str, Any], script: str | None, wrap: str | None) -> dict[
             spec["nodelist"] = expand_nodes(o["nodelist"])
     except ValueError as e:
         raise CliError(str(e)) from None
+    from crane.cli.gres import gpu_spec
+
+    spec.update(gpu_spec(o.get("gres"), o.get("gpus"), o.get("nodes")))
     if o.get("exclusive"):
         spec["exclusive"] = True
     if o.get("hold"):
@@ -111,6 +115,8 @@ OPTIONS = [
     click.option("-e", "--error"),
     click.option("-D", "--chdir"),
     click.option("-H", "--hold", is_flag=True, default=None),
+    click.option("--gres", help="GPUs per node: gpu:N or gpu:TYPE:N"),
+    click.option("-G", "--gpus", help="GPUs for the whole job: N or TYPE:N (N / nodes per node)"),
 ]
 
 
@@ -123,6 +129,18 @@ def _parse_script_args(args: list[str]) -> dict[str, Any]:
         return sub.main(args, standalone_mode=False)  # type: ignore[no-any-return]
     except click.UsageError as e:
         raise CliError(f"in #CBATCH lines: {e.format_message()}") from None
+
+
+def merge_options(script: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
+    """#CBATCH options overridden by the command line's; a GPU request on the
+    command line (--gres or --gpus) replaces the script's either way."""
+    merged = dict(script)
+    if line.get("gres") is not None or line.get("gpus") is not None:
+        merged["gres"] = merged["gpus"] = None
+    for k, v in line.items():
+        if v is not None:
+            merged[k] = v
+    return merged
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -144,11 +162,7 @@ def command(script: str | None, wrap: str | None, repeat: int, as_json: bool, co
             raise CliError(f"cannot read {script}: {e.strerror}") from None
         if not text.strip():
             raise CliError(f"{script} is empty")
-        merged = _parse_script_args(script_options(text))
-        for k, v in opts.items():
-            if v is not None:
-                merged[k] = v
-        opts = merged
+        opts = merge_options(_parse_script_args(script_options(text)), opts)
         if not opts.get("job_name"):  # the script's file name, non-printables escaped
             name = os.path.basename(script)
             opts["job_name"] = safe(name)

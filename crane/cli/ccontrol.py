@@ -23,6 +23,7 @@ from crane.cli.common import (
     load_config,
     print_json,
 )
+from crane.cli.gres import alloc_text, gres_text
 from crane.text import safe
 
 PROG = "ccontrol"
@@ -88,6 +89,8 @@ def format_job(j: dict[str, Any], now: float) -> list[str]:
         f"StdOut={_v(j.get('stdout'))}",
         f"StdErr={_v(j.get('stderr'))}",
     ]
+    if gres_text(j):
+        lines.append(f"Gres={gres_text(j)} GpuAlloc={_v(alloc_text(j))}")
     if j.get("cancelled_by"):
         lines.append(f"CancelledBy={j['cancelled_by']} CancelPath={_v(j.get('cancel_path'))} "
                      f"CancelTime={fmt_time(j.get('cancel_time'))}")  # fmt: skip
@@ -118,6 +121,7 @@ def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> list[str]:
         f"Partitions={_v(','.join(in_parts))}",
         f"Jobs={_v(','.join(str(x) for x in n.get('jobs') or []))}",
         f"Cgroup={_v(n.get('cgroup'))}",
+        f"Gres={_v(n.get('gres'))} GpusUsed={int(n.get('gpus_used') or 0)} GpusFree={int(n.get('gpus_free') or 0)}",
         f"Reason={_v(n.get('reason'))}",
     ]
     return _block(lines)
@@ -138,6 +142,9 @@ def format_partition(p: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> lis
         f"AllocCPUs={sum(int(n['cpus_alloc']) for n in members)}",
         f"NodeStates={_v(','.join(f'{k}:{v}' for k, v in sorted(counts.items())))}",
     ]
+    total_gpus = sum(int(n.get("gpus") or 0) for n in members)
+    if total_gpus:
+        lines.append(f"TotalGPUs={total_gpus} AllocGPUs={sum(int(n.get('gpus_used') or 0) for n in members)}")
     return _block(lines)
 
 

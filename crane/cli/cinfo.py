@@ -1,4 +1,8 @@
-"""cinfo: partitions and node states, like sinfo (SPEC §7)."""
+"""cinfo: partitions and node states, like sinfo (SPEC §7).
+
+When a node shown declares GPUs, two columns appear before NODELIST (before
+REASON with ``-N``): ``GRES`` (``gpu:a100:2``) and ``GPUS(A/F/T)``, the GPUs
+allocated, free and in total."""
 
 from __future__ import annotations
 
@@ -54,9 +58,36 @@ def _order(state: str) -> tuple[int, str]:
     return (STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER), state)
 
 
+def has_gpus(nodes: dict[str, dict[str, Any]]) -> bool:
+    """Whether any node shown declares GPUs (the GPU columns appear only then)."""
+    return any(int(n.get("gpus") or 0) for n in nodes.values())
+
+
+def gpu_counts(members: list[dict[str, Any]]) -> str:
+    """``A/F/T``: GPUs allocated, free and in total on these nodes."""
+    used = sum(int(n.get("gpus_used") or 0) for n in members)
+    free = sum(int(n.get("gpus_free") or 0) for n in members)
+    total = sum(int(n.get("gpus") or 0) for n in members)
+    return f"{used}/{free}/{total}"
+
+
+def gres_of(members: list[dict[str, Any]]) -> str:
+    """The nodes' distinct GRES strings, comma-joined (``-`` for none)."""
+    seen: list[str] = []
+    for n in members:
+        for g in str(n.get("gres") or "").split(","):
+            if g and g not in seen:
+                seen.append(g)
+    return ",".join(seen) or "-"
+
+
+GPU_HEADER = ["GRES", "GPUS(A/F/T)"]
+
+
 def partition_rows(
-    parts: list[dict[str, Any]], nodes: dict[str, dict[str, Any]], states: set[str] | None
-) -> list[list[str]]:
+    parts: list[dict[str, Any]], nodes: dict[str, dict[str, Any]], states: set[str] | None,
+    gpus: bool = False,
+) -> list[list[str]]:  # fmt: skip
     from crane.ids import compress_nodes
 
     rows = []
@@ -71,14 +102,16 @@ def partition_rows(
             if states is not None and state not in states:
                 continue
             members = groups[state]
+            extra = [gres_of([nodes[x] for x in members]), gpu_counts([nodes[x] for x in members])] if gpus else []
             rows.append([p["name"] + ("*" if p.get("default") else ""), "up", "infinite",
-                         str(len(members)), state, compress_nodes(members)])  # fmt: skip
+                         str(len(members)), state, *extra, compress_nodes(members)])  # fmt: skip
     return rows
 
 
 def node_rows(
-    parts: list[dict[str, Any]], nodes: dict[str, dict[str, Any]], states: set[str] | None
-) -> list[list[str]]:
+    parts: list[dict[str, Any]], nodes: dict[str, dict[str, Any]], states: set[str] | None,
+    gpus: bool = False,
+) -> list[list[str]]:  # fmt: skip
     from crane.ids import format_memory
 
     rows = []
@@ -86,10 +119,11 @@ def node_rows(
         if states is not None and n["state"] not in states:
             continue
         in_parts = [p for p in parts if name in p["nodes"]] or [{"name": "-"}]
+        extra = [gres_of([n]), gpu_counts([n])] if gpus else []
         for p in in_parts:
             rows.append([name, p["name"] + ("*" if p.get("default") else ""), n["state"],
                          f"{n['cpus_alloc']}/{n['cpus']}", format_memory(int(n["memory"])),
-                         n.get("reason") or "None"])  # fmt: skip
+                         *extra, n.get("reason") or "None"])  # fmt: skip
     return rows
 
 
@@ -139,12 +173,14 @@ def command(partition: str | None, nodes: str | None, states: str | None, node_o
                 )
         print_json({"partitions": parts, "nodes": node_list})
         return 0
+    gpus = has_gpus(by_name)
+    extra = GPU_HEADER if gpus else []
     if node_oriented:
-        header = ["NODELIST", "PARTITION", "STATE", "CPUS(A/T)", "MEMORY", "REASON"]
-        rows = node_rows(parts, by_name, want_states)
+        header = ["NODELIST", "PARTITION", "STATE", "CPUS(A/T)", "MEMORY", *extra, "REASON"]
+        rows = node_rows(parts, by_name, want_states, gpus)
     else:
-        header = ["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]
-        rows = partition_rows(parts, by_name, want_states)
+        header = ["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", *extra, "NODELIST"]
+        rows = partition_rows(parts, by_name, want_states, gpus)
     for line in table(header, rows, not noheader):
         print(safe(line))
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
+from crane.cli.gres import alloc_text, gres_text
 from crane.text import safe
 
 PROG = "cqueue"
@@ -176,6 +177,8 @@ JOB_FIELDS: dict[str, tuple[str, Getter]] = {
     "o": ("STDOUT", _s("stdout")),
     "h": ("HELD", lambda j, now: "yes" if j.get("held") else "no"),
     "y": ("TYPE", lambda j, now: "Batch"),
+    "b": ("GRES", lambda j, now: gres_text(j) or "N/A"),
+    "G": ("GPU_ALLOC", lambda j, now: alloc_text(j) or "N/A"),
 }
 
 QUEUE_COLUMNS: list[tuple[str, Getter]] = [
@@ -190,6 +193,11 @@ QUEUE_COLUMNS: list[tuple[str, Getter]] = [
     ("TIMELIMIT", time_limit),
     ("NODES", _s("num_nodes")),
     ("NODELIST(REASON)", nodelist_reason),
+]
+
+#: ``-l``: the default columns plus CPUs, memory and GPUs (request and allocation)
+LONG_COLUMNS: list[tuple[str, Getter]] = [
+    *QUEUE_COLUMNS[:-1], JOB_FIELDS["C"], JOB_FIELDS["m"], JOB_FIELDS["b"], JOB_FIELDS["G"], QUEUE_COLUMNS[-1],
 ]
 
 
@@ -353,7 +361,7 @@ FILTER_OPTIONS = [
         "-o",
         "--format",
         "fmt",
-        help="Slurm-like format: %i %j %u %a %P %q %T %t %M %l %D %R %r ...",
+        help="Slurm-like format: %i %j %u %a %P %q %T %t %M %l %D %R %r %b (GRES) %G (GPUs) ...",
     ),
     click.option("-N", "--noheader", is_flag=True, help="no header line"),
     click.option("--json", "as_json", is_flag=True, help="print the jobs as one JSON array"),
@@ -377,6 +385,7 @@ def sort_jobs(jobs: list[Job]) -> list[Job]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @with_options(FILTER_OPTIONS)
 @click.option("-s", "--step", "--steps", "steps", is_flag=True, help="list the jobs' steps instead")
+@click.option("-l", "--long", "long", is_flag=True, help="more columns: CPUS, MIN_MEMORY, GRES, GPU_ALLOC")
 @click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
 def command(**o: Any) -> int:
     """Show the active jobs (pending, running, suspended...)."""
@@ -400,7 +409,7 @@ def command(**o: Any) -> int:
         if o["as_json"]:
             print_json(jobs)
             return 0
-        layout = layout or default_layout(QUEUE_COLUMNS)
+        layout = layout or default_layout(LONG_COLUMNS if o["long"] else QUEUE_COLUMNS)
         records = jobs
     for line in render(layout, records, header=not o["noheader"]):
         print(safe(line))

@@ -1,5 +1,9 @@
 """crun: run a command as the next step of the current allocation
-(``CRANE_JOB_ID`` set), block until it ends, exit with its exit code."""
+(``CRANE_JOB_ID`` set), block until it ends, exit with its exit code.
+
+crun never creates a job, so it takes no ``--gres``/``--gpus``: a step runs
+with the GPUs of its job on its node (CUDA_VISIBLE_DEVICES set by the
+controller, the other device files denied by the agent)."""
 
 from __future__ import annotations
 
