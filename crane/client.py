@@ -34,6 +34,10 @@ class Client:
         self._rid = 0
 
     def request(self, msg: m.Message, timeout: float | None = None) -> m.Message:
+        return self.wait_reply(self.send(msg), timeout)
+
+    def send(self, msg: m.Message) -> int:
+        """Send a request without waiting; its request id."""
         self._rid += 1
         rid = self._rid
         data = m.encode(msg, rid)
@@ -43,7 +47,7 @@ class Client:
             self.sock.send_multipart([munge.credential_for(data), data])
         else:
             self.sock.send(data)
-        return self.wait_reply(rid, timeout)
+        return rid
 
     def wait_reply(self, rid: int, timeout: float | None = None) -> m.Message:
         t = self.timeout if timeout is None else timeout

@@ -29,6 +29,7 @@ from crane.actors.frontend import Frontend, user_name
 from crane.actors.job import Job, JobActor
 from crane.actors.node import FromAgent, NodeActor, Send, Tick
 from crane.actors.scheduler import Request, Scheduler
+from crane.actors.streams import Relay
 from crane.actors.waits import Waits
 from crane.config import Config, ConfigError, load
 from crane.permissions import Caller, caller_from, may_act_on_job
@@ -47,6 +48,7 @@ class Controller:
         self.jobs: dict[int, JobActor] = {}
         self.recent: dict[int, str] = {}  # terminal, not yet committed: id -> state
         self.waits = Waits(cfg.max_waits_per_user)  # WaitJobs / WaitStep requests
+        self.streams = Relay()  # live output of steps to their crun (crane.actors.streams)
         self.active_by_uid: collections.Counter[int] = collections.Counter()  # jobs in self.jobs per owner
         self._terminal: list[int] = []  # ended this loop turn, waiting for one barrier
         self.collector: Any = None  # Prometheus snapshot holder when MetricsPort is set
@@ -164,12 +166,28 @@ class Controller:
             for node in self.nodes.values():
                 node.tell(Tick(now))
             turn += 1
+            if self.streams.subs:
+                self.crun_departed()
             if turn % WAIT_SWEEP_EVERY == 0 and self.waits.by_uid:
                 self.metrics["waits_dropped"] += self.waits.sweep()
             if self.collector is not None:
                 from crane import metrics
 
                 self.collector.latest = metrics.snapshot(self)
+
+    def crun_departed(self) -> None:
+        """A crun killed without a word (its connection gone, not back):
+        cancel its step, as its own SIGTERM would (its job, if crun made it)."""
+        for job_id, step_id in self.streams.departed():
+            actor = self.jobs.get(job_id)
+            running = (actor.job.steps.get(step_id) or {}).get("state") == "RUNNING" if actor else False
+            if actor is None or not (running or (step_id == 1 and actor.job.state == "PENDING")):
+                continue
+            log.info("step %d.%d: its crun is gone: cancelled", job_id, step_id)
+            self.metrics["crun_gone_cancels"] += 1
+            whole = step_id == 1  # the batch step: crun's own job (only its crun streams step 1)
+            actor.tell(ev.CancelEv(actor.job.uid, actor.job.user, "user", None if whole else step_id,
+                                   "crun gone", grace=float(self.cfg.kill_wait)))  # fmt: skip
 
     # ------------------------------------------------------------ sockets
 
@@ -200,6 +218,13 @@ class Controller:
         self.metrics["agent_msgs"] += 1
         if isinstance(msg, m.SessionEvent):
             self.session_event(name, msg)
+            return
+        if isinstance(msg, m.StepOutput):
+            # at once, not through the actors: it is ahead of the step's
+            # StepEnded on the same link, so its crun gets it before the end
+            actor = self.jobs.get(msg.job_id)
+            if actor is not None and name in actor.job.nodes:
+                self.streams.relay(msg)
             return
         node.tell(FromAgent(peer.identity, msg))
 
@@ -300,6 +325,8 @@ class Controller:
             self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.get("time") or time.time())))
         for key in self.waits.keys_of_job(job.id):
             self.waits.fire(key, dict(job.steps.get(key[1], {"state": job.state})))
+        for key in [k for k in self.streams.subs if k[0] == job.id]:
+            self.streams.end(key)
         self._terminal.append(job.id)
         if len(self._terminal) == 1:
             self.loop.call_soon(self._flush_terminal)

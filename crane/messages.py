@@ -225,12 +225,22 @@ class StartStep(Message):
     cpus: int = 1
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/"
+    # live output (crane.stream): the step's stdout/stderr go to the crun that
+    # waits for it with WaitStep(stream=True), except a stream given a file here
+    stream: bool = False
+    stdout: str = ""  # absolute; "" = the stream goes to crun (stream) or the job's file
+    stderr: str = ""
 
 
 @dataclass(slots=True)
 class WaitStep(Message):
+    """Reply (Ok {"step": ..., "lost": bytes}) when the step has ended.
+    ``stream``: also subscribe to its live output (the step's owner and root
+    only): StepOutput messages are sent under this request's id meanwhile."""
+
     job_id: int
     step_id: int
+    stream: bool = False
 
 
 @dataclass(slots=True)
@@ -284,6 +294,19 @@ class StepEnded(Message):
     exit_code: int
     signal: int = 0
     reason: str = ""  # "", TIMEOUT, OUT_OF_MEMORY, CANCELLED, LAUNCH_FAILED, LOST
+
+
+@dataclass(slots=True)
+class StepOutput(Message):
+    """A chunk (at most crane.stream.CHUNK bytes) of a streamed step's stdout
+    (``stream`` 1) or stderr (2), agent -> controller -> the subscribed crun.
+    ``seq`` counts the chunks of one stream, from 0."""
+
+    job_id: int
+    step_id: int
+    stream: int
+    data: bytes
+    seq: int = 0
 
 
 @dataclass(slots=True)

@@ -81,6 +81,7 @@ class Candidate:
     memory: int  # per node, bytes
     exclusive: bool
     gpus: dict[str, list[int]] = field(default_factory=dict)  # node -> GPU indices held there
+    keeps_gpus: bool = False  # preempted by SUSPEND: it keeps its GPUs (frees only CPUs and memory)
 
 
 @dataclass(slots=True)
@@ -153,7 +154,7 @@ def _node_fits(
             else:
                 cpus += c.cpus
                 mem += c.memory
-            if want.gpus > 0:
+            if want.gpus > 0 and not c.keeps_gpus:
                 gpus.update(range(len(node.gpu_types)) if c.exclusive else c.gpus.get(node.name, ()))
         elif c.exclusive:
             holders.add(c.job_id)

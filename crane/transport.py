@@ -201,6 +201,8 @@ class Endpoint:
             return False
         try:
             self.sock.send_multipart([identity, PROBE], zmq.NOBLOCK)
+        except zmq.Again:  # connected, its queue full (a crun reading live output slowly)
+            return True
         except zmq.ZMQError:
             return False
         return True

@@ -48,17 +48,23 @@ PROBE = (
 # ---------------------------------------------------------------- pure
 
 
-def test_denied_devices_skips_given_missing_and_non_devices(tmp_path: Any) -> None:
+def test_denied_devices_fail_closed_on_missing_and_non_devices(tmp_path: Any) -> None:
+    """Red team: a missing or non-device path was skipped, so a device node
+    created there later (as nvidia-modprobe does) was open to every job."""
     real = tmp_path / "file"
     real.write_text("x")
     link = tmp_path / "link"
     os.symlink("/dev/null", link)  # a symlink to a device: never followed
-    spec = {"gpus": [0], "gpu_devices": [[0, "/dev/null"], [1, str(real)], [2, str(link)],
-                                         [3, str(tmp_path / "missing")], [4, "/dev/zero"], ["x", "/dev/zero"]]}  # fmt: skip
+    spec = {"gpus": [0], "gpu_devices": [[0, "/dev/null"], [4, "/dev/zero"], ["x", "/dev/zero"]]}
     got = devices.denied_devices(spec)
     z = os.stat("/dev/zero").st_rdev
     assert got == [devices.Device("c", os.major(z), os.minor(z), "/dev/zero")]
     assert got[0].rule() == f"c {os.major(z)}:{os.minor(z)} rwm"
+    for bad in (real, link, tmp_path / "missing"):
+        with pytest.raises(OSError, match="cannot isolate"):
+            devices.denied_devices({"gpus": [0], "gpu_devices": [[0, "/dev/null"], [1, str(bad)]]})
+    # a GPU given to the step need not be resolvable: nothing is denied for it
+    assert devices.denied_devices({"gpus": [1], "gpu_devices": [[1, str(tmp_path / "missing")]]}) == []
     assert devices.denied_devices({}) == []
     assert devices.denied_devices({"gpus": [0, 1], "gpu_devices": [[0, "/dev/null"], [1, "/dev/zero"]]}) == []
 

@@ -99,16 +99,31 @@ def test_type_is_matched_and_any_type_takes_whatever_is_free() -> None:
     assert led.take(2, 1, 0, False, 1) == [0]
 
 
-def test_exclusive_takes_every_gpu_and_suspension_lends_them() -> None:
+def test_exclusive_takes_every_gpu_and_a_suspended_job_keeps_them() -> None:
+    """Red team: a suspended job lent its GPUs; another job took them and, at
+    resume, both ran on the same GPUs. Suspended jobs keep their GPUs now."""
     led = ledger("n", ["", ""])
     assert led.take(1, 1, 0, True) == [0, 1]
     assert led.gpus_free == set()
     led.lend(1, True)
-    assert led.gpus_free == {0, 1}
+    assert led.gpus_free == set() and led.cpus_free == led.cpus  # cpus lent, GPUs kept
+    assert not led.fits(1, 0, False, 1, "")
     led.lend(1, False)
     assert led.gpus_free == set()
     led.give(1)
     assert led.gpus_free == {0, 1}
+
+
+def test_a_suspend_victim_frees_no_gpus() -> None:
+    from crane.preempt import Candidate, NodeFree, Want, plan_preemption
+
+    node = NodeFree("n", 4, 0, 0, 0, gpu_types=["a100", "a100"], gpus_free=[])
+    victim = Candidate(1, "bg", 0, 0, 0.0, ["n"], 4, 0, False, {"n": [0, 1]}, keeps_gpus=True)
+    want = Want(2, 1, 0, 1, False, ["n"], [], gpus=1)
+    assert plan_preemption(want, {"n": node}, [victim], lambda c: True) is None
+    victim.keeps_gpus = False
+    plan = plan_preemption(want, {"n": node}, [victim], lambda c: True)
+    assert plan is not None and [v for v in plan.victims] == [1]
 
 
 def test_recovery_takes_the_recorded_indices() -> None:

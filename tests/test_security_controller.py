@@ -340,3 +340,14 @@ def test_a_coordinator_does_not_release_an_operators_hold(
     c.wait_state(held_by_carol, "COMPLETED", timeout=60)
     c.wait_state(held_by_root, "COMPLETED", timeout=60)
 
+
+
+def test_a_node_named_twice_is_refused(opened: Cluster) -> None:
+    """Attack (red team): nodelist ["crane01", "crane01"] took the node's CPUs
+    and GPUs twice and gave them back once; the job stayed COMPLETING forever."""
+    c = opened
+    spec = {"argv": ["/bin/true"], "cwd": "/tmp", "nodelist": ["crane01", "crane01"]}
+    got = send_as(c, "alice", ("SubmitJob", {"spec": spec}))
+    assert got == [{"code": 2, "error": "the node list names a node more than once"}], got
+    got = send_as(c, "alice", ("SubmitJob", {"spec": {**spec, "nodelist": [["crane01"]]}}))
+    assert got[0]["code"] == 2 and "node name" in got[0]["error"], got

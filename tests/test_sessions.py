@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -431,3 +432,47 @@ def test_exempt_users_and_root_are_never_swept(sc: Cluster) -> None:
         for jid in jobs:
             c.run("ccancel", str(jid))
         _end(procs, pids)
+
+
+def test_no_session_without_a_job_that_can_take_it(sc: Cluster) -> None:
+    """Attack (red team): while the user's only job here was suspended (or
+    being cancelled) the account phase let them in and nothing could adopt the
+    session, so it outlived the job. The session phase refuses it now."""
+    c = sc
+    sessions: list[Session] = []
+    jid = _running_job(c, "dave")
+    try:
+        c.ok("ccontrol", "suspend", str(jid))
+        c.wait_state(jid, "SUSPENDED", timeout=WAIT)
+        s = Session(c, "dave")
+        sessions.append(s)
+        assert s.rc == 1 and "no job to adopt the session into" in s.stderr, s.stderr
+        c.ok("ccontrol", "resume", str(jid))
+        c.wait_state(jid, "RUNNING", timeout=WAIT)
+        s = Session(c, "dave")
+        sessions.append(s)
+        assert s.rc == 0, s.stderr
+        assert f"/job_{jid}/" in _cgroup(s.shell), _cgroup(s.shell)
+    finally:
+        c.run("ccancel", str(jid))
+        for s in sessions:
+            s.kill()
+
+
+
+def test_stop_all_of_a_user_stops_every_process_at_once(sc: Cluster) -> None:
+    """Red team: a stray forking every 2 ms outran the sweep's scans. Before
+    killing, the sweep now stops all of the user's processes in one kill(-1)
+    made as the user (a stopped process cannot fork); processes of other users
+    are untouched. (The race itself is not reproduced here: it depends on
+    timing, and each of its exited parents is left for PID 1 to reap.)"""
+    from crane.agent.sweep import stop_all_of
+
+    mine, mine_pid = _stray("erin")
+    other, other_pid = _stray("dave")
+    try:
+        stop_all_of(pwd.getpwnam("erin").pw_uid)
+        wait_for(lambda: psutil.Process(mine_pid).status() == psutil.STATUS_STOPPED, WAIT, "erin's process stopped")
+        assert psutil.Process(other_pid).status() != psutil.STATUS_STOPPED
+    finally:
+        _end([mine, other], [mine_pid, other_pid])

@@ -66,6 +66,9 @@ class NewStepEv:
     env: dict[str, str]
     cwd: str
     reply: asyncio.Future[Any] | None = None
+    stream: list[int] = field(default_factory=list)  # 1 stdout, 2 stderr: live to crun
+    stdout: str = ""  # a file instead of the job's (absolute)
+    stderr: str = ""
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from crane import messages as m
-from crane import untrusted
+from crane import transport, untrusted
 from crane.actors import cancel
 from crane.actors import events as ev
 from crane.actors.job import Job
@@ -24,11 +24,13 @@ SPEC_KEYS = {
     "name": str, "partition": str, "qos": str, "account": str, "cpus": int, "memory": int,
     "nnodes": int, "nodelist": list, "exclusive": bool, "time_limit": int, "script": str,
     "argv": list, "cwd": str, "env": dict, "stdout": str, "stderr": str, "hold": bool,
-    "gpus_per_node": int, "gpu_type": str,
+    "gpus_per_node": int, "gpu_type": str, "stream": list,
 }  # fmt: skip
 MAX_GPUS_ASKED = 2**31 - 1  # per node (more than any node has is refused by fits_gpus, naming what nodes have)
 MAX_TIME_LIMIT = 2**31 - 1  # seconds: what every timer downstream can hold
 MAX_REPEAT = 100_000  # jobs per SubmitJob; MaxJobCount and MaxSubmitJobsPerUser bound the total
+FINAL_RETRY = 60.0  # seconds a streamed step's end waits for room in its crun's queue
+FINAL_PAUSE = 0.1  # seconds between those tries
 
 
 def user_name(uid: int) -> str:
@@ -73,12 +75,27 @@ def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
         return "a script or a command is required"
     if any(not isinstance(a, str) for a in spec.get("argv") or []):
         return "argv must be a list of strings"
-    for n in spec.get("nodelist") or []:
+    nodelist = spec.get("nodelist") or []
+    if any(not isinstance(n, str) for n in nodelist):
+        return "nodelist must be a list of node names"
+    for n in nodelist:
         if n not in cfg.nodes:
             return f"invalid node name: {n}"
+    if len(set(nodelist)) != len(nodelist):
+        # one node twice was taken twice from its ledger and never given back
+        return "the node list names a node more than once"
     env = spec.get("env") or {}
     if any(not isinstance(k, str) or not isinstance(v, str) for k, v in env.items()):
         return "env must map strings to strings"
+    return check_streams(spec.get("stream"))
+
+
+def check_streams(stream: Any) -> str | None:
+    """The streams sent live to crun: a subset of [1 (stdout), 2 (stderr)]."""
+    if stream is None:
+        return None
+    if not isinstance(stream, list) or len(stream) > 2 or any(s not in (1, 2) or isinstance(s, bool) for s in stream):
+        return "stream must be a list of 1 (stdout) and 2 (stderr)"
     return None
 
 
@@ -229,7 +246,7 @@ class Frontend:
             submit_time=now, held=bool(spec.get("hold")),
         )  # fmt: skip
         launch = {"script": spec.get("script") or "", "argv": spec.get("argv") or [],
-                  "env": spec.get("env") or {}}  # fmt: skip
+                  "env": spec.get("env") or {}, "stream": spec.get("stream") or []}  # fmt: skip
         blob = ctl.store.pack(launch)  # once, shared by every repeat
         proto_rec = proto.to_dict()
         out = spec.get("stdout") or os.path.join(proto.cwd, "crane-%j.out")
@@ -335,6 +352,11 @@ class Frontend:
             return
         err = (untrusted.check_argv(msg.argv) or untrusted.check_env(msg.env)
                or untrusted.check_path("working directory", msg.cwd))  # fmt: skip
+        for what, path in (("--output", msg.stdout), ("--error", msg.stderr)):
+            if path:
+                err = err or untrusted.check_path(what, path)
+                if not err and not os.path.isabs(path):
+                    err = f"{what} must be an absolute path"
         if err:
             reply(m.Error(2, err))
             return
@@ -345,24 +367,48 @@ class Frontend:
         fut = self.ctl.loop.create_future()
         # acknowledged means on disk: a step id answered before a crash is known after it
         fut.add_done_callback(lambda f: self.ctl.store.barrier(lambda: reply(f.result())))
-        actor.tell(ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, fut))
+        stream = [s for s, path in ((1, msg.stdout), (2, msg.stderr)) if msg.stream and not path]
+        actor.tell(ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, fut, stream, msg.stdout, msg.stderr))
 
     def on_WaitStep(self, caller: Any, msg: m.WaitStep, rid: str, reply: Any) -> None:
-        actor = self._own_job(caller, msg.job_id, reply)
+        """``stream``: also receive the step's live output (crane.actors.streams):
+        like running code in the job, the owner's and root's alone. The batch
+        step (1) of a pending job may be waited for: crun's own job."""
+        actor = self._own_job(caller, msg.job_id, reply, execute=msg.stream)
         if actor is None:
             return
+        key = (msg.job_id, msg.step_id)
+        relay = self.ctl.streams
         st = actor.job.steps.get(msg.step_id)
-        if st is None:  # never started: waiting would never end
+        pending = msg.step_id == 1 and actor.job.state == "PENDING"
+        if st is None and not pending:  # never started: waiting would never end
             reply(m.Error(4, f"Step {msg.job_id}.{msg.step_id} not found"))
             return
-        if st.get("state") != "RUNNING":
-            reply(m.Ok({"step": st}))
+        if st is not None and st.get("state") != "RUNNING":
+            reply(m.Ok({"step": st, "lost": st.get("output_lost", 0)}))
             return
-        key = (msg.job_id, msg.step_id)
-        err = self.ctl.waits.add(caller.uid, [key], lambda step: reply(m.Ok({"step": step})),
-                                 getattr(reply, "alive", None))  # fmt: skip
+        def done(step: dict[str, Any]) -> None:
+            answer = m.Ok({"step": step, "lost": step.get("output_lost", 0)})
+            if msg.stream and isinstance(reply, transport.Replier):
+                self._deliver(reply, answer, time.monotonic() + FINAL_RETRY)
+            else:
+                reply(answer)
+
+        err = self.ctl.waits.add(caller.uid, [key], done, getattr(reply, "alive", None))
         if err:
             reply(m.Error(2, err))
+        elif msg.stream and isinstance(reply, transport.Replier):
+            relay.subscribe(key, reply)
+
+    def _deliver(self, reply: transport.Replier, answer: m.Message, deadline: float) -> None:
+        """The end of a streamed step, behind its output in the crun's queue:
+        when that queue is full (a slow reader) the answer is tried again
+        until it fits, the crun is gone, or ``deadline`` (then the crun asks
+        again and reads the step's end from the history)."""
+        ep = reply.endpoint
+        if ep.send(reply.identity, answer, reply.rid) or time.monotonic() > deadline or not reply.alive():
+            return
+        self.ctl.loop.call_later(FINAL_PAUSE, self._deliver, reply, answer, deadline)
 
     # ---------------------------------------------------------------- control
 

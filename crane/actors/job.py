@@ -110,7 +110,7 @@ class Job:
             "script": script,
             "cwd": cwd,
             "env": full_env,
-            # crun steps write into the job's files (no I/O forwarding to crun)
+            # a crun step's streams go to crun unless given a file (see spec["stream"])
             "stdout": self.stdout,
             "stderr": self.stderr,
             "cpus": cpus,
@@ -208,6 +208,7 @@ class JobMachine:
         j.launch = None  # a requeue reads it from the store again
         spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, e.cpus,
                            launch.get("script") or "", j.nodes[0])  # fmt: skip
+        spec["stream"] = list(launch.get("stream") or [])  # crun's job: live output
         return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
 
     @on(ev.NewStepEv)
@@ -231,6 +232,8 @@ class JobMachine:
         _prune_ended_steps(j.steps)
         j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
         spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus, node=j.nodes[0])
+        spec["stream"] = list(e.stream)
+        spec.update({k: v for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v})
         return [
             ev.ToNode(j.nodes[0], m.LaunchStep(j.id, sid, spec)),
             ev.Persist(),
@@ -519,7 +522,11 @@ class JobActor(Actor):
     def step_done(self, step_id: int, st: dict[str, Any]) -> None:
         """Answer whoever waits for the step (crun, ccancel --wait): see
         ``Frontend.on_WaitStep`` and ``crane.actors.waits``."""
-        self.ctl.waits.fire((self.machine.job.id, step_id), dict(st))
+        key = (self.machine.job.id, step_id)
+        lost = self.ctl.streams.end(key)
+        if lost:  # live output its crun could not take: told in the WaitStep answer
+            st["output_lost"] = st.get("output_lost", 0) + lost
+        self.ctl.waits.fire(key, dict(st))
 
 
 _EXECUTE: dict[type, Callable[[JobActor, Any], None]] = {

@@ -81,6 +81,7 @@ def try_preempt(ctl: Any, req: Any, ledgers: dict[str, Any], members: list[str])
             j.id, j.qos, q.priority if q else 0, cfg.partitions[j.partition].priority,
             j.start_time or now, live, j.cpus, j.memory, j.exclusive,
             {n: list(ix) for n, ix in j.gpu_alloc.items() if n in live},
+            keeps_gpus=victim_mode(ctl, j) == "SUSPEND",
         ))  # fmt: skip
         jobs_by_id[j.id] = j
 

@@ -111,20 +111,18 @@ class NodeLedger:
         return True
 
     def lend(self, job_id: int, suspended: bool) -> None:
-        """A suspended job keeps its place but lends its cpus, memory and GPUs."""
+        """A suspended job keeps its place and its GPUs (its processes keep the
+        devices open, as in Slurm) but lends its cpus and memory."""
         if job_id not in self.jobs or suspended == (job_id in self.suspended):
             return
         c, mem, _ = self.jobs[job_id]
         sign = 1 if suspended else -1
         self.cpus_free += sign * c
         self.mem_free += sign * mem
-        gpus = self.gpu_jobs.get(job_id, [])
         if suspended:
             self.suspended.add(job_id)
-            self.gpus_free.update(gpus)
         else:
             self.suspended.discard(job_id)
-            self.gpus_free.difference_update(gpus)
 
     def gpu_row(self) -> dict[str, Any]:
         from crane.config import gres_text
@@ -146,8 +144,8 @@ class NodeLedger:
 def place(req: Request, ledgers: dict[str, NodeLedger], members: list[str]) -> list[str] | None:
     """Pick ``req.nnodes`` nodes of ``members`` that fit the request, the -w
     nodes first. Pure: reads the ledgers, changes nothing."""
-    required = [n for n in req.nodelist if n in ledgers]
-    if len(required) != len(req.nodelist) or any(n not in members for n in required):
+    required = [n for n in dict.fromkeys(req.nodelist) if n in ledgers]
+    if len(required) != len(set(req.nodelist)) or any(n not in members for n in required):
         return None
     chosen = [n for n in required if ledgers[n].fits(req.cpus, req.memory, req.exclusive, req.gpus, req.gpu_type)]
     if len(chosen) != len(required):

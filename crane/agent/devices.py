@@ -8,7 +8,9 @@ the device files of every GPU *not* given:
 
 * each path is read with ``lstat`` (a symlink is never followed) and must be a
   character or block device node; a missing path, or anything that is not a
-  device node, is skipped with a log line (there is nothing to deny);
+  device node, fails the launch (fail closed: a device file created later,
+  e.g. by nvidia-modprobe, would otherwise be open to every job; the config
+  must name the real /dev/nvidiaN nodes);
 * **cgroup v1 ``devices`` controller** (modes ``v1`` and ``hybrid``, when
   ``/sys/fs/cgroup/devices`` is mounted): the step gets a cgroup in that
   hierarchy too and ``c MAJOR:MINOR rwm`` is written to its ``devices.deny``;
@@ -80,20 +82,20 @@ def parse_spec(spec: dict[str, Any]) -> tuple[list[tuple[int, str]], set[int]]:
     return devices, given
 
 
-def device_of(path: str) -> Device | None:
-    """The device node at ``path`` (never following a symlink), or None."""
+def device_of(path: str) -> Device:
+    """The device node at ``path`` (never following a symlink). OSError when
+    there is none: a GPU that cannot be denied fails the launch (red team:
+    skipping it left a device created later open to every job)."""
     try:
         st = os.lstat(path)
     except OSError as e:
-        log.info("GPU device %s: %s; nothing to deny", path, e.strerror)
-        return None
+        raise OSError(e.errno, f"GPU device {path}: {e.strerror}; cannot isolate it") from None
     if stat.S_ISCHR(st.st_mode):
         kind = "c"
     elif stat.S_ISBLK(st.st_mode):
         kind = "b"
     else:
-        log.warning("GPU device %s is not a device node (symlink or file?); not isolated", path)
-        return None
+        raise OSError(errno.ENODEV, f"GPU device {path} is not a device node (symlink or file?); cannot isolate it")
     return Device(kind, os.major(st.st_rdev), os.minor(st.st_rdev), path)
 
 
@@ -105,7 +107,7 @@ def denied_devices(spec: dict[str, Any]) -> list[Device]:
         if index in given:
             continue
         dev = device_of(path)
-        if dev is not None and dev not in out:
+        if dev not in out:
             out.append(dev)
     return out
 

@@ -58,12 +58,15 @@ def spawn(
     env: dict[str, str],
     stdout: str,
     stderr: str,
+    pipes: dict[int, int] | None = None,
 ) -> int:
     """Start ``argv`` in its own session inside ``cg``; returns the pid (== pgid).
 
     The step's cgroup must already exist (``cg.create()``). Launch failures in the
     child are reported on the step's stderr (or the agent's stderr if that cannot
-    be opened) and the child exits 127.
+    be opened) and the child exits 127. ``pipes``: ``{1 or 2: fd}``, the write
+    end of a pipe the agent reads (live output, ``crane.agent.stream``) used
+    for stdout/stderr instead of the file.
     """
     if not argv:
         raise ValueError("empty argv")
@@ -97,6 +100,7 @@ def spawn(
             err_path,
             full_env,
             maxfd,
+            pipes or {},
         )
     cg.pgid = pid
     # The child attaches itself too, but only once it is scheduled: attach it
@@ -138,6 +142,7 @@ def _child(
     err_path: str,
     env: dict[str, str],
     maxfd: int,
+    pipes: dict[int, int],
 ) -> None:
     err_fd = 2
     try:
@@ -150,8 +155,10 @@ def _child(
             os.setuid(uid)
         os.umask(JOB_UMASK)
         # the output files are opened only now, with the owner's rights
-        out_fd = os.open(out_path, _OUT_FLAGS, 0o644)
-        if err_path != out_path:
+        out_fd = pipes[1] if 1 in pipes else os.open(out_path, _OUT_FLAGS, 0o644)
+        if 2 in pipes:
+            err_fd = pipes[2]
+        elif err_path != out_path or 1 in pipes:
             err_fd = os.open(err_path, _OUT_FLAGS, 0o644)
         else:
             err_fd = out_fd

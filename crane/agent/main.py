@@ -35,7 +35,8 @@ class Agent:
         self.scope = f"crane/{cfg.cluster}/{node}"
         self.state_dir = os.path.join(cfg.resolve(cfg.craned_state_dir), node)
         epilog = cfg.resolve(cfg.epilog) if cfg.epilog else ""  # never relative to our cwd
-        self.steps = StepManager(node, self.scope, self.state_dir, self.mode, self.send, epilog)
+        self.steps = StepManager(node, self.scope, self.state_dir, self.mode, self.send, epilog,
+                                 try_send=self.try_send)  # fmt: skip
         self.sweeper = Sweeper(node, self.state_dir, cfg.sweep_strays, cfg.sweep_min_uid, cfg.exempt_users,
                                cfg.kill_wait, self.steps.has_step, self.send)  # fmt: skip
         self.steps.on_release = lambda job, uid: self.sweeper.job_released(job, uid, self.mode)
@@ -49,6 +50,11 @@ class Agent:
     def send(self, msg: m.Message) -> None:
         if self.endpoint is not None and not self.endpoint.send(b"", msg):
             log.warning("send of %s failed (controller away); it is re-sent on registration", msg.TYPE)
+
+    def try_send(self, msg: m.Message) -> bool:
+        """A send the link may refuse (its queue is full, or no controller):
+        the caller keeps the message and slows down (live output)."""
+        return self.endpoint is not None and self.endpoint.send(b"", msg)
 
     def register(self) -> None:
         conf = self.cfg.nodes[self.node]

@@ -116,6 +116,12 @@ def _ask(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, 
     return reply
 
 
+# A user listed in the users file whose jobs cannot take a session (being
+# cancelled, suspended) is refused in the session phase: an unadopted session
+# would outlive the job (red team).
+NO_JOB = "access denied: no job to adopt the session into"
+
+
 def adopt(user: str, pid: int, config: str | None = None, node: str | None = None,
           wanted: str | None = None) -> tuple[int | None, str]:  # fmt: skip
     """Move ``pid`` into the cgroup of ``user``'s newest running job on this
@@ -163,8 +169,9 @@ def adopt(user: str, pid: int, config: str | None = None, node: str | None = Non
             cand = (r["job"] == job_wanted, float(r.get("start") or 0.0), int(r["job"]), path)
             best = cand if best is None or cand[:3] > best[:3] else best
     if best is None:
-        why = "; ".join(errors) if errors else f"{user} has no running job here to adopt the session into"
-        return None, "; ".join([*notes, f"session not adopted: {why}"])
+        if not errors:  # every agent answered: none runs a job that can take it
+            return None, "; ".join([*notes, f"{NO_JOB}: {user} has no running job here"])
+        return None, "; ".join([*notes, "session not adopted: " + "; ".join(errors)])
     if job_wanted is not None and not best[0]:
         notes.append(f"CRANE_ADOPT_JOB={job_wanted} is not a running job of {user} here: newest job taken")
     try:
@@ -224,11 +231,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: {reason}", file=sys.stderr)
         sys.exit(1)
     if os.environ.get("PAM_TYPE") == "open_session":
-        # the session is allowed even when adoption fails (pam_slurm_adopt's
-        # action_adopt_failure=allow): say why on stderr
-        _job, note = adopt(user, os.getppid(), config, args.node, os.environ.get("CRANE_ADOPT_JOB"))
+        # the session is allowed when adoption fails for another reason (an
+        # agent unreachable, no cgroups: pam_slurm_adopt's
+        # action_adopt_failure=allow), and said why on stderr; it is refused
+        # when the user's jobs here cannot take it (being cancelled, suspended)
+        job, note = adopt(user, os.getppid(), config, args.node, os.environ.get("CRANE_ADOPT_JOB"))
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
+        if job is None and NO_JOB in note:
+            sys.exit(1)
     sys.exit(0)
 
 

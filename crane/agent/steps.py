@@ -22,6 +22,7 @@ from typing import Any
 from crane import messages as m
 from crane.agent import as_user, devices, statedir
 from crane.agent import cgroup as cgmod
+from crane.agent import stream as streams
 from crane.agent.launcher import spawn
 
 log = logging.getLogger("craned.steps")
@@ -38,6 +39,7 @@ WRAPPER = f'trap : {_CATCH}; "$@"; rc=$?; echo $rc > "$CRANE_RC_FILE"; exit $rc'
 KILL_RETRIES = 10
 POLL = 0.01
 BANNER_TIMEOUT = 5.0  # a banner write that takes longer (a hung file system) is abandoned
+DRAIN_TIMEOUT = 10.0  # a streamed step's last output is sent before its end, if within this
 
 
 def path_problem(spec: dict[str, Any]) -> str:
@@ -71,12 +73,16 @@ class StepRun:
     reported: bool = False
     timer: asyncio.TimerHandle | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    pipes: list[streams.Pipe] = field(default_factory=list)  # live output (crun)
 
 
 class StepManager:
     def __init__(self, node: str, scope: str, state_dir: str, mode: str,
-                 send: Callable[[m.Message], None], epilog: str = "") -> None:  # fmt: skip
+                 send: Callable[[m.Message], None], epilog: str = "",
+                 try_send: Callable[[m.Message], bool] | None = None) -> None:  # fmt: skip
         self.node = node
+        # a send that may be refused (the link's queue is full): live output only
+        self.try_send = try_send or (lambda msg: send(msg) or True)
         self.scope = scope
         self.state_dir = state_dir
         self.mode = mode
@@ -140,11 +146,21 @@ class StepManager:
             self._save(run)
             rc_file = self._rc_file(msg.job_id, msg.step_id, int(spec["uid"]), int(spec["gid"]))
             env = {**dict(spec.get("env") or {}), "CRANE_RC_FILE": rc_file}
-            pid = spawn(
-                cg, ["/bin/sh", "-c", WRAPPER, "crane-step", *argv], uid=int(spec["uid"]),
-                gid=int(spec["gid"]), user=str(spec["user"]), cwd=str(spec.get("cwd") or "/"), env=env,
-                stdout=str(spec.get("stdout") or "/dev/null"), stderr=str(spec.get("stderr") or spec.get("stdout") or "/dev/null"),
-            )  # fmt: skip
+            which = [s for s in (streams.STDOUT, streams.STDERR) if s in (spec.get("stream") or [])]
+            fds = streams.open_pipes(msg.job_id, msg.step_id, which)
+            try:
+                pid = spawn(
+                    cg, ["/bin/sh", "-c", WRAPPER, "crane-step", *argv], uid=int(spec["uid"]),
+                    gid=int(spec["gid"]), user=str(spec["user"]), cwd=str(spec.get("cwd") or "/"), env=env,
+                    stdout=str(spec.get("stdout") or "/dev/null"), stderr=str(spec.get("stderr") or spec.get("stdout") or "/dev/null"),
+                    pipes={s: w for s, (_r, w) in fds.items()},
+                )  # fmt: skip
+            except BaseException:
+                streams.close_all(fds)
+                raise
+            for s, (r, w) in fds.items():
+                os.close(w)  # the step holds the write ends: EOF once it and its children are gone
+                run.pipes.append(streams.Pipe(msg.job_id, msg.step_id, s, r, self.try_send))
         except Exception as e:
             log.error("launch of %d.%d failed: %s", msg.job_id, msg.step_id, e)
             run.status = 127 << 8
@@ -278,8 +294,18 @@ class StepManager:
             except OSError:
                 pass
         self.write_users()
-        run.done.set()
-        self.send(m.StepEnded(**body))
+        if run.pipes:  # the step's last output before its end (one link: order kept)
+            self._background(self._end_after_output(run, body))
+        else:
+            run.done.set()
+            self.send(m.StepEnded(**body))
+
+    async def _end_after_output(self, run: StepRun, body: dict[str, Any]) -> None:
+        try:
+            await asyncio.gather(*(p.drained(DRAIN_TIMEOUT) for p in run.pipes))
+        finally:
+            run.done.set()  # a kill of the job waits for it: JobReleased comes after StepEnded
+            self.send(m.StepEnded(**body))
 
     def _timeout(self, run: StepRun) -> None:
         if not run.reported and not run.killing:

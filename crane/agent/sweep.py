@@ -156,6 +156,51 @@ def signal_stray(pid: int, uid: int, sig: int) -> bool:
             os.close(fd)
 
 
+def stop_all_of(uid: int) -> None:
+    """SIGSTOP every process of ``uid`` at once, so that a stray that forks all
+    the time cannot outrun a scan (red team: a fork chain dodged the sweep).
+    A child becomes ``uid`` and calls kill(-1): the kernel signals the whole
+    task list in one walk, which forks cannot slip past, and a stopped process
+    does not fork. Processes of ``uid`` found in a job afterwards get SIGCONT
+    (``continue_in_jobs``)."""
+    pid = os.fork()
+    if pid == 0:  # child: syscalls only, then _exit
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresuid(uid, uid, uid)
+            try:
+                os.kill(-1, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass  # nothing of uid's left
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # the agent's reaper took it: it has exited
+
+
+def continue_in_jobs(uid: int) -> None:
+    """SIGCONT the processes of ``uid`` that are in a job (stop_all_of hit them too)."""
+    for pid, status in _procs():
+        if status_uid(status) == uid and not is_dead(status) and in_job(_read(f"/proc/{pid}/cgroup") or ""):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+
+
+def _freeze_and_kill(uid: int) -> tuple[list[int], int]:
+    """Stop everything of ``uid``, SIGKILL the strays, continue the rest."""
+    stop_all_of(uid)
+    try:
+        return _round(uid, signal.SIGKILL)
+    finally:
+        continue_in_jobs(uid)
+
+
 def _round(uid: int, sig: int, skip: Collection[int] = ()) -> tuple[list[int], int]:
     """Scan and signal the strays not in ``skip``: (signalled, in jobs)."""
     strays, in_jobs = scan(uid)
@@ -251,7 +296,7 @@ class Sweeper:
             while time.monotonic() < end:
                 if self.busy(uid):
                     break
-                killed, in_jobs = await asyncio.to_thread(_round, uid, signal.SIGKILL)
+                killed, in_jobs = await asyncio.to_thread(_freeze_and_kill, uid)
                 hit.update(killed)
                 left, _ = await asyncio.to_thread(scan, uid)
                 if not left or in_jobs:

@@ -54,11 +54,17 @@ def absolute(path: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, path))
 
 
-def build_spec(o: dict[str, Any], script: str | None, wrap: str | None) -> dict[str, Any]:
+def build_spec(o: dict[str, Any], script: str | None, wrap: str | None,
+               argv: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The SubmitJob spec from the options ``o`` (cbatch's OPTIONS) and what
+    the job runs: a script, a --wrap command, or (crun) an ``argv``."""
     from crane.ids import expand_nodes, parse_memory, parse_time_limit
 
     spec: dict[str, Any] = {}
-    if wrap is not None:
+    if argv is not None:
+        spec["argv"] = list(argv)
+        spec["name"] = o.get("job_name") or os.path.basename(argv[0]) or "crun"
+    elif wrap is not None:
         spec["script"] = "#!/bin/sh\n" + wrap + "\n"
         spec["name"] = o.get("job_name") or "wrap"
     else:

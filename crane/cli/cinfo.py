@@ -92,16 +92,18 @@ def partition_rows(
 
     rows = []
     for p in parts:
-        groups: dict[str, list[str]] = {}
+        # one line per state (and per GRES, when shown: nodes with other GPUs
+        # are not summed into one line)
+        groups: dict[tuple[str, str], list[str]] = {}
         for name in p["nodes"]:
             n = nodes.get(name)
             if n is None:
                 continue
-            groups.setdefault(n["state"], []).append(name)
-        for state in sorted(groups, key=_order):
+            groups.setdefault((n["state"], str(n.get("gres") or "") if gpus else ""), []).append(name)
+        for state, gres in sorted(groups, key=lambda k: (_order(k[0]), k[1])):
             if states is not None and state not in states:
                 continue
-            members = groups[state]
+            members = groups[(state, gres)]
             extra = [gres_of([nodes[x] for x in members]), gpu_counts([nodes[x] for x in members])] if gpus else []
             rows.append([p["name"] + ("*" if p.get("default") else ""), "up", "infinite",
                          str(len(members)), state, *extra, compress_nodes(members)])  # fmt: skip

@@ -1,22 +1,42 @@
-"""crun: run a command as the next step of the current allocation
-(``CRANE_JOB_ID`` set), block until it ends, exit with its exit code.
+"""crun: run a command interactively, its output live on crun's terminal.
 
-crun never creates a job, so it takes no ``--gres``/``--gpus``: a step runs
-with the GPUs of its job on its node (CUDA_VISIBLE_DEVICES set by the
-controller, the other device files denied by the agent)."""
+* Inside an allocation (``CRANE_JOB_ID`` set, or ``--jobid N`` for the job's
+  owner): the command runs as the job's next step.
+* Outside one: crun submits a job with cbatch's resource options (``-p -q -A
+  -N -c --mem -t -w --exclusive -J --gres --gpus``) whose batch step is the
+  command; the job ends when the command ends.
+
+The step's stdout and stderr reach crun's stdout and stderr as they are
+produced (``-o``/``-e``: that stream goes to the file instead). crun exits
+with the step's exit code (128+N when signal N ended it). Ctrl-C forwards
+SIGINT to the step; a second one within a second cancels it; SIGTERM and
+SIGHUP cancel it (for crun's own job: the job); a crun killed outright has
+its step (job) cancelled by the controller within about two seconds.
+
+How output flows, and where it is bounded: ``crane.agent.stream`` (the
+agent reads the step's pipes, and stops reading while its link to the
+controller is full, which slows the writer down) and
+``crane.actors.streams`` (the controller relays each chunk at once; a chunk
+this crun's connection cannot take is dropped and counted: crun then prints
+``crun: N bytes of output lost``). Not yet: stdin, ``--pty``, ``-l``,
+multi-node tasks (the step runs on the job's first node).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from typing import Any
 
 import click
 
+from crane.cli.cbatch import OPTIONS, absolute, build_spec, current_dir
 from crane.cli.common import (
+    EXIT_UNREACHABLE,
     CliError,
     call,
-    call_until_answered,
     check_text,
     click_main,
     load_config,
@@ -24,51 +44,222 @@ from crane.cli.common import (
 from crane.text import safe
 
 PROG = "crun"
-WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "10"))  # seconds
+WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "10"))  # seconds without a word from the controller
+DOUBLE_INT = float(os.environ.get("CRUN_INTERRUPT_WINDOW", "1"))  # s: a second Ctrl-C within this cancels
+STEP_ONLY = ("cpus_per_task", "output", "error", "chdir")  # the options a step in an allocation takes
+
+
+def write_step_output(fd: int, data: bytes) -> bool:
+    """The step's own bytes to crun's stdout/stderr, raw (as srun does): they
+    are the user's output on the user's terminal, not text crun shows from
+    others (which goes through crane.text.safe). False once ``fd`` is closed
+    (e.g. ``crun ... | head``): further output of that stream is dropped."""
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError:
+        return False
+    return True
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
                                 "allow_interspersed_args": False})
-@click.option("-c", "--cpus-per-task", type=click.IntRange(1, 100_000), default=1)
 @click.option("-j", "--jobid", type=int, help="the allocation (default: $CRANE_JOB_ID)")
 @click.option("-C", "--config")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def command(cpus_per_task: int, jobid: int | None, config: str | None, argv: tuple[str, ...]) -> int:
-    """Run COMMAND as a step of the current job."""
+def command(jobid: int | None, config: str | None, argv: tuple[str, ...], **opts: Any) -> int:
+    """Run COMMAND as a step of the current job, or in a new job."""
     from crane import messages as m
 
+    if opts.get("hold"):
+        raise CliError("--hold makes no sense for crun")
     job_id = jobid or int(os.environ.get("CRANE_JOB_ID", "0") or 0)
-    if not job_id:
-        raise CliError("not inside an allocation: CRANE_JOB_ID is not set (or use --jobid)")
-    try:
-        cwd = os.getcwd()  # absolute: the step starts where crun was run
-    except OSError as e:
-        raise CliError(f"cannot read the current directory: {e.strerror}") from None
-    check_text("the working directory", cwd)
     cfg = load_config(config)
-    env = {k: v for k, v in os.environ.items()}
-    started: dict[str, Any] = call(cfg, m.StartStep(job_id, list(argv), cpus_per_task, env, cwd))
-    step_id = int(started["step_id"])
-    if os.environ.get("CRUN_VERBOSE"):
-        print(safe(f"crun: step {job_id}.{step_id} started on {started.get('node')}"), file=sys.stderr)
-    done = wait_step(cfg, job_id, step_id)
-    st = done["step"]
+    if job_id:
+        extra = sorted(k for k, v in opts.items() if v is not None and k not in STEP_ONLY)
+        if extra:
+            names = ", ".join("--" + k.replace("_", "-") for k in extra)
+            raise CliError(f"{names}: only for a new job (crun outside an allocation), not for a step of job {job_id}")
+        cwd = absolute(opts.get("chdir") or ".", current_dir())
+        out, err = (absolute(opts[k], cwd) if opts.get(k) else "" for k in ("output", "error"))
+        for what, value in (("the working directory", cwd), ("--output", out), ("--error", err)):
+            check_text(what, value)
+        env = dict(os.environ)
+        req = m.StartStep(job_id, list(argv), opts.get("cpus_per_task") or 1, env, cwd, True, out, err)
+        started: dict[str, Any] = call(cfg, req)
+        step_id, own_job = int(started["step_id"]), False
+        if os.environ.get("CRUN_VERBOSE"):
+            print(safe(f"crun: step {job_id}.{step_id} started on {started.get('node')}"), file=sys.stderr)
+    else:
+        spec = build_spec(opts, None, None, argv=list(argv))
+        spec["stream"] = [s for s, k in ((1, "stdout"), (2, "stderr")) if k not in spec]
+        for s, k in ((1, "stdout"), (2, "stderr")):
+            if s in spec["stream"]:
+                spec[k] = os.devnull  # no file: the stream is crun's (a cancel banner goes nowhere)
+        data = call(cfg, m.SubmitJob(spec), timeout=120)
+        job_id, step_id, own_job = int(data["job_ids"][0]), 1, True
+        if os.environ.get("CRUN_VERBOSE"):
+            print(safe(f"crun: job {job_id} submitted"), file=sys.stderr)
+    done = Follower(cfg, job_id, step_id, own_job).run()
+    return exit_code(job_id, step_id, done)
+
+
+def exit_code(job_id: int, step_id: int, done: dict[str, Any]) -> int:
+    st = done.get("step") or {}
+    lost = int(done.get("lost") or 0)
+    if lost:
+        print(safe(f"crun: {lost} bytes of output lost"), file=sys.stderr)
     state = st.get("state")
-    code = int(st.get("exit_code") or 0)
+    code, sig = int(st.get("exit_code") or 0), int(st.get("signal") or 0)
     if state == "CANCELLED":
-        print(safe(f"crun: step {job_id}.{step_id} cancelled"), file=sys.stderr)
+        by = st.get("cancelled_by") or (st.get("cancelled") or {}).get("by_name")
+        print(safe(f"crun: step {job_id}.{step_id} cancelled" + (f" by {by}" if by else "")), file=sys.stderr)
+    if sig:
+        return 128 + sig
+    if state == "CANCELLED":
         return code or 130
-    if state not in ("COMPLETED",) and code == 0:
+    if state != "COMPLETED" and code == 0:
         return 1
     return code
 
 
-def wait_step(cfg: Any, job_id: int, step_id: int) -> dict[str, Any]:
-    """Block until the step ends, surviving controller restarts."""
-    from crane import messages as m
+class Follower:
+    """Waits for the step with its live output (WaitStep(stream=True)),
+    writes each chunk to crun's stdout/stderr, and turns crun's signals into
+    a SIGINT for the step or a cancel."""
 
-    return call_until_answered(cfg, m.WaitStep(job_id, step_id), WAIT_REASK)
+    def __init__(self, cfg: Any, job_id: int, step_id: int, own_job: bool) -> None:
+        self.cfg, self.job_id, self.step_id, self.own_job = cfg, job_id, step_id, own_job
+        self.signals: list[tuple[int, float]] = []  # (signal, when it arrived)
+        self.last_int = -1e9
+        self.cancelled = False
+        self.open = {1: True, 2: True}
+        self.asks = 0  # WaitStep requests sent
+
+    def _on_signal(self, signo: int, frame: Any) -> None:
+        self.signals.append((signo, time.monotonic()))
+
+    def run(self) -> dict[str, Any]:
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(s) != signal.SIG_IGN:  # e.g. SIGINT of a `crun ... &` in a script
+                signal.signal(s, self._on_signal)
+        client = None
+        try:
+            while True:
+                client = self._subscribe(client)
+                done = self._follow(client)
+                if done is not None:
+                    return done
+        finally:
+            if client is not None:
+                client.close()
+
+    def _subscribe(self, old: Any) -> Any:
+        """A new connection and subscription (after a silence: the controller
+        may have restarted and forgotten the request)."""
+        from crane import messages as m
+        from crane.client import Client, Unreachable
+
+        while True:
+            try:
+                client = Client(self.cfg.cli_address, WAIT_REASK, munge=self.cfg.auth_type == "munge")
+                self.rid = client.send(m.WaitStep(self.job_id, self.step_id, True))
+                self.asks += 1
+                if old is not None:  # only now: a crun gone for good has its step cancelled
+                    old.close()
+                return client
+            except Unreachable:
+                self._handle_signals()
+                time.sleep(1.0)  # retry pacing while the controller is down, not a wait for a condition
+
+    def _follow(self, client: Any) -> dict[str, Any] | None:
+        import zmq
+
+        from crane import messages as m
+        from crane.client import MAX_REPLY
+
+        poller = zmq.Poller()
+        poller.register(client.sock, zmq.POLLIN)
+        heard = time.monotonic()
+        while True:
+            self._handle_signals()
+            if not poller.poll(100):
+                if time.monotonic() - heard > WAIT_REASK:
+                    return None
+                continue
+            try:
+                msg, rid = m.decode(client.sock.recv(), MAX_REPLY)
+            except m.BadMessage as e:
+                raise CliError(f"bad reply from controller: {e}", EXIT_UNREACHABLE) from None
+            heard = time.monotonic()
+            if rid != self.rid:
+                continue  # a liveness probe, or the answer to an earlier subscription
+            if isinstance(msg, m.StepOutput):
+                fd = 1 if msg.stream == 1 else 2
+                if self.open[fd]:
+                    self.open[fd] = write_step_output(fd, msg.data)
+            elif isinstance(msg, m.Ok):
+                return msg.data
+            elif isinstance(msg, m.Error):
+                if self.asks > 1 and msg.code == 4:  # asked again: the job may have ended meanwhile
+                    done = self._from_history()
+                    if done is not None:
+                        return done
+                raise CliError(msg.message, msg.code if 1 <= msg.code <= 5 else 1)
+
+    def _from_history(self) -> dict[str, Any] | None:
+        """The step's end from the finished jobs (its answer did not reach
+        this crun: a controller restart, or a reader too slow for too long)."""
+        from crane import messages as m
+
+        data = call(self.cfg, m.QueryJobs({"jobs": [self.job_id]}, history=True))
+        for job in data.get("jobs") or []:
+            for st in job.get("steps") or []:
+                if st.get("step_id") == self.step_id and st.get("state") != "RUNNING":
+                    lost = st.get("output_lost") or 0
+                    if not lost:
+                        print("crun: the end of the step's output may be lost", file=sys.stderr)
+                    return {"step": st, "lost": lost}
+        return None
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signo, now = self.signals.pop(0)
+            if signo == signal.SIGINT and now - self.last_int > DOUBLE_INT and not self.cancelled:
+                self.last_int = now
+                print("crun: interrupt (one more within 1 sec to abort)", file=sys.stderr)
+                self._request(signal.SIGINT)
+            else:
+                self._cancel()
+
+    def _cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        print(safe(f"crun: cancelling {'job' if self.own_job else 'step'} "
+                   f"{self.job_id if self.own_job else f'{self.job_id}.{self.step_id}'}"), file=sys.stderr)  # fmt: skip
+        self._request(None)
+
+    def _request(self, signo: int | None) -> None:
+        from crane import messages as m
+
+        target = [self.job_id, None if self.own_job and signo is None else self.step_id]
+        try:
+            data = call(self.cfg, m.Cancel(ids=[target], signal=signo))
+            if signo is not None and data.get("not_cancelled"):  # not running yet: cancel instead
+                self._cancel()
+        except CliError as e:
+            if signo is None:
+                print(safe(f"crun: cannot cancel: {e}"), file=sys.stderr)
+            else:  # not running yet (crun's own job still pending): cancel instead
+                self._cancel()
 
 
 def main() -> None:
     click_main(command, PROG)
+
+
+for _opt in OPTIONS:
+    command = _opt(command)
