@@ -17,7 +17,7 @@ from crane import messages as m
 from crane import transport, untrusted
 from crane.actors import cancel
 from crane.actors import events as ev
-from crane.actors.job import Job
+from crane.actors.job import Job, step_answer
 from crane.selection import check_filters, matches
 
 SPEC_KEYS = {
@@ -385,7 +385,7 @@ class Frontend:
             reply(m.Error(4, f"Step {msg.job_id}.{msg.step_id} not found"))
             return
         if st is not None and st.get("state") != "RUNNING":
-            reply(m.Ok({"step": st, "lost": st.get("output_lost", 0)}))
+            reply(m.Ok({"step": step_answer(actor.job, st), "lost": st.get("output_lost", 0)}))
             return
         def done(step: dict[str, Any]) -> None:
             answer = m.Ok({"step": step, "lost": step.get("output_lost", 0)})

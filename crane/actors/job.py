@@ -526,7 +526,17 @@ class JobActor(Actor):
         lost = self.ctl.streams.end(key)
         if lost:  # live output its crun could not take: told in the WaitStep answer
             st["output_lost"] = st.get("output_lost", 0) + lost
-        self.ctl.waits.fire(key, dict(st))
+        self.ctl.waits.fire(key, step_answer(self.machine.job, st))
+
+
+def step_answer(job: Job, st: dict[str, Any]) -> dict[str, Any]:
+    """A step's end for its waiter: who cancelled it and why, taken from the
+    job's cancel when the whole job was cancelled (ccancel J, a preemption)."""
+    out = dict(st)
+    c = job.cancel or {}
+    if not out.get("cancelled") and c and out.get("state") != "COMPLETED":
+        out["cancelled"] = {"by_name": c.get("by_name"), "message": c.get("message", ""), "path": c.get("path")}
+    return out
 
 
 _EXECUTE: dict[type, Callable[[JobActor, Any], None]] = {

@@ -113,9 +113,8 @@ def exit_code(job_id: int, step_id: int, done: dict[str, Any]) -> int:
         print(safe(f"crun: {lost} bytes of output lost"), file=sys.stderr)
     state = st.get("state")
     code, sig = int(st.get("exit_code") or 0), int(st.get("signal") or 0)
-    if state == "CANCELLED":
-        by = st.get("cancelled_by") or (st.get("cancelled") or {}).get("by_name")
-        print(safe(f"crun: step {job_id}.{step_id} cancelled" + (f" by {by}" if by else "")), file=sys.stderr)
+    if state == "CANCELLED" or st.get("cancelled"):
+        print(safe(cancel_line(job_id, step_id, st)), file=sys.stderr)
     if sig:
         return 128 + sig
     if state == "CANCELLED":
@@ -123,6 +122,17 @@ def exit_code(job_id: int, step_id: int, done: dict[str, Any]) -> int:
     if state != "COMPLETED" and code == 0:
         return 1
     return code
+
+
+def cancel_line(job_id: int, step_id: int, st: dict[str, Any]) -> str:
+    """``crun: step J.S cancelled by USER: MESSAGE`` or ``... preempted by job K``
+    from the step's end (its own cancel, or its job's: see step_answer)."""
+    c = st.get("cancelled") or {}
+    by, msg = c.get("by_name") or st.get("cancelled_by"), c.get("message") or ""
+    head = f"crun: step {job_id}.{step_id}"
+    if c.get("path") == "preemption" and msg.startswith("Preempted by job "):
+        return f"{head} preempted by job {msg.removeprefix('Preempted by job ')}"
+    return f"{head} cancelled" + (f" by {by}" if by else "") + (f": {msg}" if msg else "")
 
 
 class Follower:
