@@ -34,8 +34,8 @@ class Cluster(LocalCluster):
         env["PATH"] = BIN + ":" + env.get("PATH", "/usr/bin:/bin")
         return env
 
-    def run(self, *argv: str, user: str | None = None, input: str | None = None,
-            timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def command(self, *argv: str, user: str | None = None) -> list[str]:
+        """The argv that runs the CLI ``argv[0]`` of this venv, as ``user`` if given."""
         cmd = [os.path.join(BIN, argv[0]), *argv[1:]]
         if user is not None:
             # pytest closes its temp root (0700) whenever a pytest session
@@ -43,7 +43,11 @@ class Cluster(LocalCluster):
             open_ancestors(self.base)
             env_args = [f"CRANE_CONF={self.config_path}", f"PATH={BIN}:/usr/bin:/bin", "HOME=/tmp"]
             cmd = ["runuser", "-u", user, "--", "env", *env_args, *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout,
+        return cmd
+
+    def run(self, *argv: str, user: str | None = None, input: str | None = None,
+            timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return subprocess.run(self.command(*argv, user=user), capture_output=True, text=True, input=input, timeout=timeout,
                               env=self.env(), cwd=cwd or self.workdir)  # fmt: skip
 
     def ok(self, *argv: str, **kw: Any) -> str:

@@ -15,7 +15,7 @@ import termios
 import threading
 from typing import Any
 
-from tests.conftest import BIN, Cluster, open_ancestors, wait_for
+from tests.conftest import BIN, Cluster, wait_for
 
 DEADLINE = 60.0
 
@@ -25,11 +25,7 @@ class Proc:
 
     def __init__(self, c: Cluster, prog: str, *args: str, user: str | None = None,
                  extra_env: dict[str, str] | None = None) -> None:  # fmt: skip
-        cmd = [os.path.join(BIN, prog), *args]
-        if user is not None:
-            open_ancestors(c.base)
-            cmd = ["runuser", "-u", user, "--", "env", f"CRANE_CONF={c.config_path}", f"PATH={BIN}:/usr/bin:/bin",
-                   "HOME=/tmp", *cmd]  # fmt: skip
+        cmd = c.command(prog, *args, user=user)
         env = c.env()
         env.pop("CRANE_JOB_ID", None)
         env.update(extra_env or {})

@@ -25,11 +25,7 @@ class Crun:
 
     def __init__(self, c: Cluster, *args: str, user: str | None = None, read_stdout: bool = True,
                  extra_env: dict[str, str] | None = None) -> None:  # fmt: skip
-        cmd = [os.path.join(BIN, "crun"), *args]
-        if user is not None:
-            open_ancestors(c.base)
-            cmd = ["runuser", "-u", user, "--", "env", f"CRANE_CONF={c.config_path}", f"PATH={BIN}:/usr/bin:/bin",
-                   "HOME=/tmp", *cmd]  # fmt: skip
+        cmd = c.command("crun", *args, user=user)
         env = c.env()
         env.pop("CRANE_JOB_ID", None)
         env.update(extra_env or {})

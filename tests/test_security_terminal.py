@@ -23,7 +23,7 @@ import pytest
 from crane import store
 from crane.config import load
 from crane.text import safe
-from tests.conftest import BIN, Cluster
+from tests.conftest import Cluster
 
 # OSC window title + BEL, clear screen, C1 CSI, DEL, carriage return, a bidi
 # override: each one would act on the terminal if printed raw.
@@ -34,11 +34,7 @@ assert SHOWN == "ev\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x7f\\rX\\u202eY\\nZ"
 
 def run_raw(c: Cluster, *argv: str, user: str | None = None) -> subprocess.CompletedProcess[bytes]:
     """A CLI as ``user``, its output as bytes (what reaches the terminal)."""
-    cmd = [os.path.join(BIN, argv[0]), *argv[1:]]
-    if user is not None:
-        env_args = [f"CRANE_CONF={c.config_path}", f"PATH={BIN}:/usr/bin:/bin", "HOME=/tmp"]
-        cmd = ["runuser", "-u", user, "--", "env", *env_args, *cmd]
-    return subprocess.run(cmd, capture_output=True, timeout=60, env=c.env(), cwd=c.workdir)
+    return subprocess.run(c.command(*argv, user=user), capture_output=True, timeout=60, env=c.env(), cwd=c.workdir)
 
 
 def raw_controls(data: bytes) -> list[str]:

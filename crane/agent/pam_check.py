@@ -122,22 +122,14 @@ def _ask(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, 
 NO_JOB = "access denied: no job to adopt the session into"
 
 
-def adopt(user: str, pid: int, config: str | None = None, node: str | None = None,
-          wanted: str | None = None) -> tuple[int | None, str]:  # fmt: skip
-    """Move ``pid`` into the cgroup of ``user``'s newest running job on this
-    host (or job ``wanted``, if it is one of them). (job, note): the job or
-    None, and what to tell (why not adopted, a choice that was ignored)."""
-    uid = _uid_of(user)
-    if uid is None:
-        return None, f"unknown user {user!r}"
-    if uid == 0:
-        return None, ""
-    from crane.config import ConfigError, load
-
-    try:
-        cfg = load(config)
-    except ConfigError as e:
-        return None, str(e)
+def adopt(user: str, cfg: Any, pid: int, node: str | None = None,
+          wanted: str | None = None) -> tuple[int | None, str, bool]:  # fmt: skip
+    """Move ``pid`` into the cgroup of ``user``'s (not root: see ``access``;
+    ``cfg`` as it loaded) newest running job on this host (or job ``wanted``, if it is
+    one of them). (job, note, refused): the job or None, what to tell (why not
+    adopted, a choice that was ignored), and whether the session must be
+    refused: every agent answered and none runs a job that can take it (being
+    cancelled, suspended) — an unadopted session would outlive the job."""
     notes: list[str] = []
     job_wanted = None
     if wanted:
@@ -149,7 +141,7 @@ def adopt(user: str, pid: int, config: str | None = None, node: str | None = Non
     try:
         nodes = [node] if node is not None else sorted(os.listdir(state))
     except OSError as e:
-        return None, "; ".join([*notes, f"session not adopted: cannot read {state}: {e.strerror}"])
+        return None, "; ".join([*notes, f"session not adopted: cannot read {state}: {e.strerror}"]), False
     best: tuple[bool, float, int, str] | None = None  # (asked for, start, job, socket)
     errors = []
     for n in nodes:
@@ -162,7 +154,7 @@ def adopt(user: str, pid: int, config: str | None = None, node: str | None = Non
             errors.append(f"{n}: {e}")
             continue
         if "exempt" in r:
-            return None, ""  # root, system accounts, ExemptUsers: never adopted
+            return None, "", False  # root, system accounts, ExemptUsers: never adopted
         if "error" in r:
             errors.append(f"{n}: {r['error']}")
         elif type(r.get("job")) is int:
@@ -170,37 +162,44 @@ def adopt(user: str, pid: int, config: str | None = None, node: str | None = Non
             best = cand if best is None or cand[:3] > best[:3] else best
     if best is None:
         if not errors:  # every agent answered: none runs a job that can take it
-            return None, "; ".join([*notes, f"{NO_JOB}: {user} has no running job here"])
-        return None, "; ".join([*notes, "session not adopted: " + "; ".join(errors)])
+            return None, "; ".join([*notes, f"{NO_JOB}: {user} has no running job here"]), True
+        return None, "; ".join([*notes, "session not adopted: " + "; ".join(errors)]), False
     if job_wanted is not None and not best[0]:
         notes.append(f"CRANE_ADOPT_JOB={job_wanted} is not a running job of {user} here: newest job taken")
     try:
         r = _ask(best[3], {"op": "adopt", "user": user, "pid": pid, "job": best[2]})
     except (OSError, ValueError) as e:
-        return None, "; ".join([*notes, f"session not adopted into job {best[2]}: {e}"])
+        return None, "; ".join([*notes, f"session not adopted into job {best[2]}: {e}"]), False
     if type(r.get("job")) is not int:
-        return None, "; ".join([*notes, f"session not adopted into job {best[2]}: {r.get('error') or 'job gone'}"])
-    return int(r["job"]), "; ".join(notes)
+        return None, "; ".join([*notes, f"session not adopted into job {best[2]}: {r.get('error') or 'job gone'}"]), False
+    return int(r["job"]), "; ".join(notes), False
 
 
-def check(user: str, config: str | None = None, node: str | None = None) -> tuple[bool, str]:
-    """(allowed, reason-if-denied)."""
+def access(user: str, config: str | None = None, node: str | None = None) -> tuple[int | None, Any, str]:
+    """(uid, config, reason-if-denied): uid None when denied; root is allowed
+    without reading the config (None)."""
     uid = _uid_of(user)
     if uid is None:
-        return False, f"unknown user {user!r}"
+        return None, None, f"unknown user {user!r}"
     if uid == 0:
-        return True, ""
+        return 0, None, ""
     from crane.config import ConfigError, load
 
     try:
         cfg = load(config)
     except ConfigError as e:
-        return False, str(e)
+        return None, None, str(e)
     if node is not None and node not in cfg.nodes:
-        return False, f"node {node} is not in the config {cfg.path}"
+        return None, None, f"node {node} is not in the config {cfg.path}"
     if uid in _listed_uids(cfg.resolve(cfg.craned_state_dir), node):
-        return True, ""
-    return False, f"access denied: {user} has no running job on this node"
+        return uid, cfg, ""
+    return None, None, f"access denied: {user} has no running job on this node"
+
+
+def check(user: str, config: str | None = None, node: str | None = None) -> tuple[bool, str]:
+    """(allowed, reason-if-denied)."""
+    uid, _cfg, reason = access(user, config, node)
+    return uid is not None, reason
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,19 +225,19 @@ def main(argv: list[str] | None = None) -> None:
         from crane.config import DEFAULT_PATH
 
         config = DEFAULT_PATH
-    allowed, reason = check(user, config, args.node)
-    if not allowed:
+    uid, cfg, reason = access(user, config, args.node)
+    if uid is None:
         print(f"{PROG}: {reason}", file=sys.stderr)
         sys.exit(1)
-    if os.environ.get("PAM_TYPE") == "open_session":
+    if os.environ.get("PAM_TYPE") == "open_session" and uid != 0:
         # the session is allowed when adoption fails for another reason (an
         # agent unreachable, no cgroups: pam_slurm_adopt's
         # action_adopt_failure=allow), and said why on stderr; it is refused
         # when the user's jobs here cannot take it (being cancelled, suspended)
-        job, note = adopt(user, os.getppid(), config, args.node, os.environ.get("CRANE_ADOPT_JOB"))
+        _job, note, refused = adopt(user, cfg, os.getppid(), args.node, os.environ.get("CRANE_ADOPT_JOB"))
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
-        if job is None and NO_JOB in note:
+        if refused:
             sys.exit(1)
     sys.exit(0)
 
