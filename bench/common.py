@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from crane import messages as m
+from crane.core import messages as m
 from crane.local import LocalCluster, make_config
 from crane.polling import wait_for
 from crane.transport import Client

@@ -39,9 +39,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import EXIT_UNREACHABLE, CliError, call, load_config
+from crane.core import messages as m
 from crane.local import LocalCluster, make_config
 from crane.polling import pid_alive
 

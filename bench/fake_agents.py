@@ -21,8 +21,8 @@ import time
 import zmq
 
 from crane import keys
-from crane import messages as m
 from crane.config import load
+from crane.core import messages as m
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 ``FrameGen`` is a pure, seeded generator of malformed or adversarial frames:
 random bytes, msgpack of the wrong shape, unknown versions and types, every
-real message type (from ``crane.messages._REGISTRY``) with fields of the wrong
+real message type (from ``crane.core.messages._REGISTRY``) with fields of the wrong
 type, missing or extra fields, huge and negative numbers, NaN, invalid UTF-8,
 bin where str is expected, deep nesting, huge sizes (a frame over
 ``MAX_FRAME``, a msgpack header claiming a 4 GB array), valid messages with
@@ -37,8 +37,8 @@ from typing import Any
 import msgpack
 
 from crane import PROTOCOL_VERSION
-from crane import messages as m
 from crane.client import MAX_REPLY
+from crane.core import messages as m
 
 CLI_TYPES = (
     "SubmitJob",

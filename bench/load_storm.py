@@ -59,7 +59,7 @@ def percentile(xs: list[float], q: float) -> float | None:
 def storm(cli_address: str, queries: int, cancels: int, munge: bool = False,
           timeout: float = 60.0, expect_jobs: set[int] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the storm; returns counts, errors and latencies (seconds)."""
-    from crane import messages as m
+    from crane.core import messages as m
     from crane.transport import Client, Unreachable
 
     total = queries + cancels
@@ -147,7 +147,7 @@ def storm(cli_address: str, queries: int, cancels: int, munge: bool = False,
 
 def _check(kind: str, i: int, reply: Any, expect_jobs: set[int] | None) -> str:
     """Why ``reply`` is not the expected answer ('' if it is)."""
-    from crane import messages as m
+    from crane.core import messages as m
 
     if not isinstance(reply, m.Ok):
         return f"reply {reply.TYPE}: {getattr(reply, 'message', '')}"
@@ -200,8 +200,8 @@ def _own_cluster(jobs: int) -> tuple[Any, str, set[int]]:
 
 
 def _wait_running(cfg_path: str, ids: set[int], timeout: float = 60.0) -> None:
-    from crane import messages as m
     from crane.cli.common import call, load_config
+    from crane.core import messages as m
 
     cfg = load_config(cfg_path)
     deadline = time.monotonic() + timeout

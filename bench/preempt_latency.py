@@ -26,9 +26,9 @@ import tempfile
 import time
 from typing import Any
 
-from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import load_config
+from crane.core import messages as m
 from crane.local import LocalCluster, make_config
 from crane.polling import pid_alive, wait_for
 from crane.transport import Client

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from bench.common import RESULTS, BenchCluster, cluster, exec_done, log, wait_until
-from crane import messages as m
+from crane.core import messages as m
 
 OUTDIR = [RESULTS]  # profile_*.txt go next to the JSON (--out)
 

@@ -26,7 +26,7 @@ from bench.common import (
     pid_alive,
     wait_until,
 )
-from crane import messages as m
+from crane.core import messages as m
 
 POLL = 0.0005  # the 0.5 ms poll of the method
 Opts = Any  # argparse.Namespace

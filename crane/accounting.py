@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crane import messages as m
 from crane.accounts import AcctError
 from crane.cacctmgr_parse import ParseError, render_show
+from crane.core import messages as m
 from crane.permissions import Caller, denial
 
 

@@ -39,8 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
-from crane.text import safe
-from crane.untrusted import check_text
+from crane.core.text import safe
+from crane.core.untrusted import check_text
 
 PREEMPT_MODES = ("OFF", "CANCEL", "REQUEUE", "SUSPEND")
 ADMIN_LEVELS = ("none", "operator", "admin")

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from crane.accounts import AccountDB, canonical_key, format_duration, is_list_field
-from crane.text import safe
+from crane.core.text import safe
 
 VERBS = {
     "add": "add",

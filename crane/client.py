@@ -9,7 +9,7 @@ import time
 
 import zmq
 
-from crane import messages as m
+from crane.core import messages as m
 
 MAX_REPLY = 256 * 1024 * 1024  # a CLI accepts replies this large (requests: m.MAX_FRAME)
 

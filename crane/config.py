@@ -256,7 +256,7 @@ def load(explicit: str | None = None) -> Config:
 
 
 def parse(raw: Any, path: str = "<config>") -> Config:
-    from crane.ids import expand_nodes, parse_memory
+    from crane.core.ids import expand_nodes, parse_memory
 
     if not isinstance(raw, dict):
         raise ConfigError("config: the top level must be a mapping")

@@ -19,19 +19,20 @@ from typing import Any
 
 import zmq
 
-from crane import messages as m
 from crane import transport
 from crane.accounts import AccountDB, AcctError
-from crane.actors import events as ev
 from crane.actors import preemption
 from crane.actors.base import Actor
 from crane.actors.frontend import Frontend, user_name
-from crane.actors.job import Job, JobActor
+from crane.actors.job import JobActor
 from crane.actors.node import FromAgent, NodeActor, Send, Tick
 from crane.actors.scheduler import Request, Scheduler
 from crane.actors.streams import Relay
 from crane.actors.waits import Waits
 from crane.config import Config, ConfigError, load
+from crane.core import events as ev
+from crane.core import messages as m
+from crane.core.job import Job
 from crane.permissions import Caller, caller_from, may_act_on_job
 from crane.store import Store
 

@@ -362,8 +362,8 @@ class LocalCluster:
         self.wait_nodes_up(timeout)
 
     def nodes_state(self) -> dict[str, str]:
-        from crane import messages as m
         from crane.cli.common import call, load_config
+        from crane.core import messages as m
 
         data = call(load_config(self.config_path), m.QueryNodes(), timeout=2)
         return {n["name"]: n["state"] for n in data["nodes"]}
@@ -418,8 +418,8 @@ class LocalCluster:
 
     def down(self) -> None:
         try:
-            from crane import messages as m
             from crane.cli.common import call, load_config
+            from crane.core import messages as m
 
             cfg = load_config(self.config_path)
             active = ["PENDING", "CONFIGURING", "RUNNING", "SUSPENDED"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from crane.ids import ACTIVE
+from crane.core.ids import ACTIVE
 
 log = logging.getLogger("crane.store")
 

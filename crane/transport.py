@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from crane import messages as m
 from crane.client import MAX_REPLY, Client, Unreachable  # noqa: F401  (re-exported)
+from crane.core import messages as m
 
 log = logging.getLogger("crane.transport")
 BATCH = 256

@@ -67,8 +67,8 @@ class Cluster(LocalCluster):
         return {j["job_id"]: j for j in json.loads(out)}
 
     def job(self, job_id: int) -> dict[str, Any] | None:
-        from crane import messages as m
         from crane.cli.common import call, load_config
+        from crane.core import messages as m
 
         cfg = load_config(self.config_path)
         for history in (False, True):

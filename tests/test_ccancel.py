@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import call, load_config
+from crane.core import messages as m
 from tests.conftest import BIN, IS_ROOT, Cluster, open_ancestors, pid_alive, wait_for
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")

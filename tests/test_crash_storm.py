@@ -38,7 +38,7 @@ def test_crash_storm_ci(tmp_path) -> None:  # type: ignore[no-untyped-def]
 # every child of its process.
 RACE = r"""
 import asyncio, os, signal, sys, tempfile
-from crane import messages as m
+from crane.core import messages as m
 from crane.agent import cgroup as cgmod
 from crane.agent.launcher import set_child_subreaper
 from crane.agent.steps import StepManager
@@ -106,8 +106,8 @@ def test_crun_survives_a_controller_restart(make_cluster) -> None:  # type: igno
     (it used to hang RUNNING forever, found by the storm's "keep" jobs)."""
     import signal
 
-    from crane import messages as m
     from crane.cli.common import call, load_config
+    from crane.core import messages as m
     from tests.conftest import BIN, wait_for
 
     c = make_cluster(nodes=1, cpus=2)

@@ -244,8 +244,8 @@ def _clean(cluster: Cluster) -> Any:
 def test_relay_keeps_nothing_and_counts_what_it_drops() -> None:
     """crane.actors.streams: a chunk goes to the subscriber at once or is
     counted as lost; no subscriber, dropped; the count ends with the step."""
-    from crane import messages as m
     from crane.actors.streams import Relay
+    from crane.core import messages as m
 
     class Endpoint:
         def __init__(self) -> None:
@@ -279,8 +279,8 @@ def test_agent_pipe_pauses_while_the_link_refuses() -> None:
     (the writer then blocks on a full pipe); nothing is lost or reordered."""
     import asyncio
 
-    from crane import messages as m
     from crane.agent import stream
+    from crane.core import messages as m
 
     async def run() -> list[bytes]:
         got: list[m.StepOutput] = []

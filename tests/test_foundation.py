@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import zmq
 
-from crane import messages as m
+from crane.core import messages as m
 from tests.conftest import BIN, IS_ROOT, Cluster, pid_alive, wait_for
 
 

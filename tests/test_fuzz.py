@@ -17,8 +17,8 @@ import zmq
 
 from bench import fuzzer as fuzz
 from crane import PROTOCOL_VERSION, transport
-from crane import messages as m
 from crane.config import load
+from crane.core import messages as m
 from tests.conftest import Cluster, pid_alive
 
 FRAMES = int(os.environ.get("CRANE_FUZZ_FRAMES", "10000"))

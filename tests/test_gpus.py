@@ -39,8 +39,8 @@ def submit_gpu(c: Cluster, gres: str, *argv: str, wrap: str) -> int:
     """cbatch --gres when the CLI has it, else the same SubmitJob spec by hand."""
     if importlib.util.find_spec("crane.cli.gres") is not None:
         return c.submit("--gres", gres, *argv, wrap=wrap)
-    from crane import messages as m
     from crane.cli.common import call, load_config
+    from crane.core import messages as m
 
     parts = gres.split(":")
     spec: dict[str, Any] = {"argv": ["/bin/sh", "-c", wrap], "cwd": c.workdir, "env": {"PATH": "/usr/bin:/bin"},
@@ -59,8 +59,8 @@ def devices_of(c: Cluster, name: str) -> str:
 
 
 def node_row(c: Cluster, name: str) -> dict[str, Any]:
-    from crane import messages as m
     from crane.cli.common import call, load_config
+    from crane.core import messages as m
 
     rows = call(load_config(c.config_path), m.QueryNodes())["nodes"]
     return next(r for r in rows if r["name"] == name)

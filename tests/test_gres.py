@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from crane.actors import events as ev
 from crane.actors.frontend import check_spec, fits_partition, job_view
-from crane.actors.job import Job, JobMachine
 from crane.actors.scheduler import NodeLedger, Request, place
 from crane.config import ConfigError, GpuDevice, gres_text, parse
+from crane.core import events as ev
+from crane.core.job import Job
+from crane.core.job_machine import JobMachine
+from crane.core.preempt import Candidate, NodeFree, Want, plan_preemption
 from crane.metrics import gpu_counts
-from crane.preempt import Candidate, NodeFree, Want, plan_preemption
 
 # --------------------------------------------------------------------------- config
 
@@ -115,7 +116,7 @@ def test_exclusive_takes_every_gpu_and_a_suspended_job_keeps_them() -> None:
 
 
 def test_a_suspend_victim_frees_no_gpus() -> None:
-    from crane.preempt import Candidate, NodeFree, Want, plan_preemption
+    from crane.core.preempt import Candidate, NodeFree, Want, plan_preemption
 
     node = NodeFree("n", 4, 0, 0, 0, gpu_types=["a100", "a100"], gpus_free=[])
     victim = Candidate(1, "bg", 0, 0, 0.0, ["n"], 4, 0, False, {"n": [0, 1]}, keeps_gpus=True)
@@ -257,8 +258,8 @@ def test_a_job_without_gpus_gets_no_gpu_env() -> None:
 def test_launch_step_carries_the_node_device_files() -> None:
     from types import SimpleNamespace
 
-    from crane import messages as m
     from crane.actors.job import JobActor
+    from crane.core import messages as m
 
     cfg = parse(conf([{"name": "gpu", "DeviceFileList": ["/dev/g0", "/dev/g1"]}]))
     sent: list[tuple[str, Any]] = []

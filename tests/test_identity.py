@@ -9,7 +9,7 @@ import zmq
 import zmq.auth
 
 from crane import keys
-from crane import messages as m
+from crane.core import messages as m
 from tests.conftest import Cluster
 
 

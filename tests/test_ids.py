@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crane.ids import (
+from crane.core.ids import (
     ACTIVE,
     CANCELLABLE,
     MAX_ID,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from crane import messages as m
-from crane.actors import events as ev
-from crane.actors.job import Job, JobMachine
+from crane.core import events as ev
+from crane.core import messages as m
+from crane.core.job import Job
+from crane.core.job_machine import JobMachine
 
 
 def machine(**kw: object) -> JobMachine:
@@ -132,7 +133,7 @@ def test_running_steps_fit_in_the_jobs_cpus() -> None:
 def test_the_job_record_keeps_a_bounded_step_history() -> None:
     """Red team: every step persisted the whole record with every step ever
     run (quadratic); ended steps beyond the last ENDED_STEPS_KEPT are dropped."""
-    from crane.actors.job import ENDED_STEPS_KEPT, STEP_ARGV_CHARS
+    from crane.core.job import ENDED_STEPS_KEPT, STEP_ARGV_CHARS
 
     mc = machine(cpus=1)
     mc.handle(ev.Allocated(["n1"], 1), 1.0)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import zmq
 
-from crane import messages as m
+from crane.core import messages as m
 from tests.conftest import IS_ROOT, Cluster, wait_for
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crane.preempt import (
+from crane.core.preempt import (
     Candidate,
     NodeFree,
     Plan,

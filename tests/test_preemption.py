@@ -26,9 +26,9 @@ def acctmgr(c: Cluster, *argv: str) -> None:
     if importlib.util.find_spec("crane.cli.cacctmgr") is not None:
         c.ok("cacctmgr", *argv)
         return
-    from crane import messages as m
     from crane.cacctmgr_parse import parse_argv
     from crane.cli.common import call, load_config
+    from crane.core import messages as m
 
     call(load_config(c.config_path), m.AcctOp(parse_argv(list(argv))))
 

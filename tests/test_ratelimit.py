@@ -22,7 +22,7 @@ def test_token_bucket() -> None:
 
 FLOOD = r"""
 import sys, zmq
-from crane import messages as m
+from crane.core import messages as m
 s = zmq.Context().socket(zmq.DEALER)
 s.setsockopt(zmq.LINGER, 0)
 s.connect(sys.argv[1])

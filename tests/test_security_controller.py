@@ -20,15 +20,15 @@ from typing import Any
 
 import pytest
 
-from crane import messages as m
 from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import call, load_config
 from crane.config import load
+from crane.core import messages as m
 from tests.conftest import Cluster, open_ancestors, wait_for
 
 SEND = r"""
 import json, sys
-from crane import messages as m
+from crane.core import messages as m
 from crane.cli.common import CliError, call, load_config
 cfg = load_config(None)
 out = []
@@ -149,7 +149,7 @@ def test_control_characters_and_relative_paths_are_refused_at_the_controller(ope
 
 WAITS = r"""
 import json, sys, time, zmq
-from crane import messages as m
+from crane.core import messages as m
 from crane.config import load
 cfg = load(None)
 job, n = int(sys.argv[1]), getattr(cfg, "max_waits_per_user", 64)

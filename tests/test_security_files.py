@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from crane import messages as m
 from crane.agent import as_user, statedir
 from crane.agent.pam_check import _listed_uids, _uid_of
 from crane.agent.steps import StepManager, path_problem
 from crane.config import load
+from crane.core import messages as m
 from tests.conftest import BIN, IS_ROOT, Cluster, open_ancestors, wait_for
 
 PAM_CHECK = os.path.join(BIN, "crane-pam-check")

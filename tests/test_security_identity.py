@@ -178,7 +178,7 @@ def test_uid_and_user_wide_attributes_are_guarded(c: Cluster, users: dict[str, i
 
 HAND_MADE = """
 import json, sys
-from crane import messages as m
+from crane.core import messages as m
 from crane.cli.common import CliError, call, load_config
 try:
     print(json.dumps(call(load_config(None), m.AcctOp(json.loads(sys.argv[1])))))

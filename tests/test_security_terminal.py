@@ -22,7 +22,7 @@ import pytest
 
 from crane import store
 from crane.config import load
-from crane.text import safe
+from crane.core.text import safe
 from tests.conftest import Cluster
 
 # OSC window title + BEL, clear screen, C1 CSI, DEL, carriage return, a bidi
@@ -285,4 +285,4 @@ def test_every_cli_output_is_escaped() -> None:
                 args = [*node.args, *(k.value for k in node.keywords if k.arg in ("message", "text"))]
                 if not all(_escaped(a) for a in args):
                     bad.append(f"{path.name}:{node.lineno}: {ast.unparse(node)[:100]}")
-    assert not bad, "output not passed through crane.text.safe:\n" + "\n".join(bad)
+    assert not bad, "output not passed through crane.core.text.safe:\n" + "\n".join(bad)

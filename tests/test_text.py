@@ -1,4 +1,4 @@
-"""crane.text: escaping for terminals (pure, no cluster)."""
+"""crane.core.text: escaping for terminals (pure, no cluster)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crane.cli.common import json_text
-from crane.text import check_no_control, control_chars, safe, safe_lines
-from crane.untrusted import has_control
+from crane.core.text import check_no_control, control_chars, safe, safe_lines
+from crane.core.untrusted import has_control
 
 
 def test_controls_become_visible_escapes() -> None:

@@ -1,13 +1,13 @@
-"""Unit tests of the pure rules for user-sent text (crane.untrusted) and of
+"""Unit tests of the pure rules for user-sent text (crane.core.untrusted) and of
 the per-user bounded waiter registry (crane.actors.waits)."""
 
 from __future__ import annotations
 
 import pytest
 
-from crane import untrusted as u
 from crane.actors.waits import Waits
 from crane.config import ConfigError, parse
+from crane.core import untrusted as u
 
 
 @pytest.mark.parametrize("ch", ["\n", "\r", "\t", "\x1b", "\x00", "\x7f", "\x85", "\x9b", "\u202e", "\u2028"])

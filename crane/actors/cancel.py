@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from crane import messages as m
-from crane import untrusted
-from crane.actors import events as ev
-from crane.actors.job import Job
-from crane.selection import check_filters, select
+from crane.core import events as ev
+from crane.core import messages as m
+from crane.core import untrusted
+from crane.core.job import Job
+from crane.core.selection import check_filters, select
 
 MAX_MESSAGE = 320
 

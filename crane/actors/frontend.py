@@ -13,12 +13,13 @@ import pwd
 import time
 from typing import Any
 
-from crane import messages as m
-from crane import transport, untrusted
+from crane import transport
 from crane.actors import cancel
-from crane.actors import events as ev
-from crane.actors.job import Job, step_answer
-from crane.selection import check_filters, matches
+from crane.core import events as ev
+from crane.core import messages as m
+from crane.core import untrusted
+from crane.core.job import Job, step_answer
+from crane.core.selection import check_filters, matches
 
 SPEC_KEYS = {
     "name": str, "partition": str, "qos": str, "account": str, "cpus": int, "memory": int,

@@ -16,9 +16,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from crane import messages as m
-from crane.actors import events as ev
 from crane.actors.base import Actor
+from crane.core import events as ev
+from crane.core import messages as m
 
 log = logging.getLogger("crane.node")
 OUTBOX_MAX = 100_000

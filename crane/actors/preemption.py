@@ -1,7 +1,7 @@
 """Preemption glue for the scheduler actor.
 
 ``try_preempt`` turns the scheduler's ledgers and the running jobs into the
-pure planner's input (``crane.preempt.plan_preemption``), and, only when a
+pure planner's input (``crane.core.preempt.plan_preemption``), and, only when a
 plan fits, reserves the planned nodes for the preemptor *before* any victim
 is touched; then it tells each victim what its PreemptMode says (CANCEL,
 REQUEUE or SUSPEND). If no plan fits, nothing is killed.
@@ -13,8 +13,8 @@ import logging
 import time
 from typing import Any
 
-from crane.actors import events as ev
-from crane.preempt import Candidate, NodeFree, Want, plan_preemption
+from crane.core import events as ev
+from crane.core.preempt import Candidate, NodeFree, Want, plan_preemption
 
 log = logging.getLogger("crane.preemption")
 

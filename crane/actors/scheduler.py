@@ -3,7 +3,7 @@
 Scheduling is event-driven: any change (a job queued, resources freed, a node
 up) schedules one pass on the next loop turn; there is no timer. A pass walks
 the queue in priority order and places what fits (``place`` is pure). A job
-that does not fit may trigger preemption (``crane.preempt``): the freed
+that does not fit may trigger preemption (``crane.core.preempt``): the freed
 resources are reserved for the preemptor before any victim is touched.
 """
 
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from crane.actors import events as ev
 from crane.actors.base import Actor
+from crane.core import events as ev
 
 log = logging.getLogger("crane.scheduler")
 

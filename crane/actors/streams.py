@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from crane import messages as m
+from crane.core import messages as m
 
 GONE_TICKS = 2  # a subscriber seen gone on this many ticks in a row (1 s apart) is gone
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import zmq
 
-from crane import messages as m
 from crane import transport
 from crane.agent import cgroup as cgmod
 from crane.agent.launcher import set_child_subreaper
@@ -23,6 +22,7 @@ from crane.agent.statedir import StateDirError
 from crane.agent.steps import StepManager
 from crane.agent.sweep import Sweeper
 from crane.config import Config, ConfigError, load
+from crane.core import messages as m
 
 log = logging.getLogger("craned")
 

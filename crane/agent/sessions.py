@@ -27,8 +27,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from crane import messages as m
 from crane.agent.pam_check import _uid_of
+from crane.core import messages as m
 
 log = logging.getLogger("craned.sessions")
 SOCK = "adopt.sock"

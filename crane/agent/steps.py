@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crane import messages as m
 from crane.agent import as_user, devices, statedir
 from crane.agent import cgroup as cgmod
 from crane.agent import stream as streams
 from crane.agent.launcher import spawn
+from crane.core import messages as m
 
 log = logging.getLogger("craned.steps")
 # The step's main process is a shell that runs the command and records its exit

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from crane import messages as m
+from crane.core import messages as m
 
 log = logging.getLogger("craned.stream")
 CHUNK = 32 * 1024  # bytes per StepOutput

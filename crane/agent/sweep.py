@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
-from crane import messages as m
+from crane.core import messages as m
 
 log = logging.getLogger("craned.sweep")
 _JOB = re.compile(r"^job_-?\d+$")

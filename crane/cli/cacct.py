@@ -22,7 +22,7 @@ from crane.cli.cqueue import (
     sort_jobs,
     with_options,
 )
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "cacct"
 
@@ -82,8 +82,8 @@ ACCT_COLUMNS: list[tuple[str, Getter]] = [
 @click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
 def command(**o: Any) -> int:
     """Show finished jobs (accounting)."""
-    from crane import messages as m
-    from crane.ids import ACTIVE, TERMINAL, JobState
+    from crane.core import messages as m
+    from crane.core.ids import ACTIVE, TERMINAL, JobState
 
     filters, _ = build_filters(o, sorted(TERMINAL | ACTIVE) if o["all_jobs"] else sorted(TERMINAL))
     layout = (

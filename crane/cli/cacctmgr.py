@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from crane.cli.common import EXIT_ARGS, CliError, call, load_config, print_json, run
-from crane.text import safe, safe_lines
+from crane.core.text import safe, safe_lines
 
 PROG = "cacctmgr"
 
@@ -87,7 +87,7 @@ def body(argv: list[str]) -> int:
         op = parse_argv(rest)
     except ParseError as e:
         raise CliError(str(e), EXIT_ARGS) from None
-    from crane import messages as m
+    from crane.core import messages as m
 
     cfg = load_config(opts["config"])  # type: ignore[arg-type]
     data = call(cfg, m.AcctOp(op))

@@ -31,7 +31,7 @@ import click
 
 from crane.cli.cbatch import OPTIONS, build_spec
 from crane.cli.common import CliError, call, click_main, load_config
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "calloc"
 POLL = float(os.environ.get("CALLOC_POLL", "1"))  # s between looks at the job's state
@@ -56,7 +56,7 @@ def status_code(status: int) -> int:
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def command(config: str | None, argv: tuple[str, ...], **opts: Any) -> int:
     """Allocate resources, then run COMMAND (default: $SHELL) here inside the allocation."""
-    from crane import messages as m
+    from crane.core import messages as m
 
     if opts.get("hold"):
         raise CliError("--hold makes no sense for calloc")
@@ -83,7 +83,7 @@ class Allocation:
 
     def job(self) -> dict[str, Any] | None:
         """The job's view, or None when the controller cannot tell now."""
-        from crane import messages as m
+        from crane.core import messages as m
 
         for history in (False, True):  # the queue, then the finished jobs
             try:
@@ -96,7 +96,7 @@ class Allocation:
         return None
 
     def end(self, state: str) -> None:
-        from crane import messages as m
+        from crane.core import messages as m
 
         try:
             call(self.cfg, m.Cancel(ids=[[self.job_id, None]], end_state=state))

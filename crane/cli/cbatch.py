@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from crane.cli.common import CliError, call, check_text, click_main, load_config, print_json
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "cbatch"
 
@@ -58,7 +58,7 @@ def build_spec(o: dict[str, Any], script: str | None, wrap: str | None,
                argv: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The SubmitJob spec from the options ``o`` (cbatch's OPTIONS) and what
     the job runs: a script, a --wrap command, or (crun) an ``argv``."""
-    from crane.ids import expand_nodes, parse_memory, parse_time_limit
+    from crane.core.ids import expand_nodes, parse_memory, parse_time_limit
 
     spec: dict[str, Any] = {}
     if argv is not None:
@@ -173,7 +173,7 @@ def command(script: str | None, wrap: str | None, repeat: int, as_json: bool, co
             name = os.path.basename(script)
             opts["job_name"] = safe(name)
     spec = build_spec(opts, text, wrap)
-    from crane import messages as m
+    from crane.core import messages as m
 
     cfg = load_config(config)
     data = call(cfg, m.SubmitJob(spec, repeat), timeout=120)

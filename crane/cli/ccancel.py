@@ -23,13 +23,13 @@ from crane.cli.common import (
     print_json,
     run,
 )
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "ccancel"
 
 
 def parse_selection(ids: str | None, o: dict[str, Any]) -> tuple[list[list[int | None]], dict[str, Any]]:
-    from crane.ids import IdListError, expand_nodes, parse_id_list, parse_state_filter
+    from crane.core.ids import IdListError, expand_nodes, parse_id_list, parse_state_filter
 
     parsed: list[list[int | None]] = []
     if ids is not None:
@@ -71,7 +71,7 @@ def check_combinations(o: dict[str, Any]) -> None:
 
 
 def format_result(res: dict[str, Any], quiet: bool, signal_name: str | None) -> list[str]:
-    from crane.ids import format_ids
+    from crane.core.ids import format_ids
 
     lines: list[str] = []
     whole = [c["job_id"] for c in res["cancelled"] if not c["steps"]]
@@ -92,7 +92,7 @@ def format_result(res: dict[str, Any], quiet: bool, signal_name: str | None) -> 
 
 
 def wait_terminal(cfg: Any, job_ids: list[int], progress: bool) -> None:
-    from crane import messages as m
+    from crane.core import messages as m
 
     if not progress:
         call_until_answered(cfg, m.WaitJobs(job_ids))
@@ -192,14 +192,14 @@ def make_command() -> Any:
 
 def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
     """Cancel jobs or steps: JOB_ID[.STEP_ID][,JOB_ID[.STEP_ID]...] and/or filters."""
-    from crane import messages as m
+    from crane.core import messages as m
 
     o["signal"] = o.pop("signal_")
     check_combinations(o)
     ids, filters = parse_selection(job_ids, o)
     signo = None
     if o["signal"] is not None:
-        from crane.ids import parse_signal
+        from crane.core.ids import parse_signal
 
         try:
             signo = parse_signal(o["signal"])

@@ -24,7 +24,7 @@ from crane.cli.common import (
     print_json,
 )
 from crane.cli.gres import alloc_text, gres_text
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "ccontrol"
 
@@ -70,7 +70,7 @@ def print_blocks(blocks: list[list[str]]) -> None:
 
 def format_job(j: dict[str, Any], now: float) -> list[str]:
     from crane.cli.cqueue import elapsed, fmt_time, nodelist
-    from crane.ids import format_duration, format_memory
+    from crane.core.ids import format_duration, format_memory
 
     lines = [
         f"JobId={j['job_id']} JobName={j['name']}",
@@ -111,7 +111,7 @@ def format_job(j: dict[str, Any], now: float) -> list[str]:
 
 
 def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> list[str]:
-    from crane.ids import format_memory
+    from crane.core.ids import format_memory
 
     in_parts = [p["name"] for p in parts if n["name"] in p["nodes"]]
     lines = [
@@ -128,7 +128,7 @@ def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> list[str]:
 
 
 def format_partition(p: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> list[str]:
-    from crane.ids import compress_nodes
+    from crane.core.ids import compress_nodes
 
     members = [nodes[n] for n in p["nodes"] if n in nodes]
     counts: dict[str, int] = {}
@@ -151,7 +151,7 @@ def format_partition(p: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> lis
 def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
     import time
 
-    from crane import messages as m
+    from crane.core import messages as m
 
     if entity == "job":
         filters: dict[str, Any] = {}
@@ -184,7 +184,7 @@ def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
     by_name = {n["name"]: n for n in nodes}
     if entity == "node":
         if name is not None:
-            from crane.ids import expand_nodes
+            from crane.core.ids import expand_nodes
 
             try:
                 names = expand_nodes(name)
@@ -214,7 +214,7 @@ def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
 
 
 def parse_job_ids(text: str) -> list[int]:
-    from crane.ids import IdListError, parse_id_list
+    from crane.core.ids import IdListError, parse_id_list
 
     try:
         ids = parse_id_list(text)
@@ -243,8 +243,8 @@ def parse_kv(args: list[str]) -> dict[str, str]:
 
 
 def update(cfg: Any, args: list[str]) -> int:
-    from crane import messages as m
-    from crane.ids import expand_nodes
+    from crane.core import messages as m
+    from crane.core.ids import expand_nodes
 
     kv = parse_kv(args)
     if "nodename" not in kv:
@@ -273,7 +273,7 @@ def update(cfg: Any, args: list[str]) -> int:
 
 
 def job_action(cfg: Any, action: str, args: list[str]) -> int:
-    from crane import messages as m
+    from crane.core import messages as m
 
     if len(args) != 1:
         raise CliError(f"{action}: give one comma-separated list of job ids", EXIT_ARGS)

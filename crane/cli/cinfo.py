@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "cinfo"
 
@@ -88,7 +88,7 @@ def partition_rows(
     parts: list[dict[str, Any]], nodes: dict[str, dict[str, Any]], states: set[str] | None,
     gpus: bool = False,
 ) -> list[list[str]]:  # fmt: skip
-    from crane.ids import compress_nodes
+    from crane.core.ids import compress_nodes
 
     rows = []
     for p in parts:
@@ -114,7 +114,7 @@ def node_rows(
     parts: list[dict[str, Any]], nodes: dict[str, dict[str, Any]], states: set[str] | None,
     gpus: bool = False,
 ) -> list[list[str]]:  # fmt: skip
-    from crane.ids import format_memory
+    from crane.core.ids import format_memory
 
     rows = []
     for name, n in nodes.items():
@@ -141,8 +141,8 @@ def node_rows(
 def command(partition: str | None, nodes: str | None, states: str | None, node_oriented: bool,
             noheader: bool, as_json: bool, config: str | None) -> int:  # fmt: skip
     """Show partitions and the state of their nodes."""
-    from crane import messages as m
-    from crane.ids import expand_nodes
+    from crane.core import messages as m
+    from crane.core.ids import expand_nodes
 
     want_states = parse_node_states(states) if states is not None else None
     want_nodes = None

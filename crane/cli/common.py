@@ -2,7 +2,7 @@
 config, and one request to the controller. Imports are kept lazy so that a
 CLI pays only for what it uses.
 
-Terminal output: every line a CLI prints goes through :func:`crane.text.safe`
+Terminal output: every line a CLI prints goes through :func:`crane.core.text.safe`
 (tables, views, errors, dry-run lists) or is JSON from :func:`json_text`, so
 no control character stored in a record or echoed in an error reaches a
 terminal raw (tests/test_security_terminal.py checks the modules' print
@@ -15,11 +15,11 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from crane.text import check_no_control, safe, safe_lines
+from crane.core.text import check_no_control, safe, safe_lines
 
 if TYPE_CHECKING:
-    from crane import messages as m
     from crane.config import Config
+    from crane.core import messages as m
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -62,8 +62,8 @@ def load_config(path: str | None) -> Config:
 def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
     """One request; returns the Ok payload or raises CliError with the
     documented exit code."""
-    from crane import messages as mm
     from crane.client import Client, Unreachable
+    from crane.core import messages as mm
 
     try:
         client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge")

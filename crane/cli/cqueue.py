@@ -15,7 +15,7 @@ import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
 from crane.cli.gres import alloc_text, gres_text
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "cqueue"
 
@@ -26,7 +26,7 @@ Getter = Callable[[Job, float], str]
 
 
 def _state_aliases() -> dict[str, list[str]]:
-    from crane.ids import SHORT_CODES, JobState
+    from crane.core.ids import SHORT_CODES, JobState
 
     out: dict[str, list[str]] = {}
     for s in JobState:
@@ -41,7 +41,7 @@ def _state_aliases() -> dict[str, list[str]]:
 def parse_states(text: str, all_states: Sequence[str]) -> list[str]:
     """``"R,pd"`` -> ``["PENDING", "RUNNING"]``: full names or short codes,
     any case, comma-separated; ``ALL`` means ``all_states``."""
-    from crane.ids import SHORT_CODES, JobState
+    from crane.core.ids import SHORT_CODES, JobState
 
     aliases = _state_aliases()
     out: set[str] = set()
@@ -62,7 +62,7 @@ def build_filters(
 ) -> tuple[dict[str, Any], set[tuple[int, int]]]:
     """The QueryJobs filter map from the common options, plus the step ids
     named with ``-j J.S`` (used by ``--step``)."""
-    from crane.ids import IdListError, expand_nodes, parse_id_list
+    from crane.core.ids import IdListError, expand_nodes, parse_id_list
 
     filters: dict[str, Any] = {}
     steps: set[tuple[int, int]] = set()
@@ -102,13 +102,13 @@ def elapsed(start: float | None, end: float | None, now: float) -> float:
 
 
 def job_elapsed(j: Job, now: float) -> str:
-    from crane.ids import format_duration
+    from crane.core.ids import format_duration
 
     return format_duration(elapsed(j.get("start_time"), j.get("end_time"), now))
 
 
 def nodelist(j: Job) -> str:
-    from crane.ids import compress_nodes
+    from crane.core.ids import compress_nodes
 
     return compress_nodes(list(j.get("nodes") or []))
 
@@ -120,7 +120,7 @@ def nodelist_reason(j: Job, now: float) -> str:
 
 
 def short_state(state: str) -> str:
-    from crane.ids import JobState
+    from crane.core.ids import JobState
 
     try:
         return JobState(state).short
@@ -129,13 +129,13 @@ def short_state(state: str) -> str:
 
 
 def time_limit(j: Job, now: float) -> str:
-    from crane.ids import format_duration
+    from crane.core.ids import format_duration
 
     return format_duration(j.get("time_limit"))
 
 
 def memory(j: Job, now: float) -> str:
-    from crane.ids import format_memory
+    from crane.core.ids import format_memory
 
     return format_memory(int(j.get("memory") or 0))
 
@@ -203,7 +203,7 @@ LONG_COLUMNS: list[tuple[str, Getter]] = [
 
 def step_rows(jobs: list[Job], wanted: set[tuple[int, int]], active_only: bool) -> list[Job]:
     """One flat dict per step (the job's fields the step table needs)."""
-    from crane.ids import TERMINAL
+    from crane.core.ids import TERMINAL
 
     out = []
     for j in jobs:
@@ -225,7 +225,7 @@ def _step_name(s: Job, now: float) -> str:
 
 
 def _step_time(s: Job, now: float) -> str:
-    from crane.ids import format_duration
+    from crane.core.ids import format_duration
 
     return format_duration(elapsed(s.get("start"), s.get("end"), now))
 
@@ -389,8 +389,8 @@ def sort_jobs(jobs: list[Job]) -> list[Job]:
 @click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
 def command(**o: Any) -> int:
     """Show the active jobs (pending, running, suspended...)."""
-    from crane import messages as m
-    from crane.ids import ACTIVE
+    from crane.core import messages as m
+    from crane.core.ids import ACTIVE
 
     filters, wanted_steps = build_filters(o, sorted(ACTIVE))
     layout = None

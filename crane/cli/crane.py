@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from crane.cli.common import CliError, click_main
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "crane"
 
@@ -116,7 +116,7 @@ def keygen(config: str | None, force: bool, nodes: str | None) -> None:
     """Write CurveZMQ keys for the controller and the nodes (Auth.CurveKeyDir)."""
     from crane import keys
     from crane.cli.common import load_config
-    from crane.ids import expand_nodes
+    from crane.core.ids import expand_nodes
 
     cfg = load_config(config)
     if not cfg.curve_key_dir:

@@ -41,7 +41,7 @@ from crane.cli.common import (
     click_main,
     load_config,
 )
-from crane.text import safe
+from crane.core.text import safe
 
 PROG = "crun"
 WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "10"))  # seconds without a word from the controller
@@ -52,7 +52,7 @@ STEP_ONLY = ("cpus_per_task", "output", "error", "chdir")  # the options a step 
 def write_step_output(fd: int, data: bytes) -> bool:
     """The step's own bytes to crun's stdout/stderr, raw (as srun does): they
     are the user's output on the user's terminal, not text crun shows from
-    others (which goes through crane.text.safe). False once ``fd`` is closed
+    others (which goes through crane.core.text.safe). False once ``fd`` is closed
     (e.g. ``crun ... | head``): further output of that stream is dropped."""
     view = memoryview(data)
     try:
@@ -71,7 +71,7 @@ def write_step_output(fd: int, data: bytes) -> bool:
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 def command(jobid: int | None, config: str | None, argv: tuple[str, ...], **opts: Any) -> int:
     """Run COMMAND as a step of the current job, or in a new job."""
-    from crane import messages as m
+    from crane.core import messages as m
 
     if opts.get("hold"):
         raise CliError("--hold makes no sense for crun")
@@ -169,8 +169,8 @@ class Follower:
     def _subscribe(self, old: Any) -> Any:
         """A new connection and subscription (after a silence: the controller
         may have restarted and forgotten the request)."""
-        from crane import messages as m
         from crane.client import Client, Unreachable
+        from crane.core import messages as m
 
         while True:
             try:
@@ -187,8 +187,8 @@ class Follower:
     def _follow(self, client: Any) -> dict[str, Any] | None:
         import zmq
 
-        from crane import messages as m
         from crane.client import MAX_REPLY
+        from crane.core import messages as m
 
         poller = zmq.Poller()
         poller.register(client.sock, zmq.POLLIN)
@@ -222,7 +222,7 @@ class Follower:
     def _from_history(self) -> dict[str, Any] | None:
         """The step's end from the finished jobs (its answer did not reach
         this crun: a controller restart, or a reader too slow for too long)."""
-        from crane import messages as m
+        from crane.core import messages as m
 
         data = call(self.cfg, m.QueryJobs({"jobs": [self.job_id]}, history=True))
         for job in data.get("jobs") or []:
@@ -253,7 +253,7 @@ class Follower:
         self._request(None)
 
     def _request(self, signo: int | None) -> None:
-        from crane import messages as m
+        from crane.core import messages as m
 
         target = [self.job_id, None if self.own_job and signo is None else self.step_id]
         try:

@@ -61,7 +61,7 @@ def control_chars(s: str) -> list[str]:
     """The control characters in ``s``, each once, in order: C0 (newline and
     tab included), DEL, C1, bidi embeddings/overrides/isolates and the line
     and paragraph separators; what a name, message or path must not contain
-    (the controller's rule, crane.untrusted, is the same set)."""
+    (the controller's rule, crane.core.untrusted, is the same set)."""
     seen: list[str] = []
     for c in s:
         if (c < "\x20" or "\x7f" <= c <= "\x9f" or c in _BIDI_AND_BREAKS) and c not in seen:

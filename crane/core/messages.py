@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from crane import PROTOCOL_VERSION
+PROTOCOL_VERSION = 1  # crane.PROTOCOL_VERSION is the same number
 
 MAX_FRAME = 4 * 1024 * 1024  # bytes; larger frames are refused before decoding
 MAX_DEPTH = 16
@@ -338,7 +338,8 @@ class SessionEvent(Message):
 @dataclass(slots=True)
 class RegisterAck(Message):
     ok: bool
-    reason: str = ""
+    reason: str = ""  # for the log
+    code: str = ""  # why refused: a crane.core.states.RegisterRefusal
 
 
 @dataclass(slots=True)

@@ -7,12 +7,14 @@ message shown to users.
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 import signal
 
 import hostlist
+
+# JobState and its sets live in the core (crane.core.states); re-exported here.
+from crane.core.states import ACTIVE, CANCELLABLE, SHORT_CODES, TERMINAL, JobState
 
 __all__ = [
     "ACTIVE",
@@ -37,58 +39,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- states
-
-
-class JobState(enum.StrEnum):
-    """Lifecycle state of a job (or step); a ``str`` subclass, ``str(s) == s.value``."""
-
-    PENDING = "PENDING"
-    CONFIGURING = "CONFIGURING"
-    RUNNING = "RUNNING"
-    SUSPENDED = "SUSPENDED"
-    COMPLETING = "COMPLETING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
-    OUT_OF_MEMORY = "OUT_OF_MEMORY"
-
-    @property
-    def short(self) -> str:
-        """The compact code shown by ``cqueue`` (``PD``, ``R``, ...)."""
-        return SHORT_CODES[self]
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL
-
-
-TERMINAL: frozenset[JobState] = frozenset(
-    {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.OUT_OF_MEMORY,
-    }
-)
-CANCELLABLE: frozenset[JobState] = frozenset(
-    {JobState.PENDING, JobState.CONFIGURING, JobState.RUNNING, JobState.SUSPENDED}
-)
-ACTIVE: frozenset[JobState] = frozenset(JobState) - TERMINAL
-
-SHORT_CODES: dict[JobState, str] = {
-    JobState.PENDING: "PD",
-    JobState.CONFIGURING: "CF",
-    JobState.RUNNING: "R",
-    JobState.SUSPENDED: "S",
-    JobState.COMPLETING: "CG",
-    JobState.COMPLETED: "CD",
-    JobState.FAILED: "F",
-    JobState.CANCELLED: "CA",
-    JobState.TIMEOUT: "TO",
-    JobState.OUT_OF_MEMORY: "OOM",
-}
 
 
 # --------------------------------------------------------------------------- job ids

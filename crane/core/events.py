@@ -1,14 +1,22 @@
 """Messages between the controller's actors (events in) and what the pure
 state machines ask the I/O layer to do (actions out). Wire messages live in
-``crane.messages``; these never leave the process."""
+``crane.core.messages``; these never leave the process."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from crane import messages as m
+from crane.core import messages as m
+
+
+class ReplyTo(Protocol):
+    """Where an answer goes (an ``asyncio.Future`` in the controller)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
 
 # ------------------------------------------------------------------ events to a job
 
@@ -65,7 +73,7 @@ class NewStepEv:
     cpus: int
     env: dict[str, str]
     cwd: str
-    reply: asyncio.Future[Any] | None = None
+    reply: ReplyTo | None = None
     stream: list[int] = field(default_factory=list)  # 1 stdout, 2 stderr: live to crun
     stdout: str = ""  # a file instead of the job's (absolute)
     stderr: str = ""
@@ -92,7 +100,7 @@ class SetReason:
 @dataclass(slots=True)
 class ControlEv:
     action: str  # hold | release | requeue | suspend | resume
-    reply: asyncio.Future[Any] | None = None
+    reply: ReplyTo | None = None
     rank: int = 0  # hold/release: the caller's rank over the job (0 owner, 1 coordinator, 2 operator/admin/root)
 
 
@@ -157,7 +165,7 @@ class Terminal:
 
 @dataclass(slots=True)
 class Reply:
-    future: asyncio.Future[Any] | None
+    future: ReplyTo | None
     value: Any = None
 
 

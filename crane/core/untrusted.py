@@ -155,7 +155,7 @@ def bound_filters(filters: Mapping[str, Any]) -> tuple[dict[str, Any], str | Non
     of checked items, so that matching a job is one lookup, not a scan of a
     list as long as the request allows; lists of more than LIST_MAX items or
     of the wrong item type are refused. Other filters pass unchanged (their
-    shape is checked by ``crane.selection.check_filters``)."""
+    shape is checked by ``crane.core.selection.check_filters``)."""
     out = dict(filters)
     for key, typ in (("jobs", int), ("states", str), ("nodes", str)):
         v = filters.get(key)

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crane.actors.job import Job
-from crane.ids import CANCELLABLE
+from crane.core.ids import CANCELLABLE
+from crane.core.job import Job
 
 FILTER_KEYS = ("name", "user", "account", "partition", "qos", "states", "nodes", "jobs")
 

@@ -1,0 +1,146 @@
+"""One job's record: the ``Job`` model with its steps, as stored and shown."""
+
+from __future__ import annotations
+
+import operator
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    name: str
+    uid: int
+    user: str
+    gid: int
+    account: str
+    qos: str
+    partition: str
+    cpus: int = 1  # per node
+    memory: int = 0  # bytes per node, 0 = unlimited
+    nnodes: int = 1
+    nodelist_req: list[str] = field(default_factory=list)
+    exclusive: bool = False
+    gpus_per_node: int = 0  # GPUs asked per node (0 = none)
+    gpu_type: str = ""  # "" = any type
+    gpu_alloc: dict[str, list[int]] = field(default_factory=dict)  # node -> GPU indices held there
+    time_limit: int | None = None  # seconds
+    cwd: str = "/"
+    stdout: str = ""
+    stderr: str = ""
+    priority: int = 0
+    submit_time: float = 0.0
+    start_time: float | None = None
+    end_time: float | None = None
+    state: str = "PENDING"
+    reason: str = ""
+    exit_code: int = 0
+    exit_signal: int = 0
+    nodes: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    steps: dict[int, dict[str, Any]] = field(default_factory=dict)
+    next_step: int = 2
+    end_reason: str = ""  # TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | LOST
+    cancel: dict[str, Any] | None = None  # who/when/why/how: the durable cancel intent
+    held: bool = False
+    admin_hold: int = 0  # 0, or the rank of who held it if not the owner (JobHeldAdmin): 1 coordinator, 2 operator/admin/root
+    requeue_count: int = 0
+    # what the batch step runs: {"script", "argv", "env"}. Written once at
+    # submission (store.put_launch), dropped from memory once committed and
+    # read back when the job is launched: queued jobs stay small.
+    launch: dict[str, Any] | None = None
+    launch_id: int = 0  # the row holding it: the first job of a --repeat submission
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(zip(_RECORD_FIELDS, _get_record(self), strict=True))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        d = dict(d)
+        d["steps"] = {int(k): v for k, v in (d.get("steps") or {}).items()}
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def step_spec(self, step_id: int, argv: list[str], env: dict[str, str], cwd: str, cpus: int,
+                  script: str = "", node: str = "") -> dict[str, Any]:  # fmt: skip
+        """The LaunchStep spec for ``node`` (the job's first node when "").
+        ``gpu_devices`` (every device file of the node) is added by the
+        JobActor, which knows the config."""
+        full_env = dict(env)
+        gpus = sorted(self.gpu_alloc.get(node or (self.nodes[0] if self.nodes else ""), []))
+        if gpus:
+            ids = ",".join(map(str, gpus))
+            full_env.update(CUDA_VISIBLE_DEVICES=ids, CRANE_GPUS=ids, GPU_DEVICE_ORDINAL=ids)
+        full_env.update(
+            CRANE_JOB_ID=str(self.id),
+            CRANE_STEP_ID=str(step_id),
+            CRANE_JOB_NAME=self.name,
+            CRANE_JOB_NODELIST=",".join(self.nodes),
+            CRANE_CPUS_ON_NODE=str(cpus),
+            CRANE_JOB_ACCOUNT=self.account,
+            CRANE_JOB_PARTITION=self.partition,
+            CRANE_JOB_QOS=self.qos,
+        )
+        return {
+            "uid": self.uid,
+            "gid": self.gid,
+            "user": self.user,
+            "argv": argv,
+            "script": script,
+            "cwd": cwd,
+            "env": full_env,
+            # a crun step's streams go to crun unless given a file (see spec["stream"])
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "cpus": cpus,
+            "memory": self.memory,
+            "time_limit": self.time_limit if step_id == 1 else None,
+            "attempt": self.requeue_count,  # a requeued job runs again on a node that released it
+            "gpus": gpus,
+        }
+
+
+STEP_ARGV_CHARS = 256  # of a step's command line, kept in the job record
+ENDED_STEPS_KEPT = 256  # ended steps kept in the job record (the oldest go first)
+
+
+def _argv_summary(argv: list[str]) -> list[str]:
+    """The first arguments of a step, at most STEP_ARGV_CHARS in all."""
+    shown: list[str] = []
+    room = STEP_ARGV_CHARS
+    for a in argv:
+        if room <= 0:
+            break
+        shown.append(a[:room])
+        room -= len(shown[-1]) + 1
+    return shown
+
+
+def _prune_ended_steps(steps: dict[int, dict[str, Any]]) -> None:
+    """Keep the record bounded: every running step, the batch step, and the
+    last ENDED_STEPS_KEPT ended ones (each new step persists the record)."""
+    ended = [sid for sid, st in steps.items() if sid != 1 and st.get("state") != "RUNNING"]
+    for sid in sorted(ended)[: max(len(ended) - ENDED_STEPS_KEPT, 0)]:
+        del steps[sid]
+_RECORD_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "launch")
+_get_record = operator.attrgetter(*_RECORD_FIELDS)  # one C call for the whole record
+
+
+def cancel_banner(job: Job, cancel: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(cancel.get("time", time.time())))
+    text = f"*** JOB {job.id} CANCELLED AT {when} BY {cancel.get('by_name', '?')}"
+    if cancel.get("message"):
+        text += f": {cancel['message']}"
+    return text + " ***"
+
+
+def step_answer(job: Job, st: dict[str, Any]) -> dict[str, Any]:
+    """A step's end for its waiter: who cancelled it and why, taken from the
+    job's cancel when the whole job was cancelled (ccancel J, a preemption)."""
+    out = dict(st)
+    c = job.cancel or {}
+    if not out.get("cancelled") and c and out.get("state") != "COMPLETED":
+        out["cancelled"] = {"by_name": c.get("by_name"), "message": c.get("message", ""), "path": c.get("path")}
+    return out

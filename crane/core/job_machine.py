@@ -1,0 +1,329 @@
+"""One job: its record and its state machine.
+
+``JobMachine.handle(event, now)`` is pure: it changes the job record and
+returns actions (``ToNode``, ``ToScheduler``, ``Persist``, ``Terminal``,
+``Reply``). ``crane.actors.job.JobActor`` executes those actions against the controller. Tests
+drive ``JobMachine`` directly, with no sockets.
+
+Life of a job::
+
+    PENDING --Allocated--> RUNNING --batch step ends / cancel--> COMPLETING
+        --every node released--> COMPLETED | FAILED | CANCELLED | TIMEOUT | OUT_OF_MEMORY
+    PENDING --cancel--> CANCELLED (start = end = now)
+    RUNNING --requeue (preemption)--> COMPLETING --released--> PENDING
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from crane.core import events as ev
+from crane.core import messages as m
+from crane.core.ids import ACTIVE, CANCELLABLE
+from crane.core.job import Job, _argv_summary, _prune_ended_steps, cancel_banner
+
+_HANDLERS: dict[type, Callable[..., list[Any]]] = {}
+
+
+def on(event_type: type) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:
+    def register(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+        _HANDLERS[event_type] = fn
+        return fn
+
+    return register
+
+
+class JobMachine:
+    """Pure transitions of one job. ``self.job`` is the record it owns."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    # The job starts its life here (submission or recovery after a restart).
+    def start(self, now: float) -> list[Any]:
+        j = self.job
+        if j.state == "PENDING":
+            if j.held:
+                j.reason = j.reason or ("JobHeldAdmin" if j.admin_hold else "JobHeldUser")
+                return []
+            return [ev.ToScheduler(ev.Enqueue(j.id))]
+        if j.state == "COMPLETING":  # a cancel or cleanup in flight before a restart: redo it
+            return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel)
+        return []
+
+    def handle(self, event: Any, now: float) -> list[Any]:
+        """One handler per event type (a dict lookup: no per-call wrapper)."""
+        fn = _HANDLERS.get(type(event))
+        if fn is None:
+            raise TypeError(f"job {self.job.id}: unexpected event {type(event).__name__}")
+        return fn(self, event, now)
+
+    # ---------------------------------------------------------- allocation and steps
+
+    @on(ev.Allocated)
+    def _on_Allocated(self, e: ev.Allocated, now: float) -> list[Any]:
+        j = self.job
+        if j.state != "PENDING" or j.held:
+            # cancelled or held while the scheduler placed it: give the nodes back
+            return [ev.ToScheduler(ev.FreeNode(j.id, n)) for n in e.nodes]
+        j.state, j.reason, j.start_time, j.end_time = "RUNNING", "", now, None
+        j.nodes, j.released, j.cpus = list(e.nodes), [], e.cpus
+        j.gpu_alloc = {n: list(ix) for n, ix in e.gpus.items()}
+        j.steps = {1: {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": ["batch"]}}
+        j.next_step, j.end_reason, j.exit_code, j.exit_signal = 2, "", 0, 0
+        launch = j.launch or {}
+        j.launch = None  # a requeue reads it from the store again
+        spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, e.cpus,
+                           launch.get("script") or "", j.nodes[0])  # fmt: skip
+        spec["stream"] = list(launch.get("stream") or [])  # crun's job: live output
+        return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
+
+    @on(ev.NewStepEv)
+    def _on_NewStepEv(self, e: ev.NewStepEv, now: float) -> list[Any]:
+        j = self.job
+        if j.state != "RUNNING":
+            return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}, not running"))]
+        if j.cancel and j.cancel.get("graceful"):
+            return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is being cancelled: no new steps"))]
+        if e.cpus > j.cpus:
+            return [ev.Reply(e.reply, m.Error(2, f"step asks {e.cpus} cpus, the job has {j.cpus}"))]
+        # steps share the allocation (the batch step, 1, is the job's shell, as
+        # in Slurm): the running ones together fit in the job's CPUs
+        busy = sum(int(st.get("cpus") or 0) for sid, st in j.steps.items() if sid != 1 and st.get("state") == "RUNNING")
+        if busy + e.cpus > j.cpus:
+            free = max(j.cpus - busy, 0)
+            return [ev.Reply(e.reply, m.Error(4, f"step asks {e.cpus} cpus, {free} of the job's {j.cpus} are free (running steps hold the rest)"))]
+        sid = j.next_step
+        j.next_step += 1
+        shown = _argv_summary(e.argv)  # the record keeps a bounded summary
+        _prune_ended_steps(j.steps)
+        j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
+        spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus, node=j.nodes[0])
+        spec["stream"] = list(e.stream)
+        spec.update({k: v for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v})
+        return [
+            ev.ToNode(j.nodes[0], m.LaunchStep(j.id, sid, spec)),
+            ev.Persist(),
+            ev.Reply(e.reply, m.Ok({"step_id": sid, "node": j.nodes[0]})),
+        ]
+
+    @on(ev.StepStartedEv)
+    def _on_StepStartedEv(self, e: ev.StepStartedEv, now: float) -> list[Any]:
+        st = self.job.steps.get(e.step_id)
+        if st is not None:
+            st["pid"] = e.pid
+        return []
+
+    @on(ev.StepEndedEv)
+    def _on_StepEndedEv(self, e: ev.StepEndedEv, now: float) -> list[Any]:
+        j = self.job
+        st = j.steps.get(e.step_id)
+        if st is None or st.get("state") != "RUNNING":
+            return []  # duplicate report (e.g. after a re-registration)
+        st.update(end=now, exit_code=e.exit_code, signal=e.signal)
+        if st.get("cancelled"):
+            st["state"] = "CANCELLED"
+        elif e.reason:
+            st["state"] = {"LOST": "FAILED", "LAUNCH_FAILED": "FAILED"}.get(e.reason, e.reason)
+        else:
+            st["state"] = "COMPLETED" if e.exit_code == 0 and e.signal == 0 else "FAILED"
+        if e.reason == "LOST":
+            st["reason"] = "Node re-registered but step lost"
+        actions: list[Any] = [ev.Persist(), ev.StepDone(e.step_id, st)]
+        if e.step_id == 1 and j.state in ("RUNNING", "SUSPENDED"):
+            j.exit_code, j.exit_signal = e.exit_code, e.signal
+            if e.reason in ("TIMEOUT", "OUT_OF_MEMORY"):
+                j.end_reason = e.reason
+            elif e.reason in ("LOST", "LAUNCH_FAILED"):
+                j.end_reason = "FAILED"
+                j.reason = st.get("reason", "Launch failed" if e.reason == "LAUNCH_FAILED" else "")
+            actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+        elif e.step_id == 1 and j.state == "COMPLETING":
+            j.exit_code, j.exit_signal = e.exit_code, e.signal
+        return actions
+
+    @on(ev.ReleasedEv)
+    def _on_ReleasedEv(self, e: ev.ReleasedEv, now: float) -> list[Any]:
+        j = self.job
+        if e.node not in j.nodes or e.node in j.released:
+            return []
+        j.released.append(e.node)
+        actions: list[Any] = [ev.ToScheduler(ev.FreeNode(j.id, e.node))]
+        if e.kill_failed:
+            actions.append(ev.ToScheduler(ev.NodeStatus(e.node, drain=True, reason="Kill task failed")))
+        if j.state != "COMPLETING":
+            # an agent released the job on its own (its steps vanished): end it
+            if j.state in ("RUNNING", "SUSPENDED"):
+                j.end_reason = j.end_reason or "FAILED"
+                actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+            return actions
+        if len(j.released) >= len(j.nodes):
+            actions += self._finish(now)
+        return actions
+
+    # ---------------------------------------------------------- cancel, signal, control
+
+    @on(ev.CancelEv)
+    def _on_CancelEv(self, e: ev.CancelEv, now: float) -> list[Any]:
+        j = self.job
+        if e.signal is not None:
+            return self._signal(e)
+        if e.step_id is not None:
+            return self._cancel_step(e)
+        if j.state not in CANCELLABLE:
+            if j.state == "COMPLETING" and j.cancel and e.force and not j.cancel.get("force"):
+                j.cancel["force"] = True  # escalate a graceful kill in progress
+                return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
+            return []  # duplicate cancel: harmless
+        j.cancel = {
+            "by_uid": e.by_uid, "by_name": e.by_name, "path": e.path, "message": e.message,
+            "time": now, "force": e.force, "graceful": e.graceful, "grace": e.grace,
+            "end_state": e.end_state, "rid": e.rid, "requeue": e.requeue, "reason": e.reason,
+        }  # fmt: skip
+        if e.reason:
+            j.reason = e.reason
+        if j.state == "PENDING":
+            j.start_time = j.end_time = now
+            j.state = "COMPLETED" if e.end_state == "FINISHED" else "CANCELLED"
+            return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Terminal()]
+        if e.graceful:
+            return [ev.Persist()]  # running steps finish; no new ones start
+        return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
+
+    def _signal(self, e: ev.CancelEv) -> list[Any]:
+        j = self.job
+        assert e.signal is not None
+        if e.step_id is None:
+            return [ev.ToNode(n, m.SignalJob(j.id, None, e.signal)) for n in j.nodes if n not in j.released]
+        st = j.steps[e.step_id]
+        return [ev.ToNode(st["node"], m.SignalJob(j.id, e.step_id, e.signal))]
+
+    def _cancel_step(self, e: ev.CancelEv) -> list[Any]:
+        j = self.job
+        st = j.steps.get(e.step_id or 0)
+        if st is None or st.get("state") != "RUNNING":
+            return []
+        st["cancelled"] = {"by_name": e.by_name, "by_uid": e.by_uid, "message": e.message}
+        grace = 0.0 if e.force else (e.grace or 0.0)
+        banner = cancel_banner(j, {"by_name": e.by_name, "message": e.message}).replace(
+            f"JOB {j.id}", f"STEP {j.id}.{e.step_id}"
+        )
+        kill = m.KillJob(j.id, e.step_id, grace, e.force, "CANCELLED", banner)
+        return [ev.ToNode(st["node"], kill), ev.Persist()]
+
+    @on(ev.ControlEv)
+    def _on_ControlEv(self, e: ev.ControlEv, now: float) -> list[Any]:
+        j = self.job
+        if e.action == "hold":  # e.rank: an admin hold's rank (a lower one never lowers a hold)
+            if j.state != "PENDING":
+                return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not pending"))]
+            j.admin_hold = max(e.rank, int(j.admin_hold) if j.held else 0)
+            j.held, j.reason = True, "JobHeldAdmin" if j.admin_hold else "JobHeldUser"
+            return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
+        if e.action == "release":  # e.rank: the caller's rank; an admin hold needs as much
+            if not j.held:
+                return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not held"))]
+            if int(j.admin_hold) > e.rank:
+                return [ev.Reply(e.reply, m.Error(4, "Permission denied"))]
+            j.held, j.admin_hold, j.reason = False, 0, ""
+            return [ev.ToScheduler(ev.Enqueue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
+        if e.action in ("suspend", "resume"):
+            want = e.action == "suspend"
+            if j.state != ("RUNNING" if want else "SUSPENDED"):
+                return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}"))]
+            j.state = "SUSPENDED" if want else "RUNNING"
+            live = [n for n in j.nodes if n not in j.released]
+            return [ev.ToNode(n, m.SuspendJob(j.id, want)) for n in live] + [
+                ev.ToScheduler(ev.Suspended(j.id, want)), ev.Persist(), ev.Reply(e.reply, m.Ok())
+            ]
+        return [ev.Reply(e.reply, m.Error(2, f"unknown action {e.action}"))]
+
+    @on(ev.SetReason)
+    def _on_SetReason(self, e: ev.SetReason, now: float) -> list[Any]:
+        self.job.reason = e.reason
+        return [ev.Persist()]
+
+    # ---------------------------------------------------------- node events
+
+    @on(ev.NodeDownEv)
+    def _on_NodeDownEv(self, e: ev.NodeDownEv, now: float) -> list[Any]:
+        j = self.job
+        if e.node not in j.nodes or e.node in j.released or j.state not in ACTIVE:
+            return []
+        for st in j.steps.values():
+            if st.get("node") == e.node and st.get("state") == "RUNNING":
+                st.update(state="FAILED", end=now, reason="Node down")
+        if not j.cancel:
+            j.end_reason, j.reason = "NODE_FAIL", f"Node {e.node} down"
+        actions: list[Any] = []
+        if j.state != "COMPLETING":
+            actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+        return actions + self.handle(ev.ReleasedEv(e.node), now)
+
+    @on(ev.AgentStepsEv)
+    def _on_AgentStepsEv(self, e: ev.AgentStepsEv, now: float) -> list[Any]:
+        """Reconcile after the node's agent (re-)registered."""
+        j = self.job
+        if e.node not in j.nodes or e.node in j.released:
+            return []
+        actions: list[Any] = []
+        if j.state == "COMPLETING":  # deliver the kill that may have been lost
+            return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel, only=e.node)
+        for sid, st in j.steps.items():
+            if st.get("node") == e.node and st.get("state") == "RUNNING" and sid not in e.steps:
+                actions += self.handle(ev.StepEndedEv(e.node, sid, -1, 0, "LOST"), now)
+        return actions
+
+    # ---------------------------------------------------------- helpers
+
+    def _kill_nodes(self, cancel: dict[str, Any], cleanup: bool, only: str | None = None) -> list[Any]:
+        """Send KillJob to every node not yet released. ``cleanup``: the batch
+        step ended by itself; kill leftovers at once and run the epilog."""
+        j = self.job
+        j.state = "COMPLETING"
+        if cleanup:
+            kill = m.KillJob(j.id, None, 0.0, False, "COMPLETED", "", self._epilog_env())
+        else:
+            force = bool(cancel.get("force"))
+            grace = 0.0 if force else float(cancel.get("grace") or 0.0)
+            banner = cancel_banner(j, cancel) if cancel.get("path") != "preemption" else (
+                f"*** JOB {j.id} PREEMPTED: {cancel.get('reason', '')} ***"
+            )
+            kill = m.KillJob(j.id, None, grace, force, "CANCELLED", banner, self._epilog_env())
+        targets = [n for n in j.nodes if n not in j.released and (only is None or n == only)]
+        return [ev.ToNode(n, kill) for n in targets]
+
+    def _epilog_env(self) -> dict[str, str]:
+        j = self.job
+        return {
+            "CRANE_JOB_ID": str(j.id), "CRANE_JOB_USER": j.user, "CRANE_JOB_UID": str(j.uid),
+            "CRANE_JOB_NODELIST": ",".join(j.nodes), "CRANE_JOB_PARTITION": j.partition,
+        }  # fmt: skip
+
+    def final_state(self) -> str:
+        j = self.job
+        c = j.cancel
+        if c:
+            return "COMPLETED" if c.get("end_state") == "FINISHED" else "CANCELLED"
+        if j.end_reason in ("TIMEOUT", "OUT_OF_MEMORY"):
+            return j.end_reason
+        if j.end_reason in ("NODE_FAIL", "FAILED"):
+            return "FAILED"
+        return "COMPLETED" if j.exit_code == 0 and j.exit_signal == 0 else "FAILED"
+
+    def _finish(self, now: float) -> list[Any]:
+        j = self.job
+        for st in j.steps.values():
+            if st.get("state") == "RUNNING":
+                st.update(state="CANCELLED" if j.cancel else "COMPLETED", end=now)
+        if j.cancel and j.cancel.get("requeue"):
+            j.requeue_count += 1
+            j.state, j.reason = "PENDING", j.cancel.get("reason", "Requeued")
+            j.cancel, j.nodes, j.released, j.steps, j.gpu_alloc = None, [], [], {}, {}
+            j.start_time = j.end_time = None
+            return [ev.Persist(), ev.ToScheduler(ev.Enqueue(j.id))]
+        j.state, j.end_time = self.final_state(), now
+        if j.state == "TIMEOUT":
+            j.reason = "ExceedTimeLimit"
+        return [ev.Persist(), ev.Terminal()]
