@@ -13,14 +13,43 @@ from crane.core import messages as m
 
 MAX_REPLY = 256 * 1024 * 1024  # a CLI accepts replies this large (requests: m.MAX_FRAME)
 
+#: The default of the connect timeout the CLIs use (seconds): how long a
+#: command waits for the controller to answer the connection (the ZMTP
+#: handshake, done by the controller's I/O thread however busy it is) before
+#: it says the controller cannot be reached. ``$CRANE_CONNECT_TIMEOUT`` sets it.
+CONNECT_TIMEOUT = 2.0
+
+
+def connect_timeout_from_env(default: float = CONNECT_TIMEOUT) -> float:
+    """``$CRANE_CONNECT_TIMEOUT`` (seconds, > 0), else ``default``."""
+    text = os.environ.get("CRANE_CONNECT_TIMEOUT", "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            return default
+        if 0 < value < 1e6:
+            return value
+    return default
+
+
 class Unreachable(Exception):
-    pass
+    """The controller did not answer. ``sent``: the request had been handed to
+    the controller (it may have been applied) when the answer did not come."""
+
+    def __init__(self, message: str, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class Client:
     """Blocking request/reply to the controller's CLI socket."""
 
-    def __init__(self, address: str, timeout: float = 30.0, munge: bool = False) -> None:
+    def __init__(self, address: str, timeout: float = 30.0, munge: bool = False,
+                 connect_timeout: float | None = None) -> None:  # fmt: skip
+        """``timeout``: for each reply; ``connect_timeout`` (None: no separate
+        limit): for the connection to the controller, checked before anything
+        is sent, so a request never goes out on a connection made too late."""
         self.address = address
         self.munge = munge
         self.timeout = timeout
@@ -29,9 +58,43 @@ class Client:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
         if address.startswith("ipc://") and not os.path.exists(address[6:]):
-            raise Unreachable(f"controller socket {address[6:]} does not exist")
+            self.sock.close(linger=0)
+            raise Unreachable(f"{address[6:]} does not exist (is cranectld running?)")
+        monitor = None
+        if connect_timeout is not None and connect_timeout > 0:
+            monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED
+                                                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)  # fmt: skip
         self.sock.connect(address)
         self._rid = 0
+        if monitor is not None:
+            assert connect_timeout is not None
+            try:
+                self._await_connection(monitor, connect_timeout)
+            except Unreachable:
+                monitor.close(linger=0)
+                self.sock.close(linger=0)
+                raise
+            self.sock.disable_monitor()
+            monitor.close(linger=0)
+
+    def _await_connection(self, monitor: zmq.Socket, limit: float) -> None:  # type: ignore[type-arg]
+        from zmq.utils.monitor import recv_monitor_message
+
+        deadline = time.monotonic() + limit
+        why = "no answer"
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not monitor.poll(left_ms):
+                raise Unreachable(f"{why} within {limit:g} s")
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return
+            if event == zmq.EVENT_CONNECT_RETRIED:
+                why = "connection refused, no answer"
+            else:
+                why = "connection refused by the controller (handshake failed), no answer"
 
     def request(self, msg: m.Message, timeout: float | None = None) -> m.Message:
         return self.wait_reply(self.send(msg), timeout)
@@ -59,12 +122,12 @@ class Client:
         while True:
             left_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             if not poller.poll(left_ms):
-                raise Unreachable("timed out waiting for the controller")
+                raise Unreachable(f"no reply within {t:g} s", sent=True)
             data = self.sock.recv()
             try:
                 reply, got = m.decode(data, MAX_REPLY)
             except m.BadMessage as e:
-                raise Unreachable(f"bad reply from controller: {e}") from None
+                raise Unreachable(f"bad reply: {e}", sent=True) from None
             if got == rid:
                 return reply
 

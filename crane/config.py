@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from crane.core.states import PreemptMode
+
 DEFAULT_PATH = "/etc/crane/config.yaml"
 
 
@@ -138,7 +140,19 @@ _KEYS = {
 _AT_LEAST_ONE = ("MaxJobCount", "MaxSubmitJobsPerUser", "MaxWaitsPerUser", "MaxStepCount")
 _STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth", "ExemptUsers"}
 PREEMPT_TYPES = ("none", "qos", "partition")
-PREEMPT_MODES = ("OFF", "CANCEL", "REQUEUE", "SUSPEND")
+PREEMPT_MODES = tuple(m.value for m in PreemptMode)  # OFF, CANCEL, REQUEUE, SUSPEND
+
+
+def unknown_key(where: str, key: Any, known: Any) -> ConfigError:
+    """``KillWiat: unknown key (did you mean KillWait?)``: the nearest known
+    key (difflib, case-insensitive) when one is close enough."""
+    import difflib
+
+    names = [str(k) for k in known]
+    by_lower = {n.lower(): n for n in names}
+    near = difflib.get_close_matches(str(key).lower(), list(by_lower), n=1, cutoff=0.6)
+    hint = f" (did you mean {by_lower[near[0]]}?)" if near else ""
+    return ConfigError(f"{where}: unknown key{hint}")
 
 
 def _typed(key: str, value: Any, typ: type) -> Any:
@@ -191,7 +205,7 @@ def parse_gres(key: str, value: Any) -> list[GpuDevice]:
             raise ConfigError(f"{where}: needs name and count or DeviceFileList")
         for k in entry:
             if k not in ("name", "type", "count", "DeviceFileList"):
-                raise ConfigError(f"{where}.{k}: unknown key")
+                raise unknown_key(f"{where}.{k}", k, ("name", "type", "count", "DeviceFileList"))
         name = entry["name"]
         if name not in GRES_NAMES:
             raise ConfigError(f"{where}.name: unknown generic resource {name!r} (known: {', '.join(GRES_NAMES)})")
@@ -266,7 +280,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
             attr, typ = _KEYS[key]
             setattr(cfg, attr, _typed(key, value, typ))
         elif key not in _STRUCT_KEYS:
-            raise ConfigError(f"{key}: unknown key")
+            raise unknown_key(str(key), key, [*_KEYS, *sorted(_STRUCT_KEYS)])
     for key in _AT_LEAST_ONE:
         if getattr(cfg, _KEYS[key][0]) < 1:
             raise ConfigError(f"{key}: must be at least 1")
@@ -280,7 +294,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
             raise ConfigError(f"{where}: needs name, cpu and memory")
         for k in item:
             if k not in ("name", "cpu", "memory", "gres"):
-                raise ConfigError(f"{where}.{k}: unknown key")
+                raise unknown_key(f"{where}.{k}", k, ("name", "cpu", "memory", "gres"))
         try:
             names = expand_nodes(str(item["name"]))
         except ValueError as e:
@@ -304,7 +318,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
             raise ConfigError(f"{where}: needs name and nodes")
         for k in item:
             if k not in ("name", "nodes", "priority", "GraceTime", "PreemptMode"):
-                raise ConfigError(f"{where}.{k}: unknown key")
+                raise unknown_key(f"{where}.{k}", k, ("name", "nodes", "priority", "GraceTime", "PreemptMode"))
         try:
             members = expand_nodes(str(item["nodes"]))
         except ValueError as e:
@@ -337,11 +351,11 @@ def parse(raw: Any, path: str = "<config>") -> Config:
         raise ConfigError("Preempt: expected a mapping")
     for k in pre:
         if k not in ("PreemptType", "PreemptMode", "PreemptExemptTime"):
-            raise ConfigError(f"Preempt.{k}: unknown key")
+            raise unknown_key(f"Preempt.{k}", k, ("PreemptType", "PreemptMode", "PreemptExemptTime"))
     cfg.preempt_type = str(pre.get("PreemptType", "none")).lower()
     if cfg.preempt_type not in PREEMPT_TYPES:
         raise ConfigError("Preempt.PreemptType: must be one of none, qos, partition")
-    default_mode = "OFF" if cfg.preempt_type == "none" else "CANCEL"
+    default_mode = PreemptMode.OFF if cfg.preempt_type == "none" else PreemptMode.CANCEL
     cfg.preempt_mode = str(pre.get("PreemptMode", default_mode)).upper()
     if cfg.preempt_mode not in PREEMPT_MODES:
         raise ConfigError("Preempt.PreemptMode: must be one of OFF, CANCEL, REQUEUE, SUSPEND")
@@ -361,7 +375,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
         raise ConfigError("Auth: expected a mapping")
     for k in auth:
         if k not in ("Type", "CurveKeyDir"):
-            raise ConfigError(f"Auth.{k}: unknown key")
+            raise unknown_key(f"Auth.{k}", k, ("Type", "CurveKeyDir"))
     if auth.get("CurveKeyDir"):
         cfg.curve_key_dir = cfg.resolve(_typed("Auth.CurveKeyDir", auth["CurveKeyDir"], str))
     cfg.auth_type = str(auth.get("Type", "local")).lower()

@@ -14,88 +14,88 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from crane import transport
-from crane.accounts import AccountDB, AcctError
-from crane.actors import preemption
+from crane.actors.agent_gate import AgentGate
 from crane.actors.base import Actor
-from crane.actors.frontend import Frontend, user_name
-from crane.actors.job import JobActor
-from crane.actors.node import FromAgent, NodeActor, Send, Tick
-from crane.actors.scheduler import Request, Scheduler
+from crane.actors.jobs import JobTable, LateSender
+from crane.actors.node import NodeActor, Reregister, Tick
+from crane.actors.scheduler import Scheduler
 from crane.actors.streams import Relay
 from crane.actors.waits import Waits
+from crane.authority import Authority
 from crane.config import Config, ConfigError, load
-from crane.core import events as ev
-from crane.core import messages as m
 from crane.core.job import Job
-from crane.permissions import Caller, caller_from, may_act_on_job
+from crane.core.scheduling import Policy as SchedulingPolicy
+from crane.core.states import HOLDING, JobState
+from crane.requests.envelope import Envelope
+from crane.requests.gate import CliGate
+from crane.requests.services import JobIds, RequestServices
 from crane.store import Store
 
 log = logging.getLogger("crane.ctld")
 
 
 class Controller:
+    """Wiring only: builds the parts, recovers their state, opens the sockets
+    and runs the loop. Who does what:
+
+    - ``JobTable`` (crane.actors.jobs): the job actors and their ends; the
+      port of the job and node actors;
+    - ``Scheduler`` (crane.actors.scheduler): the pure scheduling machine;
+    - ``NodeActor``s (crane.actors.node) behind the ``AgentGate``;
+    - ``Authority`` (crane.authority): accounts, rights, submit rules;
+    - ``Envelope`` (crane.requests) behind the ``CliGate``: CLI requests.
+    """
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
         Actor.bind_loop(self.loop)
         self.metrics: collections.Counter[str] = collections.Counter()
         self.store = Store(cfg.db_file)
-        self.jobs: dict[int, JobActor] = {}
-        self.recent: dict[int, str] = {}  # terminal, not yet committed: id -> state
-        self.waits = Waits(cfg.max_waits_per_user)  # WaitJobs / WaitStep requests
-        self.streams = Relay()  # live output of steps to their crun (crane.actors.streams)
-        self.active_by_uid: collections.Counter[int] = collections.Counter()  # jobs in self.jobs per owner
-        self._terminal: list[int] = []  # ended this loop turn, waiting for one barrier
+        self.authority = Authority(cfg, self.store)
+        self.agents = LateSender()  # the agent socket, once open
+        self.nodes: dict[str, NodeActor] = {}
+        self.scheduler = Scheduler(SchedulerLinks(self), cfg.nodes.values())
+        self.table = JobTable(self.loop, self.store, self.scheduler, self.nodes, cfg.nodes,  # type: ignore[arg-type]
+                              Waits(cfg.max_waits_per_user), Relay(), self.metrics, self.agents)  # fmt: skip
+        self.reregister = Reregister(self.agents, len(cfg.nodes))
+        self.nodes.update({n: NodeActor(conf, self.table, cfg.craned_timeout, self.reregister)
+                           for n, conf in cfg.nodes.items()})  # fmt: skip
+        self.ids = JobIds()
+        self.services = RequestServices(cfg, self.loop, self.store, self.authority, self.table, self.scheduler,
+                                        self.nodes, self.ids, self.metrics, self.reload_config)  # fmt: skip
+        self.gate = CliGate(Envelope(self.services), transport.RateLimiter(cfg.cli_rate, cfg.cli_burst),
+                            self.loop, self.metrics)  # fmt: skip
         self.collector: Any = None  # Prometheus snapshot holder when MetricsPort is set
-        from crane.metrics import LatencyHistogram
-
-        self.cancel_latency = LatencyHistogram()
-        self.nodes = {name: NodeActor(name, self) for name in cfg.nodes}
-        self.scheduler = Scheduler(self)
-        self.frontend = Frontend(self)
-        self.next_job_id = 1
-        self.acct = AccountDB.fresh()
         self.ctx = zmq.Context()
-        self.agent_endpoint: transport.Endpoint
-        self.cli_endpoint: transport.Endpoint
+        self.endpoints: list[transport.Endpoint] = []
         self.stopping = asyncio.Event()
-        self.agent_keys: dict[str, str] | None = None  # z85 key -> node (CurveZMQ on)
-        self.routes: dict[bytes, str] = {}  # agent routing id -> node that registered on it
-        self.limiter = transport.RateLimiter(cfg.cli_rate, cfg.cli_burst)
         self.auth: Any = None
+        self.agent_gate: AgentGate | None = None  # once the agent socket is open
 
     # ------------------------------------------------------------ start / stop
 
     def recover(self) -> None:
         next_id, jobs, ents, nodes = self.store.load()
-        self.next_job_id = next_id
-        if ents:
-            self.acct = AccountDB.from_rows((k, d) for k, _n, d in ents)
-        else:
-            for kind, rows in self.acct.to_dict().items():
-                for row in rows:
-                    self.store.put_entity(kind, row["name"], row)
+        self.ids.next = next_id
+        self.authority.recover(ents)
         for name, data in nodes.items():
-            if name in self.scheduler.ledgers and data.get("drain"):
-                self.scheduler.ledgers[name].drain = True
-                self.scheduler.ledgers[name].reason = data.get("reason", "")
+            if data.get("drain"):
+                self.scheduler.restore_node(name, True, data.get("reason", ""))
         actors = []
         for rec in jobs:
             job = Job.from_dict(rec)
-            actor = JobActor(job, self)
-            self.jobs[job.id] = actor
-            self.active_by_uid[job.uid] += 1
-            if job.state in ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"):
+            actors.append(self.table.add(job, new=False))
+            if job.state in HOLDING:
                 live = [n for n in job.nodes if n not in job.released]
-                self.scheduler.adopt(job.id, live, job.cpus, job.memory, job.exclusive, job.state == "SUSPENDED",
-                                     job.gpu_alloc)  # fmt: skip
-            actors.append(actor)
+                self.scheduler.adopt(job.id, live, job.cpus, job.memory, job.exclusive, job.state == JobState.SUSPENDED,
+                                     job.gpu_alloc, qos=job.qos, partition=job.partition, uid=job.uid,
+                                     start_time=job.start_time, ending=job.state == JobState.COMPLETING or bool(job.cancel))  # fmt: skip
         for actor in actors:
             actor.start()
         log.info("recovered %d active jobs, next job id %d", len(jobs), next_id)
@@ -103,37 +103,8 @@ class Controller:
     async def run(self) -> None:
         self.store.start()
         self.recover()
-        curve = None
-        if self.cfg.curve_key_dir:
-            from zmq.auth.asyncio import AsyncioAuthenticator
-
-            from crane import keys
-
-            self.agent_keys = keys.accepted_agents(self.cfg.curve_key_dir)
-            self.auth = AsyncioAuthenticator(self.ctx)
-            self.auth.start()
-            self.auth.configure_curve(domain="*", location=os.path.join(self.cfg.curve_key_dir, "agents"))
-            curve = keys.controller_keys(self.cfg.curve_key_dir)
-            log.info("agent link: CurveZMQ, %d agent keys on file", len(self.agent_keys))
-        asock = transport.bind_router(self.ctx, self.cfg.agent_address, curve=curve)
-        asock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable -> error -> node outbox
-        self.agent_endpoint = transport.Endpoint(
-            asock, self.on_agent, self.on_agent_bad, router=True, user_ids=curve is not None
-        )
-        csock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM, send_hwm=transport.CLI_REPLY_HWM,
-                                      heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
-        csock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone client is seen (waiters are dropped)
-        self.cli_endpoint = transport.Endpoint(
-            csock, self.on_cli, self.on_cli_bad, router=True, credentials=True, admit=self.admit_cli
-        )
-        self.munge_endpoint: transport.Endpoint | None = None
-        if self.cfg.auth_type == "munge":
-            msock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM, send_hwm=transport.CLI_REPLY_HWM,
-                                          heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
-            msock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self.munge_endpoint = transport.Endpoint(
-                msock, self.on_munge_cli, self.on_munge_bad, router=True, cred_frame=True
-            )
+        self.open_agent_socket()
+        self.open_cli_sockets()
         log.info("cranectld up: agents %s, clis %s", self.cfg.agent_address, self.cfg.cli_address)
         sd_notify("READY=1")
         if self.cfg.metrics_port:
@@ -144,10 +115,8 @@ class Controller:
         ticker = asyncio.ensure_future(self._tick())
         await self.stopping.wait()
         ticker.cancel()
-        self.cli_endpoint.close()
-        if self.munge_endpoint is not None:
-            self.munge_endpoint.close()
-        self.agent_endpoint.close()
+        for endpoint in reversed(self.endpoints):
+            endpoint.close()
         done = asyncio.Event()
         self.store.barrier(done.set)
         try:
@@ -159,306 +128,179 @@ class Controller:
             self.auth.stop()
         self.ctx.term()
 
+    def open_agent_socket(self) -> None:
+        curve, keys_of = None, None
+        if self.cfg.curve_key_dir:
+            from zmq.auth.asyncio import AsyncioAuthenticator
+
+            from crane import keys
+
+            keys_of = keys.accepted_agents(self.cfg.curve_key_dir)
+            self.auth = AsyncioAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.configure_curve(domain="*", location=os.path.join(self.cfg.curve_key_dir, "agents"))
+            curve = keys.controller_keys(self.cfg.curve_key_dir)
+            log.info("agent link: CurveZMQ, %d agent keys on file", len(keys_of))
+        sock = transport.bind_router(self.ctx, self.cfg.agent_address, curve=curve)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable -> error -> node outbox
+        gate = self.agent_gate = AgentGate(self.nodes, self.table, self.agents, self.reregister, self.metrics, keys_of)
+        endpoint = transport.Endpoint(sock, gate.on_frame, gate.on_bad_frame, router=True, user_ids=curve is not None)
+        self.agents.endpoint = endpoint
+        self.endpoints.append(endpoint)
+
+    def open_cli_sockets(self) -> None:
+        gate = self.gate
+        sock = transport.bind_router(self.ctx, self.cfg.cli_ipc_address, hwm=transport.CLI_HWM, send_hwm=transport.CLI_REPLY_HWM,
+                                     heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone client is seen (waiters are dropped)
+        ipc: transport.Endpoint = transport.Endpoint(
+            sock, lambda p, msg, rid: gate.on_request(ipc, p, msg, rid), lambda p, why, rid: gate.on_bad(ipc, p, why, rid),
+            router=True, credentials=True, admit=gate.admit,
+        )  # fmt: skip
+        self.endpoints.append(ipc)
+        if self.cfg.auth_type == "munge":
+            sock = transport.bind_router(self.ctx, self.cfg.cli_address, hwm=transport.CLI_HWM, send_hwm=transport.CLI_REPLY_HWM,
+                                         heartbeat_ms=transport.CLI_HEARTBEAT_MS)  # fmt: skip
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            tcp: transport.Endpoint = transport.Endpoint(
+                sock, lambda p, msg, rid: gate.on_munge_request(tcp, p, msg, rid),
+                lambda p, why, rid: gate.on_bad(tcp, p, why, rid), router=True, cred_frame=True,
+            )  # fmt: skip
+            self.endpoints.append(tcp)
+
+    # ------------------------------------------------------------ reconfigure
+
+    def reload_config(self) -> str | None:
+        """SIGHUP and ``ccontrol reconfigure``: re-read the config file this
+        controller started with and apply it; the one-line error if it is
+        refused (the running configuration then stays)."""
+        try:
+            new = load(self.cfg.path)
+        except ConfigError as e:
+            log.error("reconfigure refused, the configuration stays as it was: %s", e)
+            return str(e)
+        return self.reconfigure(new)
+
+    def reconfigure(self, new_cfg: Config) -> str | None:
+        """Swap ``new_cfg`` in everywhere the parts hold the configuration,
+        without dropping a job: partitions, limits and preemption settings
+        at once; new nodes added (down until their agent registers); nodes
+        resized; a node left out only if no job uses it (else it is kept, and
+        the error logged). What only a restart can change (addresses, ports,
+        directories, authentication) is kept, with a warning. Refused (the
+        error line returned, nothing changed) if a partition left out has
+        active jobs."""
+        old = self.cfg
+        err = self._reconfigure_refusal(new_cfg)
+        if err:
+            log.error("reconfigure refused, the configuration stays as it was: %s", err)
+            return err
+        fixed = {k: getattr(old, k) for k in RESTART_ONLY if getattr(new_cfg, k) != getattr(old, k)}
+        for k in fixed:
+            log.warning("reconfigure: %s changed: it takes effect at the next restart", k)
+        new = dataclasses.replace(new_cfg, **fixed)
+        for name, why in self.scheduler.reconfigure(new.nodes.values()).items():
+            log.error("reconfigure: node %s kept as it was (%s)", name, why)
+            if name not in new.nodes:
+                new.nodes[name] = old.nodes[name]
+            else:  # its GPUs stay as they were
+                new.nodes[name] = dataclasses.replace(new.nodes[name], gpus=list(old.nodes[name].gpus))
+        for name, conf in new.nodes.items():
+            actor = self.nodes.get(name)
+            if actor is None:
+                log.info("reconfigure: node %s added", name)
+                self.nodes[name] = NodeActor(conf, self.table, new.craned_timeout, self.reregister)
+            else:
+                actor.conf, actor.timeout = conf, new.craned_timeout
+        for name in [n for n in self.nodes if n not in new.nodes]:
+            log.info("reconfigure: node %s removed", name)
+            del self.nodes[name]
+        self.reregister.keep = 4 * len(new.nodes) + 64
+        self.table.node_conf = new.nodes
+        self.table.waits.per_user = new.max_waits_per_user
+        self.gate.limiter.rate, self.gate.limiter.burst = new.cli_rate, new.cli_burst
+        self.authority.cfg = self.services.cfg = self.cfg = new
+        if new.curve_key_dir and self.agent_gate is not None and self.agent_gate.keys is not None:
+            self._reload_agent_keys(new.curve_key_dir)
+        self.scheduler.request_pass()
+        log.info("reconfigured from %s: %d nodes, %d partitions", new.path, len(new.nodes), len(new.partitions))
+        return None
+
+    def _reconfigure_refusal(self, new: Config) -> str | None:
+        active = collections.Counter(j.partition for j in self.services.active_jobs())
+        for part in sorted(set(self.cfg.partitions) - set(new.partitions)):
+            if active[part]:
+                return f"partition {part} has {active[part]} active jobs: it cannot be removed"
+        return None
+
+    def _reload_agent_keys(self, key_dir: str) -> None:
+        """New nodes' agent keys (CurveZMQ): accepted from now on."""
+        from crane import keys
+
+        assert self.agent_gate is not None and self.agent_gate.keys is not None
+        try:
+            found = keys.accepted_agents(key_dir)
+        except (OSError, ValueError) as e:
+            log.error("reconfigure: agent keys not re-read: %s", e)
+            return
+        self.agent_gate.keys.clear()
+        self.agent_gate.keys.update(found)
+        if self.auth is not None:
+            self.auth.configure_curve(domain="*", location=os.path.join(key_dir, "agents"))
+
     async def _tick(self) -> None:
         turn = 0
+        table = self.table
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for node in self.nodes.values():
                 node.tell(Tick(now))
             turn += 1
-            if self.streams.subs:
-                self.crun_departed()
-            if turn % WAIT_SWEEP_EVERY == 0 and self.waits.by_uid:
-                self.metrics["waits_dropped"] += self.waits.sweep()
+            if table.streams.subs:
+                table.crun_departed(float(self.cfg.kill_wait))
+            if turn % WAIT_SWEEP_EVERY == 0 and table.waits.by_uid:
+                self.metrics["waits_dropped"] += table.waits.sweep()
             if self.collector is not None:
                 from crane import metrics
 
-                self.collector.latest = metrics.snapshot(self)
+                self.collector.latest = metrics.snapshot(table, self.metrics, *self.endpoints[:2], self.store,
+                                                         self.nodes.values(), self.scheduler.ledgers.values())  # fmt: skip
 
-    def crun_departed(self) -> None:
-        """A crun killed without a word (its connection gone, not back):
-        cancel its step, as its own SIGTERM would (its job, if crun made it)."""
-        for job_id, step_id in self.streams.departed():
-            actor = self.jobs.get(job_id)
-            running = (actor.job.steps.get(step_id) or {}).get("state") == "RUNNING" if actor else False
-            if actor is None or not (running or (step_id == 1 and actor.job.state == "PENDING")):
-                continue
-            log.info("step %d.%d: its crun is gone: cancelled", job_id, step_id)
-            self.metrics["crun_gone_cancels"] += 1
-            whole = step_id == 1  # the batch step: crun's own job (only its crun streams step 1)
-            actor.tell(ev.CancelEv(actor.job.uid, actor.job.user, "user", None if whole else step_id,
-                                   "crun gone", grace=float(self.cfg.kill_wait)))  # fmt: skip
 
-    # ------------------------------------------------------------ sockets
+class SchedulerLinks:
+    """The scheduler's port (crane.actors.scheduler.SchedulerPort): jobs
+    through the job table, nodes saved in the store, the policy from the
+    accounts. Bound to the controller's parts once they exist."""
 
-    def on_agent(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
-        """Routing ids are random (ROUTER-assigned), never chosen by the agent:
-        a node is named by its CurveZMQ key when keys are on, else by its
-        Register; later frames are accepted only on the route that registered."""
-        if self.agent_keys is not None:
-            name = self.agent_keys.get(peer.user_id or "")
-            if name is None or (isinstance(msg, m.Register) and msg.node != name):
-                self.metrics["agent_forged"] += 1
-                log.warning("agent frame refused: key of %r, claims %r", name,
-                            str(getattr(msg, "node", None))[:64])  # fmt: skip
-                return
-        elif isinstance(msg, m.Register):
-            name = msg.node
-        else:
-            name = self.routes.get(peer.identity)
-        node = self.nodes.get(name) if name else None
-        if node is None:
-            self.metrics["agent_rejected"] += 1
-            reason = f"unknown node {str(name)[:64]}" if isinstance(msg, m.Register) else "register again"
-            self.agent_endpoint.send(peer.identity, m.RegisterAck(False, reason))
-            return
-        if isinstance(msg, m.Register):
-            self.routes = {r: n for r, n in self.routes.items() if n != name}
-            self.routes[peer.identity] = name
-        self.metrics["agent_msgs"] += 1
-        if isinstance(msg, m.SessionEvent):
-            self.session_event(name, msg)
-            return
-        if isinstance(msg, m.StepOutput):
-            # at once, not through the actors: it is ahead of the step's
-            # StepEnded on the same link, so its crun gets it before the end
-            actor = self.jobs.get(msg.job_id)
-            if actor is not None and name in actor.job.nodes:
-                self.streams.relay(msg)
-            return
-        node.tell(FromAgent(peer.identity, msg))
-
-    def session_event(self, node: str, msg: m.SessionEvent) -> None:
-        """An agent adopted an ssh session into a job or swept a user's strays."""
-        pids = ", ".join(map(str, msg.pids[:20])) + (" ..." if len(msg.pids) > 20 else "")
-        if msg.kind == "adopt":
-            self.metrics["sessions_adopted"] += 1
-            log.info("node %s: session of user %r adopted into job %d (pids %s)", node, msg.user, msg.job, pids)
-        elif msg.kind == "sweep":
-            self.metrics["strays_swept"] += len(msg.pids)
-            log.info("node %s: swept %d processes of user %r after job %d: %s", node, len(msg.pids), msg.user, msg.job, pids)
-        else:
-            log.warning("node %s: unknown session event %r", node, msg.kind[:32])
-
-    def on_agent_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
-        self.metrics["agent_bad_frames"] += 1
-        log.debug("bad agent frame from %r: %s", peer.identity[:32], why)
-
-    def admit_cli(self, peer: transport.Peer) -> bool:
-        """Per-uid rate limit, checked before decoding; root is not limited."""
-        if peer.uid == 0:
-            return True
-        if self.limiter.allow(peer.uid, time.monotonic()):
-            return True
-        self.metrics["cli_rate_limited"] += 1
-        return False
-
-    def on_munge_cli(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
-        """Decode the MUNGE credential off the loop; serve only if it vouches
-        for exactly this request (munged refuses replays)."""
-        from crane import munge
-
-        endpoint = self.munge_endpoint
-        assert endpoint is not None and peer.cred is not None
-        fut = self.loop.run_in_executor(None, munge.verify, peer.cred, peer.raw)
-
-        def done(f: asyncio.Future[int]) -> None:
-            exc = f.exception()
-            if exc is not None:
-                self.metrics["munge_refused"] += 1
-                log.warning("MUNGE credential refused: %s", exc)
-                endpoint.send(peer.identity, m.Error(5, f"authentication failed: {exc}"), rid)
-                return
-            peer.uid = f.result()
-            if self.admit_cli(peer):
-                self.on_cli(peer, msg, rid, endpoint)
-
-        fut.add_done_callback(done)
-
-    def on_munge_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
-        self.metrics["cli_bad_frames"] += 1
-        if self.munge_endpoint is not None:
-            self.munge_endpoint.send(peer.identity, m.Error(2, f"bad request: {why}"), rid)
-
-    def on_cli(self, peer: transport.Peer, msg: m.Message, rid: int,
-               endpoint: transport.Endpoint | None = None) -> None:  # fmt: skip
-        self.metrics["cli_requests"] += 1
-        endpoint = endpoint or self.cli_endpoint
-        self.frontend.handle(peer, msg, rid, transport.Replier(endpoint, peer.identity, rid))
-
-    def on_cli_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
-        self.metrics["cli_bad_frames"] += 1
-        self.cli_endpoint.send(peer.identity, m.Error(2, f"bad request: {why}"), rid)
-
-    # ------------------------------------------------------------ services for actors
-
-    def to_node(self, node: str, msg: m.Message) -> None:
-        actor = self.nodes.get(node)
-        if actor is not None:
-            actor.tell(Send(msg))
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+        self.metrics = ctl.metrics
 
     def job_event(self, job_id: int, event: Any) -> None:
-        actor = self.jobs.get(job_id)
-        if actor is not None:
-            actor.tell(event)
-        elif isinstance(event, ev.Allocated):  # the job ended while being placed
-            for n in event.nodes:
-                self.scheduler.tell(ev.FreeNode(job_id, n))
+        self.ctl.table.job_event(job_id, event)
 
-    def add_job(self, job: Job) -> None:
-        actor = JobActor(job, self)
-        self.jobs[job.id] = actor
-        self.active_by_uid[job.uid] += 1
-        self.store.put_job(job.to_dict())
-        actor.start()
+    def save_node(self, name: str, drain: bool, reason: str) -> None:
+        self.ctl.store.put_node(name, {"drain": drain, "reason": reason})
 
-    def job_terminal(self, actor: JobActor) -> None:
-        job = actor.job
-        if self.jobs.pop(job.id, None) is not None:
-            self.active_by_uid[job.uid] -= 1
-            if self.active_by_uid[job.uid] <= 0:
-                del self.active_by_uid[job.uid]
-        self.recent[job.id] = job.state
-        self.metrics[_ENDED_KEY.get(job.state) or "jobs_" + job.state.lower()] += 1
-        if job.cancel:
-            self.metrics[_PATH_KEY.get(job.cancel.get("path")) or "cancel_path_other"] += 1
-            self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.get("time") or time.time())))
-        for key in self.waits.keys_of_job(job.id):
-            self.waits.fire(key, dict(job.steps.get(key[1], {"state": job.state})))
-        for key in [k for k in self.streams.subs if k[0] == job.id]:
-            self.streams.end(key)
-        self._terminal.append(job.id)
-        if len(self._terminal) == 1:
-            self.loop.call_soon(self._flush_terminal)
+    def policy(self) -> SchedulingPolicy:
+        return self.ctl.authority.policy()
 
-    def _flush_terminal(self) -> None:
-        """One store barrier for every job that ended this loop turn: once
-        their final state is committed, forget them and wake their waiters."""
-        ids, self._terminal = self._terminal, []
 
-        def committed() -> None:
-            for job_id in ids:
-                self.recent.pop(job_id, None)
-                self.waits.fire(job_id)
+RESTART_ONLY = ("path", "cluster", "control_machine", "agent_port", "cli_port", "base_dir", "db_path", "auth_type",
+                "curve_key_dir", "cli_endpoint", "agent_endpoint", "metrics_port", "metrics_address",
+                "craned_state_dir", "log_dir")  # fmt: skip
 
-        self.store.barrier(committed)
 
-    def after_persisted(self, callback: Callable[[], None]) -> None:
-        """Call back once the actors told so far have handled their mail and
-        the store has committed what they wrote."""
-        Actor.when_idle(lambda: self.store.barrier(callback))
-
-    def wait_jobs(self, uid: int, job_ids: list[int], callback: Callable[[], None],
-                  alive: Callable[[], bool] | None = None) -> str | None:  # fmt: skip
-        """Call back once every job is terminal and committed; an error line
-        if the caller is at a waiting limit."""
-        live = [j for j in set(job_ids) if j in self.jobs or j in self.recent]
-        if not live:
-            self.store.barrier(callback)
-            return None
-        return self.waits.add(uid, live, lambda _v: callback(), alive)
-
-    def finished_state(self, job_id: int) -> str | None:
-        if job_id in self.recent:
-            return self.recent[job_id]
-        rec = self.store.get_job(job_id)
-        return rec["state"] if rec else None
-
-    def job_expected_on(self, job_id: int, node: str) -> bool:
-        a = self.jobs.get(job_id)
-        return a is not None and node in a.job.nodes and node not in a.job.released
-
-    def jobs_on_node(self, node: str) -> list[int]:
-        return [j for j, a in self.jobs.items() if node in a.job.nodes and node not in a.job.released]
-
-    def request_of(self, job: Job) -> Request:
-        return Request(job.id, job.partition, job.cpus, job.memory, job.nnodes, job.exclusive,
-                       list(job.nodelist_req), job.qos, job.priority, job.uid,
-                       job.gpus_per_node, job.gpu_type)  # fmt: skip
-
-    # ------------------------------------------------------------ identity and accounts
-
-    def caller(self, uid: int) -> Caller:
-        return caller_from(self.acct, uid, user_name(uid))
-
-    def may_act(self, caller: Caller, job: Job) -> bool:
-        owner = self.acct.users.get(job.user)
-        level = owner.admin_level if owner is not None else "none"
-        if job.uid == 0:
-            level = "admin"
-        ancestors = self.acct.ancestors(job.account) if job.account in self.acct.accounts else []
-        return may_act_on_job(caller, job.uid, level, job.account, ancestors)
-
-    def hold_rank(self, caller: Caller, job: Job) -> int:
-        """The caller's rank for holds on ``job``: 2 root, an admin or an
-        operator over the job; 1 a coordinator over it; 0 its owner as such."""
-        if caller.uid == 0 or caller.admin_level == "admin":
-            return 2
-        as_other = dataclasses.replace(caller, uid=-1)  # rights not merely from owning it
-        if caller.admin_level == "operator" and self.may_act(as_other, job):
-            return 2
-        if self.may_act(dataclasses.replace(as_other, admin_level="none"), job):
-            return 1
-        return 0
-
-    def qos_priority(self, qos: str | None) -> int:
-        q = self.acct.qos.get(qos or "")
-        return q.priority if q is not None else 0
-
-    def accounts_check_submit(self, caller: Caller, spec: dict[str, Any], part: str, repeat: int) -> tuple[str, str | None]:
-        db = self.acct
-        try:
-            if caller.name not in db.users and (self.cfg.auto_create_users or caller.uid == 0):
-                db.ensure_user(caller.name, caller.uid)
-                for kind, name, data in db.last_changes:
-                    self.store.put_entity(kind, name, data)
-            if caller.name not in db.users:
-                raise AcctError(f"User {caller.name} is not registered (ask an admin: cacctmgr add user)")
-            account, qos = db.check_submit(caller.name, spec.get("account"), spec.get("qos"), part)
-            if qos is not None:
-                mine = [a.job for a in self.jobs.values() if a.job.uid == caller.uid and a.job.qos == qos]
-                for i in range(repeat):
-                    db.qos_limits_check(qos, 0, len(mine) + i, spec.get("time_limit"))
-        except AcctError as e:
-            raise ValueError(str(e)) from None
-        return account, qos
-
-    def accounting(self, caller: Caller, op: dict[str, Any], reply: Callable[[m.Message], None]) -> None:
-        from crane.accounting import handle_op
-
-        handle_op(self, caller, op, reply)
-
-    # ------------------------------------------------------------ preemption
-
-    def preemption_enabled(self) -> bool:
-        return self.cfg.preempt_type != "none"
-
-    def victim_gone(self, job_id: int) -> bool:
-        a = self.jobs.get(job_id)
-        return a is None or a.job.state in ("PENDING", "SUSPENDED")
-
-    def qos_job_limits(self) -> dict[str, int]:
-        return {q.name: q.max_jobs_per_user for q in self.acct.qos.values() if q.max_jobs_per_user is not None}
-
-    def running_per_user_qos(self) -> dict[tuple[int, str], int]:
-        out: dict[tuple[int, str], int] = {}
-        for a in self.jobs.values():
-            j = a.job
-            if j.state in ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"):
-                out[(j.uid, j.qos)] = out.get((j.uid, j.qos), 0) + 1
-        return out
-
-    def could_preempt(self, req: Request) -> bool:
-        return preemption.could_preempt(self, req)
-
-    def try_preempt(self, req: Request, ledgers: dict[str, Any], members: list[str]) -> bool:
-        return preemption.try_preempt(self, req, ledgers, members)
+def on_sighup(ctl: Controller) -> None:
+    log.info("SIGHUP: re-reading %s", ctl.cfg.path)
+    try:
+        ctl.reload_config()  # a refusal is logged there
+    except Exception:  # a daemon never dies of a reload
+        log.exception("reconfigure failed")
 
 
 WAIT_SWEEP_EVERY = 2  # ticks (seconds) between sweeps of waiters whose client is gone
-_ENDED_KEY = {s: "jobs_" + s.lower() for s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")}
-_PATH_KEY = {p: "cancel_path_" + p for p in ("user", "admin", "preemption", "timeout", "node_failure")}
 
 
 def sd_notify(state: str) -> None:
@@ -534,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctl.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: nothing to re-read yet"))
+        loop.add_signal_handler(signal.SIGHUP, on_sighup, ctl)
         await ctl.run()
 
     try:

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from crane.core.states import NodeState, PreemptMode
 from crane.polling import pid_alive
 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -35,6 +36,133 @@ OWN_ENTRIES = ("config.yaml", "pids.json", "keys", "log")
 
 class UnsafeDirError(RuntimeError):
     """A directory or file on the cluster's path that someone else could change."""
+
+
+class ControllerError(RuntimeError):
+    """A request to the local cluster's controller failed (one line)."""
+
+
+# ------------------------------------------------------------ finding our daemons (pure)
+
+#: how a daemon is started: ``python -m MODULE`` or its console script
+DAEMON_MODULES = {"crane.controller": "cranectld", "crane.agent.main": "craned"}
+DAEMON_SCRIPTS = ("cranectld", "craned")
+
+
+def _opt(argv: list[str], short: str, long: str) -> str | None:
+    """The value of ``-C X``, ``-CX``, ``--config X`` or ``--config=X`` (argparse's forms)."""
+    for i, a in enumerate(argv):
+        if a in (short, long):
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if a.startswith(long + "="):
+            return a[len(long) + 1 :]
+        if a.startswith(short) and len(a) > len(short) and not a.startswith("--"):
+            return a[len(short) :]
+    return None
+
+
+def daemon_of(argv: list[str]) -> tuple[str, str | None] | None:
+    """``(key, config argument)`` of a cranectld/craned command line (key
+    ``cranectld`` or ``craned-<node>``), None for any other process."""
+    kind = None
+    for i, a in enumerate(argv[:-1]):
+        if a == "-m" and argv[i + 1] in DAEMON_MODULES:
+            kind = DAEMON_MODULES[argv[i + 1]]
+            break
+    if kind is None:
+        for a in argv[:2]:  # the script itself, or the interpreter running it
+            if os.path.basename(a) in DAEMON_SCRIPTS:
+                kind = os.path.basename(a)
+                break
+    if kind is None:
+        return None
+    if kind == "craned":
+        node = _opt(argv, "-n", "--node")
+        if not node:
+            return None
+        kind = f"craned-{node}"
+    return kind, _opt(argv, "-C", "--config")
+
+
+def _proc_argv(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]] if raw else None
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def _port_inodes(port: int) -> set[int]:
+    """Inodes of TCP sockets whose local or remote port is ``port`` (/proc/net/tcp, tcp6)."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10:
+                continue
+            ports = {int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16)}
+            if port in ports and cols[9].isdigit() and int(cols[9]):
+                out.add(int(cols[9]))
+    return out
+
+
+def _unix_inodes(path: str) -> set[int]:
+    """Inodes of the unix sockets bound to ``path`` (/proc/net/unix)."""
+    out = set()
+    try:
+        with open("/proc/net/unix") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return out
+    for line in lines:
+        cols = line.split()
+        if len(cols) >= 8 and cols[7] == path and cols[6].isdigit():
+            out.add(int(cols[6]))
+    return out
+
+
+def _proc_config(pid: int, given: str | None) -> str | None:
+    """The real path of the config a daemon runs with: its ``-C`` (relative to
+    its cwd), else its ``$CRANE_CONF``, else the default path."""
+    path = given
+    if path is None:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            return None
+        found = [e[len(b"CRANE_CONF=") :] for e in env if e.startswith(b"CRANE_CONF=")]
+        from crane.config import DEFAULT_PATH
+
+        path = os.fsdecode(found[-1]) if found and found[-1] else DEFAULT_PATH
+    if not os.path.isabs(path):
+        try:
+            path = os.path.join(os.readlink(f"/proc/{pid}/cwd"), path)
+        except OSError:
+            return None
+    return os.path.realpath(path)
 
 
 def free_port() -> int:
@@ -249,7 +377,7 @@ def make_config(base: str, nodes: int = 4, cpus: int = 4, memory: str = "8G",
                   for n in names],  # fmt: skip
         "Partitions": parts,
         "DefaultPartition": "CPU",
-        "Preempt": {"PreemptType": "qos", "PreemptMode": "CANCEL"},
+        "Preempt": {"PreemptType": "qos", "PreemptMode": PreemptMode.CANCEL.value},
         "KillWait": 0,
         "AutoCreateUsers": True,
         "HeartbeatInterval": 1,
@@ -339,15 +467,72 @@ class LocalCluster:
 
     def is_ours(self, pid: int) -> bool:
         """Whether ``pid`` still is a daemon of this cluster (and not a process
-        that got a recorded pid after ours died): its argv names our config."""
+        that got a recorded pid after ours died): a cranectld/craned of the
+        caller's uid whose config is this cluster's config.yaml."""
+        return self._key_of(pid) is not None
+
+    def _key_of(self, pid: int) -> str | None:
+        if not os.path.isdir("/proc"):
+            return "?" if pid_alive(pid) else None
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+            if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+                return None  # never another user's process
         except OSError:
-            return not os.path.isdir("/proc") and pid_alive(pid)
-        want = os.path.realpath(self.config_path)
-        return any(a == b"-C" and i + 1 < len(argv) and os.path.realpath(os.fsdecode(argv[i + 1])) == want
-                   for i, a in enumerate(argv))  # fmt: skip
+            return None
+        argv = _proc_argv(pid)
+        found = daemon_of(argv) if argv else None
+        if found is None:
+            return None
+        key, given = found
+        conf = _proc_config(pid, given)
+        if conf is not None and conf == os.path.realpath(self.config_path):
+            return key
+        if conf is not None and (given is None or os.path.isabs(given)):
+            return None  # another config, named in full or by $CRANE_CONF: another cluster's daemon
+        # a relative config (the daemons chdir to /, so it cannot be resolved
+        # any more) or none: ours if it holds one of this cluster's sockets
+        return key if _socket_inodes(pid) & self._our_sockets() else None
+
+    def _our_sockets(self) -> set[int]:
+        """Inodes of the sockets on this cluster's agent port (the controller
+        listening, the agents connected) and of its controller's ipc socket."""
+        try:
+            port = int(self.config()["CraneCtldListenPort"])
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+            return set()
+        return _port_inodes(port) | _unix_inodes(os.path.join(self.base, "cranectld.sock"))
+
+    def find_daemons(self) -> dict[str, int]:
+        """Every live cranectld/craned of the caller's uid running with this
+        cluster's config (started by ``up`` or restarted by hand), by key;
+        a second daemon with the same key is ``key#pid``."""
+        out: dict[str, int] = {}
+        if not os.path.isdir("/proc"):
+            return out
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            pid = int(entry)
+            key = self._key_of(pid)
+            if key is not None and pid_alive(pid):
+                out[key if key not in out else f"{key}#{pid}"] = pid
+        return out
+
+    def running(self) -> dict[str, int]:
+        """The cluster's live daemons: recorded (pids.json, still ours) or
+        found by their config path. UnsafeDirError for an unsafe directory."""
+        out: dict[str, int] = {}
+        for key, pid in self.pids().items():
+            if pid_alive(pid) and self.is_ours(pid):
+                out[key] = pid
+        for key, p in self.procs.items():
+            if p.poll() is None:
+                out[key] = p.pid
+        for key, pid in self.find_daemons().items():
+            if pid not in out.values():
+                out[key if key not in out else f"{key}#{pid}"] = pid
+        return out
 
     def start_controller(self) -> subprocess.Popen[bytes]:
         return self._spawn("cranectld", [sys.executable, "-m", "crane.controller", "-C", self.config_path])
@@ -361,16 +546,39 @@ class LocalCluster:
             self.start_agent(n)
         self.wait_nodes_up(timeout)
 
-    def nodes_state(self) -> dict[str, str]:
-        from crane.cli.common import call, load_config
+    def request(self, msg: Any, timeout: float = 5.0) -> dict[str, Any]:
+        """One request to this cluster's controller; ControllerError if it fails."""
+        from crane.client import Client, Unreachable
+        from crane.config import ConfigError, load
         from crane.core import messages as m
 
-        data = call(load_config(self.config_path), m.QueryNodes(), timeout=2)
+        try:
+            cfg = load(self.config_path)
+        except ConfigError as e:
+            raise ControllerError(str(e)) from None
+        try:
+            client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge")
+            try:
+                reply = client.request(msg)
+            finally:
+                client.close()
+        except Unreachable as e:
+            raise ControllerError(f"cannot reach the controller: {e}") from None
+        except OSError as e:
+            raise ControllerError(f"authentication failed: {e}") from None
+        if isinstance(reply, m.Error):
+            raise ControllerError(reply.message)
+        if not isinstance(reply, m.Ok):
+            raise ControllerError(f"unexpected reply {reply.TYPE}")
+        return reply.data  # type: ignore[no-any-return]
+
+    def nodes_state(self) -> dict[str, str]:
+        from crane.core import messages as m
+
+        data = self.request(m.QueryNodes(), timeout=2)
         return {n["name"]: n["state"] for n in data["nodes"]}
 
     def wait_nodes_up(self, timeout: float = 30.0, nodes: list[str] | None = None) -> None:
-        from crane.cli.common import CliError
-
         deadline = time.monotonic() + timeout
         want = nodes or self.node_names()
         last: Any = None
@@ -378,10 +586,10 @@ class LocalCluster:
             self._check_alive()
             try:
                 st = self.nodes_state()
-                if all(st.get(n) not in (None, "DOWN") for n in want):
+                if all(st.get(n) not in (None, NodeState.DOWN) for n in want):
                     return
                 last = st
-            except CliError as e:
+            except ControllerError as e:
                 last = str(e)
             time.sleep(0.05)  # polling a condition with a deadline
         raise TimeoutError(f"nodes not up after {timeout}s: {last}; logs in {self.base}/log")
@@ -394,49 +602,102 @@ class LocalCluster:
             raise RuntimeError(f"cranectld exited with {p.returncode}:\n{tail}")
 
     def stop(self, key: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        pid = self.procs[key].pid if key in self.procs else self.pids().get(key)
-        if pid is None or (key not in self.procs and not self.is_ours(pid)):
-            return  # a stale record: that pid is someone else's process now
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
+        if key in self.procs:
+            self._stop_pid(key, self.procs[key].pid, sig, timeout)
             return
+        pid = self.pids().get(key)
+        if pid is not None:
+            self._stop_pid(key, pid, sig, timeout)
+
+    def _stop_pid(self, key: str, pid: int, sig: int = signal.SIGTERM, timeout: float = 15.0) -> bool:
+        """Stop one daemon: ``sig``, then SIGKILL after ``timeout``. A pid not
+        started by this object is signalled only while it still is one of
+        this cluster's daemons (through a pidfd where there is one, so a pid
+        reused meanwhile is never hit). True if it was running."""
         p = self.procs.get(key)
-        if p is not None:
+        if p is not None and p.pid == pid:
+            if p.poll() is not None:
+                del self.procs[key]
+                return False
+            p.send_signal(sig)
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
             del self.procs[key]
-        else:
+            return True
+        fd = None
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except (OSError, AttributeError):
+            fd = None
+
+        def send(s: int) -> bool:
+            if not self.is_ours(pid):
+                return False  # a stale record: that pid is someone else's process now
+            try:
+                if fd is not None:
+                    signal.pidfd_send_signal(fd, s)
+                else:
+                    os.kill(pid, s)
+            except ProcessLookupError:
+                return False
+            return True
+
+        try:
+            if not send(sig):
+                return False
             deadline = time.monotonic() + timeout
             while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if pid_alive(pid) and self.is_ours(pid):
-                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)  # polling the process's end with a deadline
+            if pid_alive(pid):
+                send(signal.SIGKILL)
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
 
-    def down(self) -> None:
-        try:
-            from crane.cli.common import call, load_config
-            from crane.core import messages as m
-
-            cfg = load_config(self.config_path)
-            active = ["PENDING", "CONFIGURING", "RUNNING", "SUSPENDED"]
-            res = call(cfg, m.Cancel(filters={"states": active}, force=True), timeout=5)
-            jobs = [c["job_id"] for c in res["cancelled"]]
-            if jobs:
-                call(cfg, m.WaitJobs(jobs), timeout=20)
-        except Exception:
-            pass
-        keys = set(self.pids()) | set(self.procs)
-        for key in sorted(keys, key=lambda k: k == "cranectld"):  # agents first
-            self.stop(key)
+    def stop_all(self, timeout: float = 15.0) -> list[tuple[str, int]]:
+        """Stop every daemon of this cluster (agents first), recorded or found
+        by config path; forget the records. What was stopped, as (key, pid)."""
+        running = self.running()
+        stopped = []
+        for key in sorted(running, key=lambda k: (k.startswith("cranectld"), k)):  # agents first
+            if self._stop_pid(key, running[key], timeout=timeout):
+                stopped.append((key, running[key]))
+        self.procs.clear()
         try:
             os.unlink(self.pids_path)
         except OSError:
             pass
+        return stopped
+
+    def down(self) -> list[tuple[str, int]]:
+        """Cancel every job, stop every daemon of this cluster; what was stopped."""
+        from crane.core import messages as m
+        from crane.core.states import CANCELLABLE
+
+        try:
+            res = self.request(m.Cancel(filters={"states": sorted(CANCELLABLE)}, force=True), timeout=5)
+            jobs = [c["job_id"] for c in res["cancelled"]]
+            if jobs:
+                self.request(m.WaitJobs(jobs), timeout=20)
+        except (ControllerError, KeyError, TypeError):
+            pass
+        stopped = self.stop_all()
         self._remove_empty_cgroups()
+        return stopped
+
+    def restart(self, timeout: float = 60.0) -> list[tuple[str, int]]:
+        """Stop every daemon of this cluster (jobs are not cancelled), write
+        fresh keys and start the controller and the agents again."""
+        stopped = self.stop_all()
+        self.write_config(self.config())
+        self.up(timeout)
+        return stopped
 
     def _remove_empty_cgroups(self) -> None:
         """Drop this cluster's (now empty) cgroup scope: crane/<ClusterName>."""

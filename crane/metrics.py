@@ -33,22 +33,24 @@ class LatencyHistogram:
         return out, self.total
 
 
-def snapshot(ctl: Any) -> dict[str, Any]:
-    """Everything exported, read on the event loop."""
+def snapshot(table: Any, counters: Any, agent: Any, cli: Any, store: Any, nodes: Any, ledgers: Any) -> dict[str, Any]:
+    """Everything exported, read on the event loop: the job table
+    (crane.actors.jobs), the counters, the agent and CLI sockets, the store,
+    the node actors, the scheduler's ledgers."""
     states: dict[str, int] = {}
-    for a in ctl.jobs.values():
+    for a in table.jobs.values():
         states[a.job.state] = states.get(a.job.state, 0) + 1
     return {
         "jobs_by_state": states,
-        "counters": dict(ctl.metrics),
+        "counters": dict(counters),
         "messages": {
-            ("cli", "in"): ctl.cli_endpoint.received, ("cli", "out"): ctl.cli_endpoint.sent,
-            ("agent", "in"): ctl.agent_endpoint.received, ("agent", "out"): ctl.agent_endpoint.sent,
+            ("cli", "in"): cli.received, ("cli", "out"): cli.sent,
+            ("agent", "in"): agent.received, ("agent", "out"): agent.sent,
         },  # fmt: skip
-        "store_queue": ctl.store.queued - ctl.store.committed,
-        "nodes_up": sum(1 for n in ctl.nodes.values() if n.registered),
-        "gpus": gpu_counts(ctl.scheduler.ledgers.values()),
-        "cancel_latency": ctl.cancel_latency.snapshot(),
+        "store_queue": store.queued - store.committed,
+        "nodes_up": sum(1 for n in nodes if n.registered),
+        "gpus": gpu_counts(ledgers),
+        "cancel_latency": table.cancel_latency.snapshot(),
     }
 
 

@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from crane.accounts import AccountDB, AcctError, canonical_key, target_name
+from crane.core.states import AdminLevel
 
-PRIVILEGED = ("operator", "admin")
+PRIVILEGED = (AdminLevel.OPERATOR, AdminLevel.ADMIN)
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     uid: int
     name: str
-    admin_level: str = "none"  # none|operator|admin
+    admin_level: str = AdminLevel.NONE  # none|operator|admin
     coordinator_of: frozenset[str] = frozenset()
 
 
@@ -46,10 +47,10 @@ def caller_from(db: AccountDB, uid: int, name: str) -> Caller:
     u = db.user_by_uid(uid)
     if u is not None and u.name != name:
         u = None
-    level = u.admin_level if u is not None else "none"
+    level = u.admin_level if u is not None else AdminLevel.NONE
     coord = frozenset(u.coordinator_of) if u is not None else frozenset()
     if uid == 0:
-        level = "admin"
+        level = AdminLevel.ADMIN
     return Caller(uid=uid, name=name, admin_level=level, coordinator_of=coord)
 
 
@@ -69,9 +70,9 @@ def may_act_on_job(
     """May ``caller`` cancel/signal/hold/... a job owned by ``owner_uid`` in ``account``?"""
     if caller.uid == owner_uid:
         return True
-    if caller.admin_level == "admin":
+    if caller.admin_level == AdminLevel.ADMIN:
         return True
-    if caller.admin_level == "operator" and owner_level != "admin" and owner_uid != 0:
+    if caller.admin_level == AdminLevel.OPERATOR and owner_level != AdminLevel.ADMIN and owner_uid != 0:
         return True
     return _coordinates(caller, account, ancestors_of_account)
 
@@ -105,7 +106,7 @@ def may_manage(
     op: Mapping[str, Any] | str,
     target_account: str | None = None,
     target_ancestors: Sequence[str] = (),
-    target_level: str = "none",
+    target_level: str = AdminLevel.NONE,
 ) -> bool:
     """May ``caller`` perform ``op`` (an op dict, or just its verb) on ``entity``?
 
@@ -116,18 +117,18 @@ def may_manage(
     verb, sets = _verb_and_sets(op)
     if verb == "show":
         return True
-    if caller.admin_level == "admin":
+    if caller.admin_level == AdminLevel.ADMIN:
         return True
     if entity in ("qos", "account"):
-        return caller.admin_level == "operator"
+        return caller.admin_level == AdminLevel.OPERATOR
     if entity != "user":
         return False
     level, coord = _user_grants(sets)
-    if target_level in PRIVILEGED or (level is not None and level != "none"):
+    if target_level in PRIVILEGED or (level is not None and level != AdminLevel.NONE):
         return False  # only an admin grants/changes privileged levels
     if "uid" in _user_keys(sets):
         return False  # only an admin binds a record to a uid
-    if caller.admin_level == "operator":
+    if caller.admin_level == AdminLevel.OPERATOR:
         return True
     if coord:
         return False
@@ -147,7 +148,7 @@ def denial(db: AccountDB, caller: Caller, op: Mapping[str, Any]) -> str | None:
     (``Permission denied`` or ``Permission denied: ...``)."""
     entity = str(op.get("entity", ""))
     verb = str(op.get("verb", ""))
-    if verb == "show" or caller.admin_level == "admin":
+    if verb == "show" or caller.admin_level == AdminLevel.ADMIN:
         return None
     if entity != "user":
         return None if may_manage(caller, entity, op) else DENIED
@@ -188,9 +189,9 @@ def _user_denial(db: AccountDB, caller: Caller, op: Mapping[str, Any]) -> str | 
     ):
         return f"{DENIED}: only an admin may change an operator's or admin's record"
     for key, item in zip(keys, sets, strict=True):
-        if key == "level" and str(item[2]).strip().lower() != "none":
+        if key == "level" and str(item[2]).strip().lower() != AdminLevel.NONE:
             return f"{DENIED}: only an admin may grant an operator or admin Level"
-    if caller.admin_level == "operator":
+    if caller.admin_level == AdminLevel.OPERATOR:
         return None
     if not caller.coordinator_of:
         return DENIED

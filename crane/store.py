@@ -4,7 +4,10 @@ The event loop never touches the disk for writes: it queues operations, and the
 writer thread commits everything queued so far in one transaction (group
 commit). ``barrier(callback)`` calls back on the loop once every operation
 queued before it is committed, which is how "acknowledged means on disk" is
-implemented for submissions and cancels.
+implemented for submissions and cancels. When that commit fails,
+``barrier(callback, on_error)`` calls ``on_error(reason)`` on the loop
+instead, so whoever waited can say so; a barrier without ``on_error`` is
+then dropped (logged).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -90,7 +94,8 @@ class Store:
         self._thread: threading.Thread | None = None
         self.queued = 0
         self.committed = 0
-        self.failed = False
+        self.failed = False  # a batch failed to commit (see failures for how many)
+        self.failures = 0
 
     # ------------------------------------------------------------ loading
 
@@ -172,8 +177,10 @@ class Store:
     def put_node(self, name: str, data: dict[str, Any]) -> None:
         self._push(("node", (name, data)))
 
-    def barrier(self, callback: Callable[[], None]) -> None:
-        self._push(("barrier", callback))
+    def barrier(self, callback: Callable[[], None], on_error: Callable[[str], None] | None = None) -> None:
+        """``callback()`` on the loop once everything queued before is
+        committed; if that commit fails, ``on_error(reason)`` instead."""
+        self._push(("barrier", (callback, on_error)))
 
     def _push(self, item: tuple[str, Any]) -> None:
         self.queued += 1
@@ -198,14 +205,17 @@ class Store:
                     break
                 if len(batch) >= 20_000:
                     break
-            callbacks = []
+            # taken first: a batch that fails halfway still answers every barrier in it
+            callbacks: list[tuple[Callable[[], None], Callable[[str], None] | None]] = [
+                it[1] for it in batch if it is not None and it[0] == "barrier"
+            ]
+            done = done or None in batch
             jobs: dict[int, tuple[Any, ...]] = {}
             launches: list[tuple[int, bytes]] = []
             try:
                 conn.execute("BEGIN")
                 for it in batch:
                     if it is None:
-                        done = True
                         continue
                     kind, val = it
                     if kind == "job":
@@ -222,31 +232,38 @@ class Store:
                             conn.execute("INSERT OR REPLACE INTO entities VALUES (?, ?, ?)", (k, n, pack(d)))
                     elif kind == "node":
                         conn.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?)", (val[0], pack(val[1])))
-                    elif kind == "barrier":
-                        callbacks.append(val)
                 if launches:
                     conn.executemany("INSERT OR REPLACE INTO launches VALUES (?, ?)", launches)
                 if jobs:
                     conn.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?)", jobs.values())
                 conn.execute("COMMIT")
                 self.committed += len(batch)
-            except Exception:
-                log.exception("store write failed; the controller stops acknowledging")
+            except Exception as e:
+                log.exception("store write failed: %d operations not saved", len(batch))
                 self.failed = True
+                self.failures += 1
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-                continue  # barriers of a failed batch are never called back
-            if callbacks and self._loop is not None:
-                try:
-                    self._loop.call_soon_threadsafe(_run_all, callbacks)
-                except RuntimeError:  # loop closed at shutdown
-                    pass
+                reason = " ".join(str(e).split()) or type(e).__name__
+                errors = [partial(on_error, reason) for _cb, on_error in callbacks if on_error is not None]
+                if len(errors) < len(callbacks):
+                    log.error("%d barriers without an error path dropped", len(callbacks) - len(errors))
+                self._call_back(errors)
+                continue
+            self._call_back([cb for cb, _on_error in callbacks])
         conn.close()
 
+    def _call_back(self, callbacks: Sequence[Callable[[], None]]) -> None:
+        if callbacks and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(_run_all, callbacks)
+            except RuntimeError:  # loop closed at shutdown
+                pass
 
-def _run_all(callbacks: list[Callable[[], None]]) -> None:
+
+def _run_all(callbacks: Sequence[Callable[[], None]]) -> None:
     for cb in callbacks:
         try:
             cb()

@@ -63,7 +63,7 @@ class Cluster(LocalCluster):
         return int(json.loads(out)["job_id"])
 
     def jobs(self, history: bool = False) -> dict[int, dict[str, Any]]:
-        out = self.ok("cacct" if history else "cqueue", "--json")
+        out = self.ok(*(("cacct", "-S", "2000-01-01") if history else ("cqueue",)), "--json")
         return {j["job_id"]: j for j in json.loads(out)}
 
     def job(self, job_id: int) -> dict[str, Any] | None:

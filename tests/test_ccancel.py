@@ -175,7 +175,7 @@ def test_cancel_one_job_by_id(c: Cluster) -> None:
     if IS_ROOT:
         assert job_cgroups(c, node, jid) == []
     if importlib.util.find_spec("crane.cli.cacct") is not None:
-        hist = {x["job_id"]: x for x in json.loads(c.ok("cacct", "--json"))}
+        hist = {x["job_id"]: x for x in json.loads(c.ok("cacct", "-S", "2000-01-01", "--json"))}
         assert hist[jid]["state"] == "CANCELLED" and hist[jid]["cancelled_by"] == "root"
 
 
@@ -719,9 +719,9 @@ def test_message_and_banner(c: Cluster) -> None:
     mt = BANNER.fullmatch(c.read(f"k-{k}.err").splitlines()[-1])
     assert mt and mt.groups() == (str(k), "root", None)
     if importlib.util.find_spec("crane.cli.cacct") is not None:
-        hist = {x["job_id"]: x for x in json.loads(c.ok("cacct", "--json"))}
+        hist = {x["job_id"]: x for x in json.loads(c.ok("cacct", "-S", "2000-01-01", "--json"))}
         assert hist[j]["message"] == "node maintenance" and hist[j]["cancelled_by"] == "root"
-        assert "node maintenance" in c.ok("cacct", "-j", str(j))
+        assert "node maintenance" in c.ok("cacct", "-l", "-j", str(j))
 
 
 def test_duplicate_cancel_is_harmless(c: Cluster) -> None:
@@ -778,7 +778,7 @@ def test_user_cannot_cancel_others_jobs(c: Cluster, accounts: dict[str, int]) ->
     assert j["state"] == "CANCELLED" and j["cancelled_by"] == "alice"
     assert states(c, b, r) == ["RUNNING", "RUNNING"]
     if importlib.util.find_spec("crane.cli.cacct") is not None:
-        assert "CANCELLED by alice" in c.ok("cacct", "-j", str(a))
+        assert "CANCELLED by alice" in c.ok("cacct", "-l", "-j", str(a))
     a2 = running(c, "-A", "PKU", user="alice")
     expect(ccancel(c, "-t", "All", user="alice"), 0, [ok_line(a2)])  # her own, nothing else
     cancelled(c, a2)

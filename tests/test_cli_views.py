@@ -54,7 +54,7 @@ def test_cqueue_default_table(cluster: Cluster, running: list[int]) -> None:
     line = rows(out)[str(job)]
     cols = line.split()
     assert cols[1:7] == ["CPU", "cq_default", ME, "default", "RUNNING", "Batch"]
-    assert cols[8] == "10:00" and cols[9] == "1"
+    assert cols[8] == "00:10:00" and cols[9] == "1"
     assert cols[10] in ("crane01", "crane02")
     j = cluster.job(job)
     assert j is not None and cols[10] == j["nodes"][0]
@@ -154,7 +154,8 @@ def test_cacct_states_exit_codes_and_cancels(cluster: Cluster, running: list[int
     assert by_id[str(ok)].split()[1:7] == ["ca_ok", "CPU", "default", ME, "COMPLETED", "0:0"]
     assert by_id[str(bad)].split()[5:7] == ["FAILED", "3:0"]
     v = by_id[str(victim)]
-    assert f"CANCELLED by {ME}" in v and v.endswith("no longer needed")
+    assert v.split()[5] == "CANCELLED+" and v.endswith("no_longer_needed")  # no spaces in a cell (issue 12)
+    assert f"CANCELLED by {ME}" in cluster.ok("cacct", "-l", "-j", str(victim))
     assert v.index("CANCELLED") == head.index("STATE")
 
     jobs = {j["job_id"]: j for j in json.loads(cluster.ok("cacct", "--json", "-j", f"{ok},{bad},{victim}"))}
@@ -169,7 +170,7 @@ def test_cacct_states_exit_codes_and_cancels(cluster: Cluster, running: list[int
     # filters on finished jobs
     assert set(rows(cluster.ok("cacct", "-N", "-t", "CA", "-j", f"{ok},{bad},{victim}"))) == {str(victim)}
     assert set(rows(cluster.ok("cacct", "-N", "-t", "failed,cd", "-j", f"{ok},{bad},{victim}"))) == {str(ok), str(bad)}
-    assert set(rows(cluster.ok("cacct", "-N", "-n", "ca_bad"))) == {str(bad)}
+    assert set(rows(cluster.ok("cacct", "-N", "-S", "2000-01-01", "-n", "ca_bad"))) == {str(bad)}
     out = cluster.ok("cacct", "-N", "-j", str(bad), "-o", "%i %x %T")
     assert out.strip() == f"{bad} 3:0 FAILED"
     # a finished job is not in cqueue
@@ -186,9 +187,9 @@ def test_cinfo_partitions_and_nodes(cluster: Cluster, running: list[int]) -> Non
     head, *lines = out.splitlines()
     assert head.split() == ["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]
     table = [ln.split() for ln in lines]
-    assert ["CPU*", "up", "infinite", "1", "MIX", "crane01"] in table
-    assert ["CPU*", "up", "infinite", "1", "IDLE", "crane02"] in table
-    assert ["GPU", "up", "infinite", "2", "IDLE", "crane[03-04]"] in table
+    assert ["CPU*", "up", "UNLIMITED", "1", "MIX", "crane01"] in table
+    assert ["CPU*", "up", "UNLIMITED", "1", "IDLE", "crane02"] in table
+    assert ["GPU", "up", "UNLIMITED", "2", "IDLE", "crane[03-04]"] in table
 
     out = cluster.ok("cinfo", "-N")
     by_node = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:]}
@@ -218,7 +219,7 @@ def test_ccontrol_show_job_node_partition(cluster: Cluster, running: list[int]) 
     kv = dict(w.split("=", 1) for w in out.split() if "=" in w)
     assert kv["UserId"] == f"{ME}({os.getuid()})"
     assert (kv["Account"], kv["QOS"], kv["JobState"], kv["Partition"]) == ("default", "normal", "RUNNING", "CPU")
-    assert (kv["NumNodes"], kv["NumCPUs"], kv["Memory"], kv["TimeLimit"]) == ("1", "2", "1G", "1:00:00")
+    assert (kv["NumNodes"], kv["NumCPUs"], kv["Memory"], kv["TimeLimit"]) == ("1", "2", "1G", "01:00:00")
     assert kv["NodeList"] in ("crane01", "crane02") and kv["ExitCode"] == "0:0"
     assert kv["WorkDir"] == cluster.workdir and kv["StdOut"] == cluster.file(f"crane-{job}.out")
     assert kv["RequeueCount"] == "0" and f"StepId={job}.1" in out
@@ -257,7 +258,7 @@ def test_ccontrol_drain_and_resume_node(cluster: Cluster) -> None:
     try:
         cluster.ok("ccontrol", "update", "NodeName=crane04", "State=DRAIN", "Reason=maint")
         assert cinfo_state("crane04") == ["DRAIN", "maint"]
-        assert ["GPU", "up", "infinite", "1", "DRAIN", "crane04"] in [
+        assert ["GPU", "up", "UNLIMITED", "1", "DRAIN", "crane04"] in [
             ln.split() for ln in cluster.ok("cinfo").splitlines()
         ]
         assert "Reason=maint" in cluster.ok("ccontrol", "show", "node", "crane04")
@@ -384,4 +385,6 @@ def test_plain_user_views_and_refusals(cluster: Cluster, users: dict[str, int], 
     assert r.returncode == 4 and "Permission denied" in r.stderr
     cluster.ok("ccancel", "--wait", str(job), "-m", "alice is done", user="alice")
     line = rows(cluster.ok("cacct", "-j", str(job), user="bob"))[str(job)]
-    assert "CANCELLED by alice" in line and line.endswith("alice is done")
+    assert "CANCELLED+" in line and line.endswith("alice_is_done")
+    line = cluster.ok("cacct", "-P", "-N", "-j", str(job), user="bob")
+    assert "|CANCELLED by alice|" in line and line.rstrip("\n").endswith("|alice is done")

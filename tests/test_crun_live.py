@@ -81,7 +81,7 @@ def test_live_output_exit_code_and_own_job(cluster: Cluster) -> None:
     assert cr.finish() == 3
     assert cr.out == b"ready\ndone\n"
     assert b"warn-late" in cr.err
-    jobs = [j for j in json.loads(c.ok("cacct", "--json")) if j["name"] == "live"]
+    jobs = [j for j in json.loads(c.ok("cacct", "-S", "2000-01-01", "--json")) if j["name"] == "live"]
     assert len(jobs) == 1 and jobs[0]["state"] == "FAILED" and jobs[0]["exit_code"] == 3
     assert jobs[0]["cpus"] == 2
     assert not os.path.exists(c.file(f"crane-{jobs[0]['job_id']}.out"))  # output was crun's, not a file
@@ -94,7 +94,7 @@ def test_own_job_completed_with_partition(cluster: Cluster) -> None:
     r = c.run("crun", *args, "-c", "1", "-J", "ok-job", "sh", "-c", "echo hello")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "hello\n"
-    jobs = [j for j in json.loads(c.ok("cacct", "--json")) if j["name"] == "ok-job"]
+    jobs = [j for j in json.loads(c.ok("cacct", "-S", "2000-01-01", "--json")) if j["name"] == "ok-job"]
     assert len(jobs) == 1 and jobs[0]["state"] == "COMPLETED"
 
 
@@ -124,7 +124,7 @@ def test_ctrl_c_twice_cancels(cluster: Cluster) -> None:
     rc = cr.finish()
     assert rc != 0
     assert b"cancelled" in cr.err
-    jobs = [j for j in json.loads(c.ok("cacct", "--json")) if j["name"] == "int-twice"]
+    jobs = [j for j in json.loads(c.ok("cacct", "-S", "2000-01-01", "--json")) if j["name"] == "int-twice"]
     assert len(jobs) == 1 and jobs[0]["state"] == "CANCELLED"
 
 
@@ -161,7 +161,7 @@ def test_killed_crun_cancels_its_step(cluster: Cluster) -> None:
     cr.wait_out("ready")
     cr.p.kill()  # SIGKILL: crun says nothing; the controller sees its connection gone
     cr.finish()
-    jobs = wait_for(lambda: [j for j in json.loads(c.ok("cacct", "--json")) if j["name"] == "killed-crun"],
+    jobs = wait_for(lambda: [j for j in json.loads(c.ok("cacct", "-S", "2000-01-01", "--json")) if j["name"] == "killed-crun"],
                     DEADLINE, "the job of the killed crun to end")  # fmt: skip
     assert jobs[0]["state"] == "CANCELLED" and jobs[0]["message"] == "crun gone"
 
@@ -177,7 +177,7 @@ def test_only_the_owner_receives_the_output(cluster: Cluster, users: dict[str, i
 
     jid = wait_for(job_id, DEADLINE, "alice's crun job")
     # attack: bob subscribes to alice's step output with a hand-made WaitStep(stream=True)
-    code = ("import sys\nfrom crane import messages as m\nfrom crane.cli.common import call, load_config, CliError\n"
+    code = ("import sys\nfrom crane.core import messages as m\nfrom crane.cli.common import call, load_config, CliError\n"
             f"try:\n    call(load_config(None), m.WaitStep({jid}, 1, True), timeout=5)\n    print('SUBSCRIBED')\n"
             "except CliError as e:\n    print(e)\n")  # fmt: skip
     open_ancestors(c.base)

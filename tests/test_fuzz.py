@@ -91,7 +91,7 @@ def test_decoder_refuses(data: bytes, why: str) -> None:
 
 
 def test_nan_grace_decodes_and_is_refused_by_validation() -> None:
-    from crane.actors.cancel import validate
+    from crane.requests.cancel import validate
 
     msg, _ = m.decode(frame("Cancel", {"ids": [[5, None]], "grace": math.nan}))
     assert isinstance(msg, m.Cancel)

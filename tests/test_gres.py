@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
-from crane.actors.frontend import check_spec, fits_partition, job_view
-from crane.actors.scheduler import NodeLedger, Request, place
 from crane.config import ConfigError, GpuDevice, gres_text, parse
 from crane.core import events as ev
 from crane.core.job import Job
 from crane.core.job_machine import JobMachine
+from crane.core.ledger import NodeLedger, Request, place
 from crane.core.preempt import Candidate, NodeFree, Want, plan_preemption
 from crane.metrics import gpu_counts
+from crane.requests.query import job_view
+from crane.requests.submit import check_spec, fits_partition
 
 # --------------------------------------------------------------------------- config
 
@@ -256,18 +257,29 @@ def test_a_job_without_gpus_gets_no_gpu_env() -> None:
 
 
 def test_launch_step_carries_the_node_device_files() -> None:
-    from types import SimpleNamespace
+    import collections
 
     from crane.actors.job import JobActor
+    from crane.actors.jobs import JobTable
+    from crane.actors.node import Send
     from crane.core import messages as m
 
+    class Inbox:  # a node actor's mailbox, as the job table tells it
+        def __init__(self) -> None:
+            self.told: list[Any] = []
+
+        def tell(self, msg: Any) -> None:
+            self.told.append(msg)
+
     cfg = parse(conf([{"name": "gpu", "DeviceFileList": ["/dev/g0", "/dev/g1"]}]))
-    sent: list[tuple[str, Any]] = []
-    actor = JobActor(job(), SimpleNamespace(cfg=cfg, to_node=lambda n, msg: sent.append((n, msg))))
+    n1, n2 = Inbox(), Inbox()
+    table = JobTable(None, None, None, {"n1": n1, "n2": n2}, cfg.nodes, None, None,  # type: ignore[arg-type]
+                     collections.Counter(), None)  # type: ignore[arg-type]  # fmt: skip
+    actor = JobActor(job(), table)
     actor._to_node(ev.ToNode("n2", m.LaunchStep(5, 1, {"gpus": [1]})))
     actor._to_node(ev.ToNode("n1", m.LaunchStep(5, 1, {"gpus": []})))
-    assert sent[0][1].spec["gpu_devices"] == [[0, "/dev/g0"], [1, "/dev/g1"]]
-    assert "gpu_devices" not in sent[1][1].spec  # n1 has no GPUs
+    assert isinstance(n2.told[0], Send) and n2.told[0].msg.spec["gpu_devices"] == [[0, "/dev/g0"], [1, "/dev/g1"]]
+    assert "gpu_devices" not in n1.told[0].msg.spec  # n1 has no GPUs
 
 
 def test_metrics_family_crane_gpus() -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from crane.cli import cbatch
+from crane.cli import cbatch, job_options
 from crane.cli.common import EXIT_ARGS, CliError
 from crane.cli.gres import alloc_text, gpu_spec, gres_text, parse_gpus, parse_gres
 
@@ -66,13 +66,13 @@ def test_views_text() -> None:
 def test_cbatch_spec_from_options_and_directives(tmp_path: object) -> None:
     script = "#!/bin/sh\n#CBATCH --gres gpu:a100:1\n#CBATCH -N 2\nhostname\n"
     opts = cbatch.merge_options(cbatch._parse_script_args(cbatch.script_options(script)), {})
-    spec = cbatch.build_spec(opts, script, None)
+    spec = job_options.build_spec(opts, script, None)
     assert spec["gpus_per_node"] == 1 and spec["gpu_type"] == "a100" and spec["nnodes"] == 2
     # the command line's GPU request replaces the script's (no "not both" error)
     opts = cbatch.merge_options(cbatch._parse_script_args(cbatch.script_options(script)), {"gpus": "4"})
-    spec = cbatch.build_spec(opts, script, None)
+    spec = job_options.build_spec(opts, script, None)
     assert spec["gpus_per_node"] == 2 and "gpu_type" not in spec
-    assert "gpus_per_node" not in cbatch.build_spec({}, None, "true")
+    assert "gpus_per_node" not in job_options.build_spec({}, None, "true")
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from crane.core import events as ev
 from crane.core import messages as m
 from crane.core.job import Job
 from crane.core.job_machine import JobMachine
+from crane.core.states import CancelPath, JobState, PendingReason, StepEnd
 
 
 def machine(**kw: object) -> JobMachine:
@@ -25,7 +26,7 @@ def test_pending_job_enqueues_then_launches_its_batch_step() -> None:
     launch = acts[0]
     assert isinstance(launch, ev.ToNode) and launch.node == "n1"
     assert isinstance(launch.msg, m.LaunchStep) and launch.msg.step_id == 1
-    assert launch.msg.spec["env"]["CRANE_JOB_NODELIST"] == "n1,n2" and launch.msg.spec["env"]["A"] == "1"
+    assert launch.msg.spec["env"]["CRANE_JOB_NODELIST"] == "n[1-2]" and launch.msg.spec["env"]["A"] == "1"
     assert mc.job.state == "RUNNING" and mc.job.launch is None
 
 
@@ -145,3 +146,106 @@ def test_the_job_record_keeps_a_bounded_step_history() -> None:
     assert 1 in steps and len(steps) <= ENDED_STEPS_KEPT + 2
     assert max(steps) == ENDED_STEPS_KEPT + 51  # the newest are kept
     assert all(sum(len(a) for a in st["argv"]) <= STEP_ARGV_CHARS for st in steps.values())
+
+
+def test_every_action_carries_the_cause_of_its_event() -> None:
+    """Issue 11: a transition traces back to the request that caused it."""
+    mc = machine(cpus=1)
+    allocated = mc.handle(ev.Allocated(["n1"], 1, cause=11), 1.0)
+    assert allocated and all(a.cause == 11 for a in allocated)
+    cancelled = mc.handle(ev.CancelEv(0, "root", CancelPath.ADMIN, cause=42), 2.0)
+    kills = [a for a in cancelled if isinstance(a, ev.ToNode)]
+    assert kills and all(a.cause == 42 for a in cancelled)
+    released = mc.handle(ev.ReleasedEv("n1", cause=43), 3.0)
+    frees = [a for a in released if isinstance(a, ev.ToScheduler)]
+    assert frees and frees[0].msg.cause == 43 and mc.job.state == JobState.CANCELLED
+
+
+def test_a_graceful_cancel_shows_and_a_time_limit_still_ends_in_timeout() -> None:
+    """Issue 12 item 4: the pending graceful cancel is visible; the job its
+    time limit ends is TIMEOUT, not CANCELLED."""
+    mc = machine(cpus=1)
+    mc.handle(ev.Allocated(["n1"], 1), 1.0)
+    mc.handle(ev.CancelEv(1000, "alice", CancelPath.USER, graceful=True), 2.0)
+    assert mc.job.state == JobState.RUNNING and mc.job.reason == PendingReason.CANCEL_PENDING_GRACEFUL
+    mc.handle(ev.StepEndedEv("n1", 1, 0, 15, StepEnd.TIMEOUT), 3.0)
+    mc.handle(ev.ReleasedEv("n1"), 4.0)
+    assert mc.job.state == JobState.TIMEOUT and mc.job.reason == PendingReason.EXCEED_TIME_LIMIT
+
+
+def test_a_requeue_says_requeued_in_the_banner() -> None:
+    """Issue 12 item 7: ccontrol requeue's banner says REQUEUED, not CANCELLED."""
+    mc = machine(cpus=1)
+    mc.handle(ev.Allocated(["n1"], 1), 1.0)
+    acts = mc.handle(ev.CancelEv(0, "root", CancelPath.ADMIN, requeue=True, reason="Requeued by root"), 2.0)
+    kill = [a.msg for a in acts if isinstance(a, ev.ToNode)][0]
+    assert isinstance(kill, m.KillJob) and "JOB 7 REQUEUED AT" in kill.banner and "CANCELLED" not in kill.banner
+    mc.handle(ev.ReleasedEv("n1"), 3.0)
+    assert mc.job.state == JobState.PENDING and mc.job.requeue_count == 1
+
+
+def test_a_launch_failure_carries_its_reason_to_the_job() -> None:
+    """Issue 12 item 6: why the launch failed reaches the job's reason."""
+    mc = machine(cpus=1)
+    mc.handle(ev.Allocated(["n1"], 1), 1.0)
+    mc.handle(ev.StepEndedEv("n1", 1, 127, 0, StepEnd.LAUNCH_FAILED, "cannot open /nope/out: No such file"), 2.0)
+    mc.handle(ev.ReleasedEv("n1"), 3.0)
+    assert mc.job.state == JobState.FAILED
+    assert mc.job.reason == "Launch failed: cannot open /nope/out: No such file"
+
+
+# ---------------------------------------------------------------- ccontrol update job
+
+
+def test_update_pending_job_requeues_its_new_request() -> None:
+    mc = machine(time_limit=600)
+    mc.start(0.0)
+    acts = mc.handle(ev.UpdateEv({"partition": "GPU", "qos": "high", "priority": 9, "name": "renamed",
+                                  "time_limit": None}), 1.0)  # fmt: skip
+    sched = [a.msg for a in acts if isinstance(a, ev.ToScheduler)]
+    assert [type(x).__name__ for x in sched] == ["Dequeue", "Enqueue"]
+    assert kinds(acts)[-2:] == ["Persist", "Reply"]
+    reply = acts[-1]
+    assert isinstance(reply, ev.Reply) and isinstance(reply.value, m.Ok)
+    j = mc.job
+    assert (j.partition, j.qos, j.priority, j.name, j.time_limit) == ("GPU", "high", 9, "renamed", None)
+
+
+def test_update_held_job_stays_out_of_the_queue() -> None:
+    mc = machine(held=True)
+    mc.start(0.0)
+    acts = mc.handle(ev.UpdateEv({"priority": 3}), 1.0)
+    assert not [a for a in acts if isinstance(a, ev.ToScheduler)]
+    assert mc.job.priority == 3
+
+
+def test_update_running_job_time_limit_reaches_its_agents() -> None:
+    mc = machine(time_limit=3600)
+    mc.handle(ev.Allocated(["n1", "n2"], 1), 1.0)
+    mc.handle(ev.ReleasedEv("n2"), 1.5)  # n2 released: nothing sent there
+    mc.job.state = JobState.RUNNING
+    acts = mc.handle(ev.UpdateEv({"time_limit": 60, "name": "x"}), 2.0)
+    sent = [a for a in acts if isinstance(a, ev.ToNode)]
+    assert [a.node for a in sent] == ["n1"]
+    assert sent[0].msg == m.SetTimeLimit(7, 60)
+    assert mc.job.time_limit == 60 and mc.job.name == "x"
+    acts = mc.handle(ev.UpdateEv({"time_limit": None}), 3.0)
+    assert [a.msg for a in acts if isinstance(a, ev.ToNode)] == [m.SetTimeLimit(7, 0)]
+
+
+def test_update_running_job_partition_is_refused_and_nothing_changes() -> None:
+    mc = machine()
+    mc.handle(ev.Allocated(["n1"], 1), 1.0)
+    acts = mc.handle(ev.UpdateEv({"partition": "GPU", "name": "new"}), 2.0)
+    assert kinds(acts) == ["Reply"]
+    reply = acts[0]
+    assert isinstance(reply, ev.Reply) and isinstance(reply.value, m.Error)
+    assert "Partition can only be changed while pending" in reply.value.message
+    assert mc.job.partition == "CPU" and mc.job.name == "j"
+
+
+def test_update_ended_job_is_refused() -> None:
+    mc = machine()
+    mc.handle(ev.CancelEv(0, "root"), 1.0)
+    acts = mc.handle(ev.UpdateEv({"name": "late"}), 2.0)
+    assert kinds(acts) == ["Reply"] and isinstance(acts[0].value, m.Error)  # type: ignore[attr-defined]

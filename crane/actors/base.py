@@ -7,6 +7,9 @@ mutable state with another. 100,000 idle job actors cost no tasks at all.
 
 Supervision: an exception in a handler is logged with the actor and message,
 counted, and passed to ``on_failure``; the actor keeps its mailbox and goes on.
+A message that was asked (``ask``: it carries a reply future in ``reply``)
+and not yet answered is answered with ``Error(1, "internal error handling
+<Type>: <text>")`` at once, so its asker never waits for a timeout.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from crane.core import messages as m
+
 log = logging.getLogger("crane.actors")
 
 
 _ready: deque[Actor] = deque()  # actors with mail, in arrival order
 _DISPATCH_BUDGET = 2000  # actors run per loop turn before I/O gets its turn again
+INTERNAL = 1  # the CLIs' EXIT_INTERNAL (crane/cli/common.py)
 _idle_callbacks: list[Callable[[], None]] = []  # run once every ready actor has run
 
 
@@ -111,7 +117,13 @@ class Actor:
         raise NotImplementedError
 
     def on_failure(self, msg: Any, exc: Exception) -> None:
-        pass
+        """Answer an asked message's future with the error (subclasses that
+        override this call it too)."""
+        fut = getattr(msg, "reply", None)
+        if fut is None or not callable(getattr(fut, "set_result", None)) or fut.done():
+            return
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        fut.set_result(m.Error(INTERNAL, f"internal error handling {type(msg).__name__}: {text}"))
 
     def describe(self) -> str:
         return type(self).__name__

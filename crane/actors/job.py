@@ -3,26 +3,31 @@ and carries out the actions it returns."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from crane.actors.base import Actor
+from crane.actors.ports import JobPort
 from crane.core import events as ev
 from crane.core import messages as m
-from crane.core.job import Job, step_answer
+from crane.core.job import Job
 from crane.core.job_machine import JobMachine
+from crane.core.states import JobState
+
+log = logging.getLogger("crane.job")
 
 
 class JobActor(Actor):
-    """Runs a JobMachine and carries out its actions through the controller."""
+    """Runs a JobMachine and carries out its actions through its port."""
 
-    __slots__ = ("machine", "ctl")
+    __slots__ = ("machine", "port")
 
-    def __init__(self, job: Job, ctl: Any) -> None:
+    def __init__(self, job: Job, port: JobPort) -> None:
         super().__init__()
         self.machine = JobMachine(job)
-        self.ctl = ctl
+        self.port = port
 
     @property
     def job(self) -> Job:
@@ -36,9 +41,13 @@ class JobActor(Actor):
 
     def receive(self, msg: Any) -> None:
         job = self.machine.job
-        if isinstance(msg, ev.Allocated) and job.launch is None and job.state == "PENDING":
-            job.launch = self.ctl.store.get_launch(job.launch_id or job.id) or {}
+        if isinstance(msg, ev.Allocated) and job.launch is None and job.state == JobState.PENDING:
+            job.launch = self.port.store.get_launch(job.launch_id or job.id) or {}
+        before = job.state
         self.execute(self.machine.handle(msg, time.time()))
+        if job.state != before:
+            log.debug("job %d: %s -> %s on %s (cause %d)", job.id, before, job.state, type(msg).__name__,
+                      getattr(msg, "cause", 0))  # fmt: skip
 
     def execute(self, actions: list[Any]) -> None:
         for a in actions:
@@ -47,39 +56,26 @@ class JobActor(Actor):
     def _to_node(self, a: ev.ToNode) -> None:
         msg = a.msg
         if isinstance(msg, m.LaunchStep):
-            node = self.ctl.cfg.nodes.get(a.node)
-            devices = [[g.index, g.path] for g in node.gpus if g.path] if node is not None else []
+            devices = self.port.node_devices(a.node)
             if devices:  # the agent denies the job every device it was not given
                 msg.spec["gpu_devices"] = devices
-        self.ctl.to_node(a.node, msg)
+        self.port.to_node(a.node, msg)
 
     def _to_scheduler(self, a: ev.ToScheduler) -> None:
-        msg = a.msg
-        if isinstance(msg, ev.Enqueue) and isinstance(msg.req, int):
-            msg = ev.Enqueue(self.ctl.request_of(self.machine.job))
-        self.ctl.scheduler.tell(msg)
+        self.port.scheduler.tell(a.msg)
 
     def _persist(self, a: ev.Persist) -> None:
-        self.ctl.store.put_job(self.machine.job.to_dict())
+        self.port.store.put_job(self.machine.job.to_dict())
 
     def _terminal(self, a: ev.Terminal) -> None:
-        self.ctl.job_terminal(self)
+        self.port.ended(self.machine.job)
 
     def _reply(self, a: ev.Reply) -> None:
         if a.future is not None and not a.future.done():
             a.future.set_result(a.value)
 
     def _step_ended(self, a: ev.StepDone) -> None:
-        self.step_done(a.step_id, a.step)
-
-    def step_done(self, step_id: int, st: dict[str, Any]) -> None:
-        """Answer whoever waits for the step (crun, ccancel --wait): see
-        ``Frontend.on_WaitStep`` and ``crane.actors.waits``."""
-        key = (self.machine.job.id, step_id)
-        lost = self.ctl.streams.end(key)
-        if lost:  # live output its crun could not take: told in the WaitStep answer
-            st["output_lost"] = st.get("output_lost", 0) + lost
-        self.ctl.waits.fire(key, step_answer(self.machine.job, st))
+        self.port.step_done(self.machine.job, a.step_id, a.step)
 
 
 _EXECUTE: dict[type, Callable[[JobActor, Any], None]] = {

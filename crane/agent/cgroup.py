@@ -257,7 +257,11 @@ class StepCgroup:
         return os.path.join(self._hier[0][1], self.rel) if self._hier else None
 
     def marker_env(self) -> dict[str, str]:
-        """Environment that tags the step's processes (used by 'none' mode)."""
+        """Environment that tags the step's processes: only in 'none' mode,
+        where it is how they are found (a cgroup needs no tag, and the job's
+        environment then holds nothing of the agent's)."""
+        if self.mode != "none":
+            return {}
         return {ENV_JOB: str(self.job_id), ENV_STEP: str(self.step_id), ENV_SCOPE: self.scope}
 
     # -- lifecycle

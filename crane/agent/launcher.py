@@ -59,6 +59,7 @@ def spawn(
     stdout: str,
     stderr: str,
     pipes: dict[int, int] | None = None,
+    error_fd: int = -1,
 ) -> int:
     """Start ``argv`` in its own session inside ``cg``; returns the pid (== pgid).
 
@@ -66,7 +67,9 @@ def spawn(
     child are reported on the step's stderr (or the agent's stderr if that cannot
     be opened) and the child exits 127. ``pipes``: ``{1 or 2: fd}``, the write
     end of a pipe the agent reads (live output, ``crane.agent.stream``) used
-    for stdout/stderr instead of the file.
+    for stdout/stderr instead of the file. ``error_fd``: the write end of a
+    close-on-exec pipe on which a child that fails before its exec writes
+    why, in one line (``cannot open output file PATH: REASON``).
     """
     if not argv:
         raise ValueError("empty argv")
@@ -101,6 +104,7 @@ def spawn(
             full_env,
             maxfd,
             pipes or {},
+            error_fd,
         )
     cg.pgid = pid
     # The child attaches itself too, but only once it is scheduled: attach it
@@ -143,30 +147,37 @@ def _child(
     env: dict[str, str],
     maxfd: int,
     pipes: dict[int, int],
+    error_fd: int,
 ) -> None:
     err_fd = 2
+    what = "cannot start the step"  # what failed, for error_fd
     try:
         _reset_signals()
         os.setsid()
         cg.attach_pid(os.getpid())
         if root:
+            what = f"cannot become uid {uid}"
             os.setgroups(groups)
             os.setgid(gid)
             os.setuid(uid)
         os.umask(JOB_UMASK)
         # the output files are opened only now, with the owner's rights
+        what = f"cannot open output file {out_path}"
         out_fd = pipes[1] if 1 in pipes else os.open(out_path, _OUT_FLAGS, 0o644)
+        what = f"cannot open error file {err_path}"
         if 2 in pipes:
             err_fd = pipes[2]
         elif err_path != out_path or 1 in pipes:
             err_fd = os.open(err_path, _OUT_FLAGS, 0o644)
         else:
             err_fd = out_fd
+        what = "cannot set up the step's standard streams"
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         err_fd = 2
+        what = f"cannot change to the working directory {cwd}"
         try:
             os.chdir(cwd)
         except OSError as e:
@@ -179,12 +190,23 @@ def _child(
                 break
             else:
                 raise
-        os.closerange(3, maxfd)
+        if error_fd > 2:  # everything else closed; this one closes itself on exec
+            os.closerange(3, error_fd)
+            os.closerange(error_fd + 1, maxfd)
+        else:
+            os.closerange(3, maxfd)
+        what = f"cannot execute {argv[0]}"
         os.execvpe(argv[0], argv, env)
     except BaseException as e:  # noqa: BLE001 - the child must always _exit
         try:
             os.write(err_fd, f"crane: cannot launch {argv[0]!r}: {e}\n".encode(errors="replace"))
         except BaseException:  # noqa: BLE001
             pass
+        if error_fd > 2:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            try:
+                os.write(error_fd, f"{what}: {why}\n".encode(errors="replace"))
+            except BaseException:  # noqa: BLE001
+                pass
     finally:
         os._exit(127)

@@ -10,12 +10,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import zmq
 
 from crane import transport
 from crane.agent import cgroup as cgmod
+from crane.agent import kill
 from crane.agent.launcher import set_child_subreaper
 from crane.agent.sessions import SessionService
 from crane.agent.statedir import StateDirError
@@ -23,8 +25,14 @@ from crane.agent.steps import StepManager
 from crane.agent.sweep import Sweeper
 from crane.config import Config, ConfigError, load
 from crane.core import messages as m
+from crane.core.states import RegisterRefusal
 
 log = logging.getLogger("craned")
+
+# A Register is answered within this long: meanwhile a "register again" (sent
+# for a frame that left before it) is not answered with another one, and the
+# heartbeat loop sends the next only once it has passed without an answer.
+REGISTER_WAIT = 2.0
 
 
 class Agent:
@@ -44,6 +52,7 @@ class Agent:
         self.ctx = zmq.Context()
         self.endpoint: transport.Endpoint | None = None
         self.registered = False
+        self.register_sent = -REGISTER_WAIT  # monotonic time of our last Register
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -58,6 +67,7 @@ class Agent:
 
     def register(self) -> None:
         conf = self.cfg.nodes[self.node]
+        self.register_sent = time.monotonic()
         self.send(m.Register(
             self.node, conf.cpus, conf.memory, self.steps.running(),
             list(self.steps.ended.values()), self.mode,
@@ -69,11 +79,15 @@ class Agent:
                 if not self.registered:
                     log.info("registered with the controller")
                 self.registered = True
+            elif _refusal(msg) == RegisterRefusal.UNKNOWN_NODE:
+                log.error("the controller does not know node %s", self.node)
+                self.registered = False  # the heartbeat loop tries again
+            elif self.register_pending():
+                # asked about a frame that left before our Register: its answer is on the way
+                log.debug("controller asks to register again: a registration is in flight")
             else:
-                log.info("controller asks to register again (%s)", msg.reason)
+                log.info("controller asks to register again (%s)", msg.reason or msg.code)
                 self.registered = False
-                if "unknown node" in msg.reason:
-                    log.error("the controller does not know node %s", self.node)
                 self.register()
         elif isinstance(msg, m.LaunchStep):
             self.steps.launch(msg)
@@ -83,6 +97,8 @@ class Agent:
             self.steps.signal_job(msg)
         elif isinstance(msg, m.SuspendJob):
             self.steps.suspend_job(msg)
+        elif isinstance(msg, m.SetTimeLimit):
+            kill.set_time_limit(self.steps, msg)
         else:
             log.warning("unexpected %s from the controller", msg.TYPE)
 
@@ -131,8 +147,20 @@ class Agent:
             await asyncio.sleep(self.cfg.heartbeat_interval)
             if self.registered:
                 self.send(m.Heartbeat(self.node))
-            else:
+            elif not self.register_pending():
                 self.register()
+
+    def register_pending(self) -> bool:
+        """Whether our last Register left less than REGISTER_WAIT ago."""
+        return time.monotonic() - self.register_sent < REGISTER_WAIT
+
+
+def _refusal(msg: m.RegisterAck) -> RegisterRefusal | None:
+    """Why the controller refused us (``RegisterAck.code``); None if it gave no code we know."""
+    try:
+        return RegisterRefusal(msg.code)
+    except ValueError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,15 +10,23 @@ few global options are taken by hand, before the verb).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from crane.cli.common import EXIT_ARGS, CliError, call, load_config, print_json, run
+from crane.cli.common import (
+    EXIT_ARGS,
+    EXIT_CODES_EPILOG,
+    CliError,
+    call,
+    load_config,
+    print_json,
+    run,
+)
 from crane.core.text import safe, safe_lines
 
 PROG = "cacctmgr"
 
-HELP = """\
-Usage: cacctmgr [-C FILE] [--json] VERB ENTITY [ARGS...]
-
+SUMMARY = "Manage accounts, users and QoS (in CraneSched's syntax)."
+FORMS = """\
   cacctmgr add qos NAME [Priority=N] [Preempt=Q1,Q2] [PreemptMode=OFF|CANCEL|REQUEUE|SUSPEND]
   cacctmgr add account NAME [Parent=P] [AllowedQos=Q1,Q2] [DefaultQos=Q]
   cacctmgr add user NAME Account=A [Level=none|operator|admin] [Coordinator=true]
@@ -26,13 +34,46 @@ Usage: cacctmgr [-C FILE] [--json] VERB ENTITY [ARGS...]
   cacctmgr modify user where Name=U [Account=A] set KEY=V ...
   cacctmgr delete qos|account|user NAME
   cacctmgr show qos|account|user [NAME] [format=Col,Col]
-
-Options:
-  -C, --config FILE   config file (default: $CRANE_CONF, then /etc/crane/config.yaml)
-  --json              show: print the rows as JSON
-  -V, --version       print the version
-  -h, --help          this help
 """
+# (flags, metavar, help): the options taken before the verb (split_options)
+OPTIONS: list[tuple[tuple[str, ...], str, str]] = [
+    (("-C", "--config"), "FILE", "the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)"),
+    (("--json",), "", "show: print the rows as JSON"),
+    (("-V", "--version"), "", "print the version and exit"),
+    (("-h", "--help"), "", "print this help and exit"),
+]
+
+
+def _help_text() -> str:
+    import textwrap
+
+    rows = [(", ".join(flags) + (f" {metavar}" if metavar else ""), text) for flags, metavar, text in OPTIONS]
+    width = max(len(r[0]) for r in rows) + 2
+    opts = "".join(f"  {left:<{width}}{text}\n" for left, text in rows)
+    epilog = "\n".join(textwrap.wrap(EXIT_CODES_EPILOG, 78, initial_indent="  ", subsequent_indent="  "))
+    return f"Usage: cacctmgr [-C FILE] [--json] VERB ENTITY [ARGS...]\n\n  {SUMMARY}\n\n{FORMS}\nOptions:\n{opts}\n{epilog}\n"
+
+
+HELP = _help_text()
+
+
+def make_command() -> Any:
+    """The same options as a click command: what the man page is made from
+    (cacctmgr itself parses by hand, see split_options)."""
+    import click
+
+    params: list[click.Parameter] = []
+    for flags, metavar, text in OPTIONS:
+        if "--help" in flags:
+            continue
+        if metavar:
+            params.append(click.Option(list(flags), metavar=metavar, help=text))
+        else:
+            params.append(click.Option(list(flags), is_flag=True, help=text))
+    params.append(click.Argument(["args"], nargs=-1, metavar="VERB ENTITY [ARGS...]"))
+    body_text = SUMMARY + "\n\n\b\n" + FORMS
+    return click.Command(PROG, params=params, help=body_text, epilog=EXIT_CODES_EPILOG,
+                         context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 
 
 def split_options(argv: list[str]) -> tuple[dict[str, object], list[str]]:

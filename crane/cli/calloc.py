@@ -29,8 +29,10 @@ from typing import Any
 
 import click
 
-from crane.cli.cbatch import OPTIONS, build_spec
 from crane.cli.common import CliError, call, click_main, load_config
+from crane.cli.job_options import OPTIONS, build_spec
+from crane.core.ids import compress_nodes
+from crane.core.states import JobState
 from crane.core.text import safe
 
 PROG = "calloc"
@@ -38,7 +40,7 @@ POLL = float(os.environ.get("CALLOC_POLL", "1"))  # s between looks at the job's
 KILL_AFTER = 5.0  # s between SIGHUP and SIGKILL to a revoked command
 # the batch step: wait until killed (POSIX sleep only, no GNU `sleep infinity`)
 HOLD = ["/bin/sh", "-c", "while :; do sleep 86400; done"]
-LIVE = ("RUNNING", "SUSPENDED")
+LIVE = (JobState.RUNNING, JobState.SUSPENDED)
 
 
 def note(text: str) -> None:
@@ -52,7 +54,7 @@ def status_code(status: int) -> int:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
                                 "allow_interspersed_args": False})
-@click.option("-C", "--config")
+@click.option("-C", "--config", help="the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def command(config: str | None, argv: tuple[str, ...], **opts: Any) -> int:
     """Allocate resources, then run COMMAND (default: $SHELL) here inside the allocation."""
@@ -110,7 +112,7 @@ class Allocation:
         if job is None:
             return 1
         note(f"Granted job allocation {self.job_id}")
-        env = dict(os.environ, CRANE_JOB_ID=str(self.job_id), CRANE_JOB_NODELIST=",".join(job.get("nodes") or []),
+        env = dict(os.environ, CRANE_JOB_ID=str(self.job_id), CRANE_JOB_NODELIST=compress_nodes(job.get("nodes") or []),
                    CRANE_JOB_NUM_NODES=str(job.get("num_nodes") or len(job.get("nodes") or [])))  # fmt: skip
         env.pop("CRANE_STEP_ID", None)
         tty = terminal()
@@ -138,16 +140,16 @@ class Allocation:
         while True:
             if self.signals:
                 note(f"Job allocation {self.job_id} has been revoked.")
-                self.end("CANCELLED")
+                self.end(JobState.CANCELLED)
                 return None
             job = self.job()
             state = job.get("state") if job else None
             if state in LIVE and job:
                 return job
-            if state == "PENDING" and not told:
+            if state == JobState.PENDING and not told:
                 note(f"Pending job allocation {self.job_id}")
                 told = True
-            elif state is not None and state != "PENDING":
+            elif state is not None and state != JobState.PENDING:
                 reason = job.get("reason") if job else ""
                 note(f"Job allocation {self.job_id} has been revoked." + (f" {reason}" if reason else ""))
                 return None

@@ -17,7 +17,15 @@ from typing import Any
 
 import click
 
-from crane.cli.common import CliError, call, check_text, click_main, load_config, print_json
+from crane.cli.common import (
+    EXIT_CODES_EPILOG,
+    CliError,
+    call,
+    click_main,
+    load_config,
+    print_json,
+)
+from crane.cli.job_options import OPTIONS, build_spec
 from crane.core.text import safe
 
 PROG = "cbatch"
@@ -39,91 +47,6 @@ def script_options(script: str) -> list[str]:
         elif not s.startswith("#"):
             break
     return args
-
-
-def current_dir() -> str:
-    try:
-        return os.getcwd()
-    except OSError as e:
-        raise CliError(f"cannot read the current directory: {e.strerror}") from None
-
-
-def absolute(path: str, base: str) -> str:
-    """``path`` made absolute against ``base`` (itself absolute), normalized
-    lexically (``..`` and ``.`` removed; symlinks are not resolved here)."""
-    return os.path.normpath(os.path.join(base, path))
-
-
-def build_spec(o: dict[str, Any], script: str | None, wrap: str | None,
-               argv: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The SubmitJob spec from the options ``o`` (cbatch's OPTIONS) and what
-    the job runs: a script, a --wrap command, or (crun) an ``argv``."""
-    from crane.core.ids import expand_nodes, parse_memory, parse_time_limit
-
-    spec: dict[str, Any] = {}
-    if argv is not None:
-        spec["argv"] = list(argv)
-        spec["name"] = o.get("job_name") or os.path.basename(argv[0]) or "crun"
-    elif wrap is not None:
-        spec["script"] = "#!/bin/sh\n" + wrap + "\n"
-        spec["name"] = o.get("job_name") or "wrap"
-    else:
-        assert script is not None
-        spec["script"] = script
-    for key, field in (("partition", "partition"), ("qos", "qos"), ("account", "account"),
-                       ("job_name", "name"), ("output", "stdout"), ("error", "stderr")):  # fmt: skip
-        if o.get(key):
-            spec[field] = o[key]
-    if o.get("cpus_per_task") is not None:
-        spec["cpus"] = o["cpus_per_task"]
-    if o.get("nodes") is not None:
-        spec["nnodes"] = o["nodes"]
-    try:
-        if o.get("mem"):
-            spec["memory"] = parse_memory(o["mem"])
-        if o.get("time"):
-            spec["time_limit"] = parse_time_limit(o["time"])
-        if o.get("nodelist"):
-            spec["nodelist"] = expand_nodes(o["nodelist"])
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    from crane.cli.gres import gpu_spec
-
-    spec.update(gpu_spec(o.get("gres"), o.get("gpus"), o.get("nodes")))
-    if o.get("exclusive"):
-        spec["exclusive"] = True
-    if o.get("hold"):
-        spec["hold"] = True
-    spec["cwd"] = absolute(o.get("chdir") or ".", current_dir())
-    for k in ("stdout", "stderr"):
-        if k in spec:
-            spec[k] = absolute(spec[k], spec["cwd"])
-    for what, field in (("--job-name", "name"), ("--output", "stdout"), ("--error", "stderr"),
-                        ("the working directory", "cwd")):  # fmt: skip
-        check_text(what, spec.get(field))
-    if o.get("export_env", True):
-        spec["env"] = {k: v for k, v in os.environ.items() if k == "CRANE_CONF" or not k.startswith("CRANE_")}
-    return spec
-
-
-OPTIONS = [
-    click.option("-p", "--partition"),
-    click.option("-q", "--qos"),
-    click.option("-A", "--account"),
-    click.option("-J", "--job-name"),
-    click.option("-N", "--nodes", type=click.IntRange(1, 10_000)),
-    click.option("-c", "--cpus-per-task", type=click.IntRange(1, 100_000)),
-    click.option("--mem"),
-    click.option("-t", "--time"),
-    click.option("-w", "--nodelist"),
-    click.option("--exclusive", is_flag=True, default=None),
-    click.option("-o", "--output"),
-    click.option("-e", "--error"),
-    click.option("-D", "--chdir"),
-    click.option("-H", "--hold", is_flag=True, default=None),
-    click.option("--gres", help="GPUs per node: gpu:N or gpu:TYPE:N"),
-    click.option("-G", "--gpus", help="GPUs for the whole job: N or TYPE:N (N / nodes per node)"),
-]
 
 
 def _parse_script_args(args: list[str]) -> dict[str, Any]:
@@ -149,33 +72,63 @@ def merge_options(script: dict[str, Any], line: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+STDIN_WAIT = 10.0  # s: a pipe on stdin that gives nothing (no data, no EOF) this long is not a script
+
+
+def read_stdin_script() -> str | None:
+    """The script on standard input when no script file and no --wrap are
+    given (``echo cmd | cbatch``, as sbatch): None when stdin is a terminal,
+    or a pipe that gives neither data nor end of input within STDIN_WAIT
+    seconds (an inherited, idle stdin: cbatch never hangs on it)."""
+    import select
+    import stat
+
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return None
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+        if (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) and not select.select([sys.stdin], [], [], STDIN_WAIT)[0]:
+            return None
+        return sys.stdin.read()
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_EPILOG)
 @click.argument("script", required=False, type=click.Path(dir_okay=False))
 @click.option("--wrap", help="run COMMAND as the job's script")
 @click.option("--repeat", type=click.IntRange(1, 100_000), default=1, help="submit N identical jobs")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("-C", "--config")
+@click.option("--json", "as_json", is_flag=True, help="print the job id as JSON")
+@click.option("-C", "--config", help="the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
+@click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG, help="print the version and exit")
 def command(script: str | None, wrap: str | None, repeat: int, as_json: bool, config: str | None, **opts: Any) -> int:
-    """Submit a batch job."""
-    if (script is None) == (wrap is None):
+    """Submit a batch job: SCRIPT (#CBATCH lines at its top take the same
+    options), --wrap COMMAND, or a script on standard input (echo cmd | cbatch)."""
+    if script is not None and wrap is not None:
         raise CliError("give a script or --wrap COMMAND (not both)")
     text = None
-    if script is not None:
+    if script is None and wrap is None:
+        text = read_stdin_script()
+        if text is None or not text.strip():
+            raise CliError("give a script or --wrap COMMAND (or a script on standard input)")
+    elif script is not None:
         try:
             with open(script) if script != "-" else sys.stdin as f:
                 text = f.read()
         except OSError as e:
             raise CliError(f"cannot read {script}: {e.strerror}") from None
+    if text is not None:
         if not text.strip():
             raise CliError(f"{script} is empty")
         opts = merge_options(_parse_script_args(script_options(text)), opts)
         if not opts.get("job_name"):  # the script's file name, non-printables escaped
-            name = os.path.basename(script)
+            name = os.path.basename(script) if script is not None else "cbatch"  # stdin: as sbatch
             opts["job_name"] = safe(name)
     spec = build_spec(opts, text, wrap)
     from crane.core import messages as m
 
     cfg = load_config(config)
+    # never retried: a submission is sent once (a lost answer is reported as such)
     data = call(cfg, m.SubmitJob(spec, repeat), timeout=120)
     ids = data["job_ids"]
     if as_json:

@@ -23,18 +23,81 @@ from crane.cli.common import (
     print_json,
     run,
 )
+from crane.core.states import EndState
 from crane.core.text import safe
 
 PROG = "ccancel"
 
 
-def parse_selection(ids: str | None, o: dict[str, Any]) -> tuple[list[list[int | None]], dict[str, Any]]:
-    from crane.core.ids import IdListError, expand_nodes, parse_id_list, parse_state_filter
+def ids_from_text(text: str) -> list[str]:
+    """Job ids read by ``ccancel -``: one per line, comma- or space-separated,
+    or the JSON that ``cqueue --json`` (a list of jobs) or ``cbatch --json``
+    print."""
+    import json
+
+    body = text.strip()
+    if body[:1] in ("[", "{"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise CliError("standard input is not valid JSON", EXIT_ARGS) from None
+        return _ids_from_json(data)
+    return [tok for line in body.splitlines() for tok in line.replace(",", " ").split()]
+
+
+def _ids_from_json(data: Any) -> list[str]:
+    if isinstance(data, dict):
+        for key in ("jobs", "job_ids"):
+            if isinstance(data.get(key), list):
+                return _ids_from_json(data[key])
+        data = [data]
+    if not isinstance(data, list):
+        raise CliError("no job ids in the JSON on standard input", EXIT_ARGS)
+    out: list[str] = []
+    for item in data:
+        if isinstance(item, dict) and "job_id" in item:
+            step = item.get("step_id")
+            out.append(f"{item['job_id']}.{step}" if step is not None else str(item["job_id"]))
+        elif isinstance(item, int | str) and not isinstance(item, bool):
+            out.append(str(item))
+        else:
+            raise CliError("no job ids in the JSON on standard input", EXIT_ARGS)
+    return out
+
+
+def id_arguments(ids: str | tuple[str, ...] | list[str] | None) -> list[str] | None:
+    """The job id arguments: ``22 23,24`` as several words; ``-`` reads them
+    from standard input."""
+    if ids is None:
+        return None
+    words = [ids] if isinstance(ids, str) else list(ids)
+    if not words:
+        return None
+    if "-" in words:
+        words = [w for w in words if w != "-"] + ids_from_text(sys.stdin.read())
+        if not words:
+            raise CliError("no job ids on standard input", EXIT_ARGS)
+    return words
+
+
+def parse_selection(ids: str | tuple[str, ...] | list[str] | None,
+                    o: dict[str, Any]) -> tuple[list[list[int | None]], dict[str, Any]]:  # fmt: skip
+    from crane.core.ids import (
+        CANCELLABLE,
+        IdListError,
+        expand_nodes,
+        parse_id_list,
+        parse_job_states,
+    )
 
     parsed: list[list[int | None]] = []
-    if ids is not None:
+    seen: set[tuple[int, int | None]] = set()
+    for word in id_arguments(ids) or []:
         try:
-            parsed = [[j, s] for j, s in parse_id_list(ids)]
+            for j, s in parse_id_list(word):
+                if (j, s) not in seen:
+                    seen.add((j, s))
+                    parsed.append([j, s])
         except IdListError as e:
             raise CliError(str(e), EXIT_ARGS) from None
     filters: dict[str, Any] = {}
@@ -43,7 +106,7 @@ def parse_selection(ids: str | None, o: dict[str, Any]) -> tuple[list[list[int |
             filters[key] = o[key]
     if o.get("state") is not None:
         try:
-            filters["states"] = sorted(str(s) for s in parse_state_filter(o["state"]))
+            filters["states"] = sorted(str(s) for s in parse_job_states(o["state"], CANCELLABLE))
         except ValueError as e:
             raise CliError(str(e), EXIT_ARGS) from None
     if o.get("nodes") is not None:
@@ -85,9 +148,14 @@ def format_result(res: dict[str, Any], quiet: bool, signal_name: str | None) -> 
             if not quiet:
                 verb = f"Signal {signal_name} sent to" if signal_name else "cancelled successfully"
                 lines.append(f"{verb} step {c['job_id']}.{s}." if signal_name else f"Step {c['job_id']}.{s} {verb}.")
+    if quiet:  # -Q: errors too (as scancel -Q); the exit code still tells
+        return lines
     for f in res["not_cancelled"]:
         kind, ident = ("step", f"{f['job_id']}.{f['step_id']}") if f["step_id"] else ("job", str(f["job_id"]))
-        lines.append(f"Failed to cancel {kind}: {ident}. Reason: {f['reason']}.")
+        if signal_name:
+            lines.append(f"Failed to send signal {signal_name} to {kind}: {ident}. Reason: {f['reason']}.")
+        else:
+            lines.append(f"Failed to cancel {kind}: {ident}. Reason: {f['reason']}.")
     return lines
 
 
@@ -136,6 +204,26 @@ SIMPLE_OPTIONS: list[tuple[tuple[str, ...], str, bool]] = [
     (("-v", "--verbose"), "verbose", False),
     (("-Q", "--quiet"), "quiet", False),
 ]
+HELP: dict[str, str] = {
+    "name": "only jobs with this name",
+    "user": "only jobs of this user",
+    "account": "only jobs of this account",
+    "partition": "only jobs in this partition",
+    "qos": "only jobs of this QoS",
+    "state": "only jobs in these states: PD,R,S (names or short codes, any case) or ALL",
+    "nodes": "only jobs running on these nodes (crane[01-02])",
+    "signal_": "send this signal (TERM, USR1, 9...) to running jobs instead of cancelling",
+    "force": "kill at once (SIGKILL), without the KillWait grace period",
+    "graceful": "SIGTERM to the batch script only; the job ends when it exits",
+    "message": "a message recorded with the cancel (at most 320 characters)",
+    "dry_run": "list what would be cancelled, cancel nothing",
+    "interactive": "ask for each job before cancelling it (needs a terminal)",
+    "wait": "return only when every cancelled job has ended and its processes are gone",
+    "as_json": "print the result as JSON",
+    "config": "the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)",
+    "verbose": "say what is selected and how long the controller took",
+    "quiet": "print nothing, errors included; the exit code still says what failed",
+}
 CLICK_ONLY = ("grace", "end_state")  # typed options: the fast path leaves them to click
 
 
@@ -146,7 +234,7 @@ def fast_parse(argv: list[str]) -> tuple[str | None, dict[str, Any]] | None:
     table = {flag: (dest, takes) for flags, dest, takes in SIMPLE_OPTIONS for flag in flags}
     o: dict[str, Any] = {dest: (None if takes else False) for _, dest, takes in SIMPLE_OPTIONS}
     o.update(dict.fromkeys(CLICK_ONLY))
-    job_ids = None
+    job_ids: str | None = None
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -176,21 +264,35 @@ def fast_parse(argv: list[str]) -> tuple[str | None, dict[str, Any]] | None:
 def make_command() -> Any:
     import click
 
+    from crane.cli.common import EXIT_CODES_EPILOG, help_option_names
+
+    def one_or_many(ctx: Any, param: Any, value: tuple[str, ...]) -> str | tuple[str, ...] | None:
+        # one word stays a string (as the fast path gives it); several a tuple
+        return None if not value else value[0] if len(value) == 1 else value
+
     cmd = click.Command(
         "ccancel", callback=lambda job_ids, **o: cancel(job_ids, o),
-        help="Cancel jobs or steps: JOB_ID[.STEP_ID][,JOB_ID[.STEP_ID]...] and/or filters.",
-        context_settings={"help_option_names": ["-h", "--help"]},
-        params=[click.Argument(["job_ids"], required=False)],
+        help="Cancel jobs or steps, by id and/or by filters.\n\n"
+             "JOB_IDS: JOB_ID[.STEP_ID] words, comma- or space-separated (ccancel 22 23,24.1); "
+             "- reads them from standard input, one per line or comma-separated, or the JSON "
+             "of cqueue --json (cqueue -u alice --json | ccancel -). Filters select among the "
+             "jobs not yet ended; an id given with filters must match them.",
+        epilog=EXIT_CODES_EPILOG,
+        context_settings={"help_option_names": help_option_names()},
+        params=[click.Argument(["job_ids"], required=False, nargs=-1, callback=one_or_many)],
     )  # fmt: skip
     for flags, dest, takes in SIMPLE_OPTIONS:
-        cmd.params.append(click.Option([*flags, dest], is_flag=not takes))
-    cmd.params.append(click.Option(["--grace"], type=click.FloatRange(0, 86400)))
+        cmd.params.append(click.Option([*flags, dest], is_flag=not takes, help=HELP[dest]))
+    cmd.params.append(click.Option(["--grace"], type=click.FloatRange(0, 86400),
+                                   help="seconds between SIGTERM and SIGKILL for this cancel (default: KillWait)"))  # fmt: skip
     cmd.params.append(click.Option(["--end-state", "end_state"],
-                                   type=click.Choice(["CANCELLED", "FINISHED"], case_sensitive=False)))  # fmt: skip
-    return click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)(cmd)
+                                   type=click.Choice(list(EndState), case_sensitive=False),
+                                   help="the state the jobs end in (FINISHED: COMPLETED, as if done)"))  # fmt: skip
+    return click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG,
+                                help="print the version and exit")(cmd)  # fmt: skip
 
 
-def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
+def cancel(job_ids: str | tuple[str, ...] | None, o: dict[str, Any]) -> int:
     """Cancel jobs or steps: JOB_ID[.STEP_ID][,JOB_ID[.STEP_ID]...] and/or filters."""
     from crane.core import messages as m
 
@@ -210,16 +312,22 @@ def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
     req = m.Cancel(
         ids=ids, filters=filters, signal=signo, force=o["force"], graceful=o["graceful"],
         grace=o["grace"], message=o["message"] or "",
-        end_state=(o["end_state"] or "CANCELLED").upper(), dry_run=o["dry_run"] or o["interactive"],
+        end_state=(o["end_state"] or EndState.CANCELLED).upper(), dry_run=o["dry_run"] or o["interactive"],
     )  # fmt: skip
     if verbose:
-        print(safe(f"ccancel: selecting ids={job_ids or '-'} filters={filters}"), file=sys.stderr)
+        print(safe(f"ccancel: selecting ids={','.join(f'{j}.{st}' if st else str(j) for j, st in ids) or '-'} filters={filters}"), file=sys.stderr)
     t0 = time.monotonic()
     res = call(cfg, req)
     if o["interactive"] and not o["dry_run"]:
-        res = _confirm(cfg, req, res)
+        confirmed = _confirm(cfg, req, res)
+        if confirmed is None:
+            for line in format_result({"cancelled": [], "not_cancelled": res["not_cancelled"]}, o["quiet"], None):
+                print(safe(line))
+            print("No jobs cancelled.")
+            return EXIT_PARTIAL if res["not_cancelled"] else 0
+        res = confirmed
     if req.dry_run:
-        return _print_dry_run(res, o["as_json"])
+        return _print_dry_run(res, o["as_json"], o["quiet"])
     if verbose:
         print(safe(f"ccancel: controller answered in {1000 * (time.monotonic() - t0):.1f} ms "
                    "(every cancel is on disk)"), file=sys.stderr)  # fmt: skip
@@ -242,7 +350,7 @@ def cancel(job_ids: str | None, o: dict[str, Any]) -> int:
     return EXIT_PARTIAL if res["not_cancelled"] else 0
 
 
-def _print_dry_run(res: dict[str, Any], as_json: bool) -> int:
+def _print_dry_run(res: dict[str, Any], as_json: bool, quiet: bool = False) -> int:
     if as_json:
         print_json({
             "cancelled": [{"job_id": j["job_id"], "steps": []} for j in res["would_cancel"]]
@@ -254,26 +362,34 @@ def _print_dry_run(res: dict[str, Any], as_json: bool) -> int:
             print(safe(f"Would cancel job {j['job_id']} (name={j['name']}, partition={j['partition']}, state={j['state']})."))
         for s in res["would_cancel_steps"]:
             print(safe(f"Would cancel step {s['job_id']}.{s['step_id']} (name={s['name']}, partition={s['partition']}, state={s['state']})."))
-        for line in format_result({"cancelled": [], "not_cancelled": res["not_cancelled"]}, True, None):
+        for line in format_result({"cancelled": [], "not_cancelled": res["not_cancelled"]}, quiet, None):
             print(safe(line))
     return EXIT_PARTIAL if res["not_cancelled"] else 0
 
 
-def _confirm(cfg: Any, req: Any, res: dict[str, Any]) -> dict[str, Any]:
+def _ask(question: str) -> bool:
+    """A yes/no question on the terminal; end of input (Ctrl-D) is no."""
+    try:
+        answer = input(safe(question))
+    except EOFError:
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
+
+def _confirm(cfg: Any, req: Any, res: dict[str, Any]) -> dict[str, Any] | None:
+    """Ask for each selected job and cancel those confirmed; None: none was."""
     if not sys.stdin.isatty():
         raise CliError("--interactive needs a terminal")
     chosen: list[list[int | None]] = []
     for j in res["would_cancel"]:
-        answer = input(safe(f"Cancel job {j['job_id']} ({j['name']}, {j['partition']})? [y/N] "))
-        if answer.strip().lower() in ("y", "yes"):
+        if _ask(f"Cancel job {j['job_id']} ({j['name']}, {j['partition']})? [y/N] "):
             chosen.append([j["job_id"], None])
     for s in res["would_cancel_steps"]:
-        answer = input(safe(f"Cancel step {s['job_id']}.{s['step_id']} ({s['name']}, {s['partition']})? [y/N] "))
-        if answer.strip().lower() in ("y", "yes"):
+        if _ask(f"Cancel step {s['job_id']}.{s['step_id']} ({s['name']}, {s['partition']})? [y/N] "):
             chosen.append([s["job_id"], s["step_id"]])
     if not chosen:
-        return {"cancelled": [], "not_cancelled": res["not_cancelled"], "dry_run": False}
+        return None
     req.ids, req.filters, req.dry_run = chosen, {}, False
     out = call(cfg, req)
     out["not_cancelled"] = res["not_cancelled"] + out["not_cancelled"]

@@ -3,7 +3,9 @@ release, requeue, suspend and resume jobs (SPEC §7), like scontrol::
 
     ccontrol show job [N[,N]] | show node [NAME] | show partition [NAME]
     ccontrol update NodeName=X State=DRAIN|RESUME [Reason=TEXT]
+    ccontrol update JobId=N [TimeLimit=T] [Partition=P] [QOS=Q] [Priority=N] [JobName=NAME]
     ccontrol hold|release|requeue|suspend|resume N[,N]
+    ccontrol reconfigure
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ from crane.cli.common import (
     print_json,
 )
 from crane.cli.gres import alloc_text, gres_text
+from crane.core.states import ControlAction, NodeState
 from crane.core.text import safe
 
 PROG = "ccontrol"
 
-JOB_ACTIONS = ("hold", "release", "requeue", "suspend", "resume")
+JOB_ACTIONS = tuple(ControlAction(a) for a in ("hold", "release", "requeue", "suspend", "resume"))
 USAGE = (
     "use: show job [ID] | show node [NAME] | show partition [NAME] | "
-    "update NodeName=X State=DRAIN|RESUME [Reason=TEXT] | hold|release|requeue|suspend|resume ID[,ID]"
+    "update NodeName=X State=DRAIN|RESUME [Reason=TEXT] | update JobId=N KEY=VALUE... | "
+    "hold|release|requeue|suspend|resume ID[,ID] | reconfigure"
 )
+# ccontrol update JobId=N: Slurm's keys (case-insensitive) -> the request's fields
+JOB_KEYS = {"timelimit": "time_limit", "partition": "partition", "qos": "qos", "priority": "priority",
+            "jobname": "name", "name": "name"}  # fmt: skip
 ENTITIES = {
     "job": "job", "jobs": "job", "jobid": "job",
     "node": "node", "nodes": "node", "nodename": "node",
@@ -40,7 +47,7 @@ ENTITIES = {
 }  # fmt: skip
 
 
-def _v(x: Any, none: str = "None") -> str:
+def _v(x: Any, none: str = "") -> str:
     return none if x is None or x == "" or x == [] else str(x)
 
 
@@ -69,8 +76,8 @@ def print_blocks(blocks: list[list[str]]) -> None:
 
 
 def format_job(j: dict[str, Any], now: float) -> list[str]:
-    from crane.cli.cqueue import elapsed, fmt_time, nodelist
-    from crane.core.ids import format_duration, format_memory
+    from crane.cli.format import duration, elapsed, fmt_time, nodelist
+    from crane.core.ids import format_memory
 
     lines = [
         f"JobId={j['job_id']} JobName={j['name']}",
@@ -79,11 +86,11 @@ def format_job(j: dict[str, Any], now: float) -> list[str]:
         f"Priority={_v(j.get('priority'), '0')} Held={_bool(j.get('held'))} "
         f"Exclusive={_bool(j.get('exclusive'))} RequeueCount={j.get('requeue_count') or 0} "
         f"ExitCode={j.get('exit_code') or 0}:{j.get('exit_signal') or 0}",
-        f"RunTime={format_duration(elapsed(j.get('start_time'), j.get('end_time'), now))} "
-        f"TimeLimit={format_duration(j.get('time_limit'))}",
+        f"RunTime={duration(elapsed(j.get('start_time'), j.get('end_time'), now))} "
+        f"TimeLimit={duration(j.get('time_limit'))}",
         f"SubmitTime={fmt_time(j.get('submit_time'))} StartTime={fmt_time(j.get('start_time'))} "
         f"EndTime={fmt_time(j.get('end_time'))}",
-        f"Partition={j['partition']} NodeList={nodelist(j) or 'None'} NumNodes={j.get('num_nodes')} "
+        f"Partition={j['partition']} NodeList={nodelist(j)} NumNodes={j.get('num_nodes')} "
         f"NumCPUs={j.get('cpus')} Memory={format_memory(int(j.get('memory') or 0))}",
         f"WorkDir={_v(j.get('work_dir'))}",
         f"StdOut={_v(j.get('stdout'))}",
@@ -111,6 +118,7 @@ def format_job(j: dict[str, Any], now: float) -> list[str]:
 
 
 def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> list[str]:
+    from crane.cli.format import node_reason
     from crane.core.ids import format_memory
 
     in_parts = [p["name"] for p in parts if n["name"] in p["nodes"]]
@@ -122,7 +130,7 @@ def format_node(n: dict[str, Any], parts: list[dict[str, Any]]) -> list[str]:
         f"Jobs={_v(','.join(str(x) for x in n.get('jobs') or []))}",
         f"Cgroup={_v(n.get('cgroup'))}",
         f"Gres={_v(n.get('gres'))} GpusUsed={int(n.get('gpus_used') or 0)} GpusFree={int(n.get('gpus_free') or 0)}",
-        f"Reason={_v(n.get('reason'))}",
+        f"Reason={node_reason(n)}",
     ]
     return _block(lines)
 
@@ -247,15 +255,17 @@ def update(cfg: Any, args: list[str]) -> int:
     from crane.core.ids import expand_nodes
 
     kv = parse_kv(args)
+    if "jobid" in kv:
+        return update_job(cfg, kv)
     if "nodename" not in kv:
         raise CliError(
-            "update: only NodeName=X State=DRAIN|RESUME [Reason=TEXT] is supported", EXIT_ARGS
+            "update: use NodeName=X State=DRAIN|RESUME [Reason=TEXT] or JobId=N KEY=VALUE...", EXIT_ARGS
         )
     unknown = set(kv) - {"nodename", "state", "reason"}
     if unknown:
         raise CliError(f"update: unknown key {sorted(unknown)[0]}", EXIT_ARGS)
     state = kv.get("state", "").upper()
-    if state not in ("DRAIN", "RESUME", "IDLE"):
+    if state not in (NodeState.DRAIN, "RESUME", NodeState.IDLE):
         raise CliError(
             f'update: invalid State "{kv.get("state", "")}": use DRAIN or RESUME', EXIT_ARGS
         )
@@ -270,6 +280,55 @@ def update(cfg: Any, args: list[str]) -> int:
             a["reason"] = kv["reason"]
         call(cfg, m.Control("update_node", a))
     return 0
+
+
+def job_update_fields(kv: dict[str, str]) -> dict[str, Any]:
+    """``TimeLimit=1:00:00 Partition=GPU QOS=high Priority=5 JobName=x``
+    (keys case-insensitive) -> the request's fields. TimeLimit in
+    ``[D-]HH:MM:SS`` or minutes; ``0`` or ``UNLIMITED``: no limit (None)."""
+    from crane.core.ids import parse_time_limit
+
+    fields: dict[str, Any] = {}
+    for key, value in kv.items():
+        if key == "jobid":
+            continue
+        field = JOB_KEYS.get(key)
+        if field is None:
+            raise CliError(f"update: unknown key {key} (use TimeLimit, Partition, QOS, Priority or JobName)",
+                           EXIT_ARGS)  # fmt: skip
+        if field == "time_limit":
+            try:
+                fields[field] = parse_time_limit(value.strip(), zero_unlimited=True)
+            except ValueError as e:
+                raise CliError(f"update: {e}", EXIT_ARGS) from None
+        elif field == "priority":
+            if not value.strip().isdigit():
+                raise CliError(f'update: invalid Priority "{value}": use a number', EXIT_ARGS)
+            fields[field] = int(value.strip())
+        else:
+            check_text(key, value)
+            fields[field] = value
+    if not fields:
+        raise CliError("update: nothing to change (TimeLimit, Partition, QOS, Priority or JobName)", EXIT_ARGS)
+    return fields
+
+
+def update_job(cfg: Any, kv: dict[str, str]) -> int:
+    from crane.core import messages as m
+
+    ids = parse_job_ids(kv["jobid"])
+    fields = job_update_fields(kv)
+    code = 0
+    for job_id in ids:
+        try:
+            call(cfg, m.Control("update_job", {"job_id": job_id, **fields}))
+        except CliError as e:
+            text = str(e) if str(job_id) in str(e) else f"Job {job_id}: {e}"
+            if len(ids) == 1:
+                raise CliError(text, e.code) from None
+            print(safe(f"{PROG}: error: {text}"), file=sys.stderr)
+            code = code or e.code
+    return code
 
 
 def job_action(cfg: Any, action: str, args: list[str]) -> int:
@@ -294,7 +353,7 @@ def job_action(cfg: Any, action: str, args: list[str]) -> int:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output for show")
-@click.option("-C", "--config")
+@click.option("-C", "--config", help="the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
 @click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
 def command(args: tuple[str, ...], as_json: bool, config: str | None) -> int:
     """Show and change jobs, nodes and partitions.
@@ -302,7 +361,9 @@ def command(args: tuple[str, ...], as_json: bool, config: str | None) -> int:
     \b
     show job [ID[,ID]] | show node [NAME] | show partition [NAME]
     update NodeName=X State=DRAIN|RESUME [Reason=TEXT]
+    update JobId=N [TimeLimit=T] [Partition=P] [QOS=Q] [Priority=N] [JobName=NAME]
     hold|release|requeue|suspend|resume ID[,ID]
+    reconfigure   (admins: re-read the config file, as SIGHUP)
     """
     verb, rest = args[0].lower(), list(args[1:])
     if verb == "show":
@@ -320,9 +381,21 @@ def command(args: tuple[str, ...], as_json: bool, config: str | None) -> int:
     if verb == "update":
         if not rest:
             raise CliError(
-                "update: use update NodeName=X State=DRAIN|RESUME [Reason=TEXT]", EXIT_ARGS
+                "update: use update NodeName=X State=DRAIN|RESUME [Reason=TEXT] or update JobId=N KEY=VALUE...",
+                EXIT_ARGS,
             )
+        kv = parse_kv(rest)
+        if "jobid" in kv:  # bad arguments are told before the config is read
+            parse_job_ids(kv["jobid"])
+            job_update_fields(kv)
         return update(load_config(config), rest)
+    if verb == "reconfigure":
+        if rest:
+            raise CliError(f'reconfigure: unexpected argument "{rest[0]}"', EXIT_ARGS)
+        from crane.core import messages as m
+
+        call(load_config(config), m.Control("reconfigure", {}))
+        return 0
     if verb in JOB_ACTIONS:
         if len(rest) != 1:
             raise CliError(f"{verb}: give one comma-separated list of job ids", EXIT_ARGS)

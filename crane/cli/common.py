@@ -28,6 +28,17 @@ EXIT_UNREACHABLE = 3
 EXIT_PARTIAL = 4
 EXIT_AUTH = 5
 
+#: The exit codes, as every command's --help (and man page) lists them.
+EXIT_CODES_EPILOG = (
+    "Exit codes: 0 success; 1 internal or config error; 2 bad arguments or request refused; "
+    "3 controller unreachable (no answer within $CRANE_CONNECT_TIMEOUT seconds, default 2); "
+    "4 partial failure (some jobs not acted on); 5 authentication failed or permission denied."
+)
+
+
+def help_option_names() -> list[str]:
+    return ["-h", "--help"]
+
 
 class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_ARGS) -> None:
@@ -59,19 +70,41 @@ def load_config(path: str | None) -> Config:
         raise CliError(str(e), EXIT_INTERNAL) from None
 
 
+def connect_timeout(cfg: Config) -> float:
+    """How long a command waits for the connection to the controller:
+    ``$CRANE_CONNECT_TIMEOUT``, else the config's ``connect_timeout`` when
+    the config has one, else 2 s (crane.client.CONNECT_TIMEOUT)."""
+    from crane.client import CONNECT_TIMEOUT, connect_timeout_from_env
+
+    configured = getattr(cfg, "connect_timeout", None)
+    default = float(configured) if isinstance(configured, int | float) and configured > 0 else CONNECT_TIMEOUT
+    return connect_timeout_from_env(default)
+
+
 def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
     """One request; returns the Ok payload or raises CliError with the
-    documented exit code."""
+    documented exit code. Only the connection has the short connect timeout:
+    once the controller has answered it, ``timeout`` is for the reply. Never
+    retried here: a request that went out without an answer is reported as
+    such (it may have been applied), so no request is applied twice."""
     from crane.client import Client, Unreachable
     from crane.core import messages as mm
 
+    client = None
     try:
-        client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge")
+        client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge",
+                        connect_timeout=connect_timeout(cfg))  # fmt: skip
         reply = client.request(msg)
     except Unreachable as e:
-        raise CliError(f"cannot reach the controller: {e}", EXIT_UNREACHABLE) from None
+        note = ""
+        if e.sent and isinstance(msg, mm.SubmitJob):
+            note = " (the submission was sent and may have been accepted: check cqueue before submitting again)"
+        raise CliError(f"cannot reach the controller at {cfg.cli_address}: {e}{note}", EXIT_UNREACHABLE) from None
     except OSError as e:  # MungeError: no munged, bad key, ...
         raise CliError(f"authentication failed: {e}", EXIT_AUTH) from None
+    finally:
+        if client is not None:
+            client.close()
     if isinstance(reply, mm.Error):
         raise CliError(reply.message, reply.code if 1 <= reply.code <= 5 else EXIT_INTERNAL)
     if not isinstance(reply, mm.Ok):
@@ -123,10 +156,21 @@ def print_json(obj: Any) -> None:
     print(json_text(obj))
 
 
+def with_exit_codes(command: Any) -> Any:
+    """``command`` (and its subcommands) with the exit codes as the epilog of
+    its --help, when it has no epilog of its own."""
+    if not getattr(command, "epilog", None):
+        command.epilog = EXIT_CODES_EPILOG
+    for sub in getattr(command, "commands", {}).values():
+        with_exit_codes(sub)
+    return command
+
+
 def click_main(command: Any, prog: str) -> NoReturn:
     """Run a click command with our error format for usage errors (exit 2)."""
     import click
 
+    with_exit_codes(command)
     try:
         rv = command.main(prog_name=prog, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:

@@ -1,4 +1,4 @@
-"""crane: the umbrella command. ``crane local up|down|status`` runs a
+"""crane: the umbrella command. ``crane local up|down|restart|status`` runs a
 one-machine cluster (SPEC §2)."""
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from typing import Any
 import click
 
 from crane.cli.common import CliError, click_main
+from crane.core.states import PreemptMode
 from crane.core.text import safe
+
+#: the --preempt-mode choices, in the order shown
+PREEMPT_MODES = (PreemptMode.CANCEL, PreemptMode.REQUEUE, PreemptMode.SUSPEND, PreemptMode.OFF)
 
 PROG = "crane"
 
@@ -39,12 +43,13 @@ def local() -> None:
 
 
 @local.command()
-@click.option("--nodes", "-N", type=click.IntRange(1, 512), default=4)
-@click.option("--cpus", type=click.IntRange(1, 4096), default=4)
-@click.option("--memory", default="8G")
-@click.option("--dir", "base", type=click.Path(file_okay=False))
-@click.option("--preempt-mode", type=click.Choice(["CANCEL", "REQUEUE", "SUSPEND", "OFF"], case_sensitive=False), default="CANCEL")
-@click.option("--epilog", type=click.Path(dir_okay=False))
+@click.option("--nodes", "-N", type=click.IntRange(1, 512), default=4, help="number of node agents (default 4)")
+@click.option("--cpus", type=click.IntRange(1, 4096), default=4, help="CPUs per node (default 4)")
+@click.option("--memory", default="8G", help="memory per node (default 8G)")
+@click.option("--dir", "base", type=click.Path(file_okay=False), help="the cluster's directory (default: a private runtime directory)")
+@click.option("--preempt-mode", type=click.Choice([m.value for m in PREEMPT_MODES], case_sensitive=False),
+              default=PreemptMode.CANCEL.value, help="the cluster's PreemptMode (default CANCEL)")
+@click.option("--epilog", type=click.Path(dir_okay=False), help="a script each node runs after every job")
 @_refusals()
 def up(nodes: int, cpus: int, memory: str, base: str | None, preempt_mode: str, epilog: str | None) -> None:
     """Start a local cluster and print how to use it."""
@@ -52,11 +57,12 @@ def up(nodes: int, cpus: int, memory: str, base: str | None, preempt_mode: str, 
 
     base = os.path.abspath(base or default_dir())
     lc = LocalCluster(base)
-    if lc.pids():
+    if lc.running():
         raise CliError(f"a local cluster already runs in {base}: crane local down --dir {base}", 1)
+    lc.stop_all()  # nothing runs: forget a stale pids.json
     extra: dict[str, Any] = {}
-    if preempt_mode.upper() == "OFF":
-        extra["Preempt"] = {"PreemptType": "none", "PreemptMode": "OFF"}
+    if preempt_mode.upper() == PreemptMode.OFF:
+        extra["Preempt"] = {"PreemptType": "none", "PreemptMode": PreemptMode.OFF.value}
     else:
         extra["Preempt"] = {"PreemptType": "qos", "PreemptMode": preempt_mode.upper()}
     if epilog:
@@ -71,44 +77,95 @@ def up(nodes: int, cpus: int, memory: str, base: str | None, preempt_mode: str, 
     print(safe(f"export CRANE_CONF={lc.config_path}"))
 
 
+def _base(base: str | None) -> str:
+    """The cluster directory: ``--dir``, else the directory of ``$CRANE_CONF``
+    when it names a config.yaml, else the default one."""
+    from crane.local import default_dir
+
+    if base:
+        return base
+    conf = os.environ.get("CRANE_CONF", "")
+    if conf and os.path.basename(conf) == "config.yaml" and os.path.isabs(conf):
+        return os.path.dirname(conf)
+    return default_dir()
+
+
+def _stopped_text(stopped: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{key} (pid {pid})" for key, pid in stopped)
+
+
+DIR_HELP = "the cluster's directory (default: that of $CRANE_CONF, else a private runtime directory)"
+
+
 @local.command()
-@click.option("--dir", "base", type=click.Path(file_okay=False))
+@click.option("--dir", "base", type=click.Path(file_okay=False), help=DIR_HELP)
 @_refusals()
 def down(base: str | None) -> None:
-    """Cancel every job and stop the local cluster."""
-    from crane.local import LocalCluster, default_dir
+    """Cancel every job and stop the local cluster: every controller and
+    agent running with its config, those restarted by hand included."""
+    from crane.local import LocalCluster
 
-    lc = LocalCluster(base or default_dir())
-    if not lc.pids():
+    lc = LocalCluster(_base(base))
+    recorded = lc.pids()
+    if not recorded and not lc.running():
         raise CliError(f"no local cluster in {lc.base}", 1)
-    lc.down()
+    stopped = lc.down()
+    if stopped:
+        print(safe(f"Stopped {_stopped_text(stopped)}."))
+    else:
+        print(safe(f"Nothing was running in {lc.base}."))
     print("Local cluster stopped.")
 
 
 @local.command()
-@click.option("--dir", "base", type=click.Path(file_okay=False))
+@click.option("--dir", "base", type=click.Path(file_okay=False), help=DIR_HELP)
+@_refusals()
+def restart(base: str | None) -> None:
+    """Stop the local cluster's daemons (jobs are kept) and start them again."""
+    from crane.local import LocalCluster
+
+    lc = LocalCluster(_base(base))
+    if not lc.check_dir() or not os.path.exists(lc.config_path):
+        raise CliError(f"no local cluster in {lc.base}: crane local up --dir {lc.base}", 1)
+    nodes = len(lc.node_names())
+    try:
+        stopped = lc.restart()
+    except (TimeoutError, RuntimeError) as e:
+        raise CliError(str(e), 1) from None
+    if stopped:
+        print(safe(f"Stopped {_stopped_text(stopped)}."))
+    print(safe(f"Local cluster restarted: {nodes} nodes, config {lc.config_path}"))
+    print(safe(f"export CRANE_CONF={lc.config_path}"))
+
+
+@local.command()
+@click.option("--dir", "base", type=click.Path(file_okay=False), help=DIR_HELP)
 @_refusals()
 def status(base: str | None) -> None:
     """Show the local cluster's processes and nodes."""
-    from crane.local import LocalCluster, default_dir
-    from crane.polling import pid_alive
+    from crane.local import ControllerError, LocalCluster
 
-    lc = LocalCluster(base or default_dir())
+    lc = LocalCluster(_base(base))
     pids = lc.pids()
-    if not pids:
+    running = lc.running()
+    if not pids and not running:
         raise CliError(f"no local cluster in {lc.base}", 1)
     for key, pid in sorted(pids.items()):
-        print(safe(f"{key:<20} pid {pid:<8} {'running' if pid_alive(pid) else 'dead'}"))
+        alive = running.get(key) == pid
+        print(safe(f"{key:<20} pid {pid:<8} {'running' if alive else 'dead'}"))
+    for key, pid in sorted(running.items()):
+        if pids.get(key) != pid:
+            print(safe(f"{key:<20} pid {pid:<8} running (not started by crane local)"))
     try:
         for n, st in sorted(lc.nodes_state().items()):
             print(safe(f"{n:<20} {st}"))
-    except CliError as e:
+    except ControllerError as e:
         print(safe(f"controller: {e}"))
     print(safe(f"export CRANE_CONF={lc.config_path}"))
 
 
 @command.command()
-@click.option("-C", "--config")
+@click.option("-C", "--config", help="the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
 @click.option("--force", is_flag=True, help="replace existing keys")
 @click.argument("nodes", required=False)
 @_refusals()

@@ -32,15 +32,17 @@ from typing import Any
 
 import click
 
-from crane.cli.cbatch import OPTIONS, absolute, build_spec, current_dir
 from crane.cli.common import (
     EXIT_UNREACHABLE,
     CliError,
     call,
     check_text,
     click_main,
+    connect_timeout,
     load_config,
 )
+from crane.cli.job_options import OPTIONS, absolute, build_spec, current_dir
+from crane.core.states import JobState
 from crane.core.text import safe
 
 PROG = "crun"
@@ -67,7 +69,7 @@ def write_step_output(fd: int, data: bytes) -> bool:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
                                 "allow_interspersed_args": False})
 @click.option("-j", "--jobid", type=int, help="the allocation (default: $CRANE_JOB_ID)")
-@click.option("-C", "--config")
+@click.option("-C", "--config", help="the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 def command(jobid: int | None, config: str | None, argv: tuple[str, ...], **opts: Any) -> int:
     """Run COMMAND as a step of the current job, or in a new job."""
@@ -113,13 +115,13 @@ def exit_code(job_id: int, step_id: int, done: dict[str, Any]) -> int:
         print(safe(f"crun: {lost} bytes of output lost"), file=sys.stderr)
     state = st.get("state")
     code, sig = int(st.get("exit_code") or 0), int(st.get("signal") or 0)
-    if state == "CANCELLED" or st.get("cancelled"):
+    if state == JobState.CANCELLED or st.get("cancelled"):
         print(safe(cancel_line(job_id, step_id, st)), file=sys.stderr)
     if sig:
         return 128 + sig
-    if state == "CANCELLED":
+    if state == JobState.CANCELLED:
         return code or 130
-    if state != "COMPLETED" and code == 0:
+    if state != JobState.COMPLETED and code == 0:
         return 1
     return code
 
@@ -174,7 +176,8 @@ class Follower:
 
         while True:
             try:
-                client = Client(self.cfg.cli_address, WAIT_REASK, munge=self.cfg.auth_type == "munge")
+                client = Client(self.cfg.cli_address, WAIT_REASK, munge=self.cfg.auth_type == "munge",
+                                connect_timeout=connect_timeout(self.cfg))
                 self.rid = client.send(m.WaitStep(self.job_id, self.step_id, True))
                 self.asks += 1
                 if old is not None:  # only now: a crun gone for good has its step cancelled
@@ -227,7 +230,7 @@ class Follower:
         data = call(self.cfg, m.QueryJobs({"jobs": [self.job_id]}, history=True))
         for job in data.get("jobs") or []:
             for st in job.get("steps") or []:
-                if st.get("step_id") == self.step_id and st.get("state") != "RUNNING":
+                if st.get("step_id") == self.step_id and st.get("state") != JobState.RUNNING:
                     lost = st.get("output_lost") or 0
                     if not lost:
                         print("crun: the end of the step's output may be lost", file=sys.stderr)

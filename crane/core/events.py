@@ -1,6 +1,7 @@
 """Messages between the controller's actors (events in) and what the pure
 state machines ask the I/O layer to do (actions out). Wire messages live in
-``crane.core.messages``; these never leave the process."""
+``crane.core.messages``; these never leave the process. Each carries a cause
+id (``Traced``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crane.core import messages as m
+from crane.core.ledger import Request
+from crane.core.states import CancelPath, EndState
 
 
 class ReplyTo(Protocol):
@@ -18,49 +21,61 @@ class ReplyTo(Protocol):
     def set_result(self, result: Any, /) -> None: ...
 
 
+@dataclass(slots=True)
+class Traced:
+    """Every event and action carries the id of what caused it: a CLI request
+    (numbered by the controller as it arrives, ``crane.requests``), an agent's
+    report, or 0 for the controller's own timers. A job's actions take the
+    cause of the event they answer, so any transition traces back to it
+    (the job actor logs it)."""
+
+    cause: int = field(default=0, kw_only=True)
+
+
 # ------------------------------------------------------------------ events to a job
 
 
 @dataclass(slots=True)
-class Allocated:
+class Allocated(Traced):
     nodes: list[str]
     cpus: int  # per node
     gpus: dict[str, list[int]] = field(default_factory=dict)  # node -> GPU indices given there
 
 
 @dataclass(slots=True)
-class StepStartedEv:
+class StepStartedEv(Traced):
     node: str
     step_id: int
     pid: int
 
 
 @dataclass(slots=True)
-class StepEndedEv:
+class StepEndedEv(Traced):
     node: str
     step_id: int
     exit_code: int
     signal: int
     reason: str
+    detail: str = ""  # why a launch failed
 
 
 @dataclass(slots=True)
-class ReleasedEv:
+class ReleasedEv(Traced):
     node: str
     kill_failed: bool = False
 
 
 @dataclass(slots=True)
-class CancelEv:
+class CancelEv(Traced):
     by_uid: int
     by_name: str
-    path: str = "user"  # user | preemption | timeout | node_failure | admin
+    path: str = CancelPath.USER
     step_id: int | None = None
     message: str = ""
     force: bool = False
     graceful: bool = False
     grace: float | None = None
-    end_state: str = "CANCELLED"
+    end_state: str = EndState.CANCELLED
     signal: int | None = None
     rid: str = ""
     requeue: bool = False  # preemption in REQUEUE mode
@@ -68,7 +83,7 @@ class CancelEv:
 
 
 @dataclass(slots=True)
-class NewStepEv:
+class NewStepEv(Traced):
     argv: list[str]
     cpus: int
     env: dict[str, str]
@@ -80,12 +95,12 @@ class NewStepEv:
 
 
 @dataclass(slots=True)
-class NodeDownEv:
+class NodeDownEv(Traced):
     node: str
 
 
 @dataclass(slots=True)
-class AgentStepsEv:
+class AgentStepsEv(Traced):
     """The node's agent (re-)registered and runs these steps of this job."""
 
     node: str
@@ -93,38 +108,49 @@ class AgentStepsEv:
 
 
 @dataclass(slots=True)
-class SetReason:
+class SetReason(Traced):
     reason: str
 
 
 @dataclass(slots=True)
-class ControlEv:
+class ControlEv(Traced):
     action: str  # hold | release | requeue | suspend | resume
     reply: ReplyTo | None = None
     rank: int = 0  # hold/release: the caller's rank over the job (0 owner, 1 coordinator, 2 operator/admin/root)
+
+
+@dataclass(slots=True)
+class UpdateEv(Traced):
+    """ccontrol update job: the fields to change (any of ``name``,
+    ``time_limit`` (seconds, None = unlimited), ``partition``, ``qos``,
+    ``priority``), checked for rights by the request handler; the machine
+    checks the job's state (partition, QoS and priority only while pending)."""
+
+    fields: dict[str, Any]
+    reply: ReplyTo | None = None
 
 
 # ------------------------------------------------------------------ events to the scheduler
 
 
 @dataclass(slots=True)
-class Enqueue:
-    req: Any  # crane.actors.scheduler.Request
+class Enqueue(Traced):
+    req: Request
 
 
 @dataclass(slots=True)
-class Dequeue:
+class Dequeue(Traced):
     job_id: int
 
 
 @dataclass(slots=True)
-class FreeNode:
+class FreeNode(Traced):
     job_id: int
     node: str
 
 
 @dataclass(slots=True)
-class NodeStatus:
+class NodeStatus(Traced):
     node: str
     up: bool | None = None
     drain: bool | None = None
@@ -132,45 +158,80 @@ class NodeStatus:
 
 
 @dataclass(slots=True)
-class Suspended:
+class Suspended(Traced):
     """A job's cpus are lent (True) or taken back (False) on its nodes."""
 
     job_id: int
     suspended: bool
 
 
+@dataclass(slots=True)
+class Ending(Traced):
+    """The job started ending (a cancel, its batch step ended, a node lost):
+    no longer a preemption candidate; as a victim it is on its way out."""
+
+    job_id: int
+
+
+@dataclass(slots=True)
+class Adopt(Traced):
+    """Recovery: a job that holds resources on ``nodes`` (its live ones)."""
+
+    job_id: int
+    nodes: list[str]
+    cpus: int  # per node
+    memory: int  # per node
+    exclusive: bool
+    suspended: bool
+    gpus: dict[str, list[int]] = field(default_factory=dict)  # node -> GPU indices held there
+    qos: str = ""
+    partition: str = ""
+    uid: int = 0
+    start_time: float = 0.0
+    ending: bool = False  # cancelled or completing before the restart
+
+
+@dataclass(slots=True)
+class RestoreNode(Traced):
+    """Recovery: a node's saved drain state (nothing to save again)."""
+
+    node: str
+    drain: bool
+    reason: str = ""
+
+
 # ------------------------------------------------------------------ actions out of a job
 
 
 @dataclass(slots=True)
-class ToNode:
+class ToNode(Traced):
     node: str
     msg: m.Message
 
 
 @dataclass(slots=True)
-class ToScheduler:
+class ToScheduler(Traced):
     msg: Any
 
 
 @dataclass(slots=True)
-class Persist:
+class Persist(Traced):
     pass
 
 
 @dataclass(slots=True)
-class Terminal:
+class Terminal(Traced):
     """The job reached a terminal state; waiters may be told once persisted."""
 
 
 @dataclass(slots=True)
-class Reply:
+class Reply(Traced):
     future: ReplyTo | None
     value: Any = None
 
 
 @dataclass(slots=True)
-class StepDone:
+class StepDone(Traced):
     """A step ended: wake whoever waits for it (crun, ccancel --wait)."""
 
     step_id: int

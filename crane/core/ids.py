@@ -14,7 +14,7 @@ import signal
 import hostlist
 
 # JobState and its sets live in the core (crane.core.states); re-exported here.
-from crane.core.states import ACTIVE, CANCELLABLE, SHORT_CODES, TERMINAL, JobState
+from crane.core.states import ACTIVE, CANCELLABLE, SHORT_CODES, TERMINAL, EndReason, JobState
 
 __all__ = [
     "ACTIVE",
@@ -31,10 +31,12 @@ __all__ = [
     "format_memory",
     "parse_bool",
     "parse_id_list",
+    "parse_job_states",
     "parse_memory",
     "parse_signal",
     "parse_state_filter",
     "parse_time_limit",
+    "STATE_NAMES",
 ]
 
 
@@ -110,14 +112,58 @@ def format_ids(ids: list[int]) -> str:
 # --------------------------------------------------------------------------- state filter
 
 _STATE_FILTERS: dict[str, frozenset[JobState]] = {
-    "PENDING": frozenset({JobState.PENDING}),
+    JobState.PENDING: frozenset({JobState.PENDING}),
     "P": frozenset({JobState.PENDING}),
-    "RUNNING": frozenset({JobState.RUNNING, JobState.CONFIGURING}),
+    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.CONFIGURING}),
     "R": frozenset({JobState.RUNNING, JobState.CONFIGURING}),
-    "SUSPENDED": frozenset({JobState.SUSPENDED}),
+    JobState.SUSPENDED: frozenset({JobState.SUSPENDED}),
     "S": frozenset({JobState.SUSPENDED}),
     "ALL": CANCELLABLE,
 }
+
+
+#: Every state name and short code a command accepts (``-t``/``--state``), in
+#: any case: the JobState names and their short codes (``PD R CG S CD CA F TO
+#: OOM CF``), ``P`` and ``CANCELED``, and Slurm's ``PREEMPTED``/``PR`` and
+#: ``NODE_FAIL``/``NF``. Crane has no states of those two: a preempted job ends
+#: CANCELLED (or is requeued: PENDING), a job its node failure ends is FAILED,
+#: so PR selects CANCELLED jobs and NF FAILED ones.
+STATE_NAMES: dict[str, frozenset[JobState]] = {
+    **{s.value: frozenset({s}) for s in JobState},
+    **{SHORT_CODES[s]: frozenset({s}) for s in JobState},
+    "P": frozenset({JobState.PENDING}),
+    "CANCELED": frozenset({JobState.CANCELLED}),
+    "PREEMPTED": frozenset({JobState.CANCELLED}),
+    "PR": frozenset({JobState.CANCELLED}),
+    EndReason.NODE_FAIL: frozenset({JobState.FAILED}),
+    "NF": frozenset({JobState.FAILED}),
+}
+
+
+def parse_job_states(
+    text: str, allowed: frozenset[JobState] | None = None, everything: frozenset[JobState] | None = None
+) -> frozenset[JobState]:
+    """``"pd,R"`` -> ``{PENDING, RUNNING}``: the names and short codes of
+    :data:`STATE_NAMES`, any case, comma-separated; ``ALL`` is ``everything``
+    (default: ``allowed``, else every state). A name outside ``allowed`` (when
+    given) is refused like an unknown one. ``RUNNING``/``R`` include
+    CONFIGURING (a job being launched is running to its user)."""
+    pool = allowed if allowed is not None else frozenset(JobState)
+    every = everything if everything is not None else pool
+    states: set[JobState] = set()
+    for item in text.split(","):
+        key = item.strip().upper() if item.isascii() else ""
+        if key == "ALL":
+            states |= every
+            continue
+        selected = STATE_NAMES.get(key)
+        if selected is not None and JobState.RUNNING in selected:
+            selected = selected | {JobState.CONFIGURING}
+        if selected is None or not (selected & pool):
+            valid = ", ".join(sorted({s.value for s in pool} - {JobState.CONFIGURING.value}))
+            raise ValueError(f'invalid state "{text}": valid states are {valid}, ALL')
+        states |= selected & pool
+    return frozenset(states)
 
 
 def parse_state_filter(text: str) -> frozenset[JobState]:
@@ -217,8 +263,10 @@ _FIELD_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _FIELD_LIMIT = {"h": 24, "m": 60, "s": 60}
 
 
-def parse_time_limit(text: str) -> int | None:
-    """Parse a Slurm time limit into seconds; ``UNLIMITED``/``INFINITE`` -> ``None``.
+def parse_time_limit(text: str, zero_unlimited: bool = False) -> int | None:
+    """Parse a Slurm time limit into seconds; ``UNLIMITED``/``INFINITE`` -> ``None``
+    (and, with ``zero_unlimited``, a zero limit such as ``0`` or ``0:00:00``, as
+    Slurm's ``-t 0``: what the CLIs pass).
 
     Accepted: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``.  The
     leading field is unbounded; later fields must be in range (hours < 24,
@@ -237,6 +285,8 @@ def parse_time_limit(text: str) -> int | None:
                 raise ValueError(f'invalid time limit "{text}"')
             total += value * _FIELD_SECONDS[field]
         if total <= 0:
+            if zero_unlimited:
+                return None
             break
         return total
     raise ValueError(f'invalid time limit "{text}"')

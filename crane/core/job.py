@@ -7,6 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from crane.core import patterns
+from crane.core.ids import compress_nodes
+from crane.core.ledger import Request
+from crane.core.states import JobState
+
 
 @dataclass(slots=True)
 class Job:
@@ -34,7 +39,7 @@ class Job:
     submit_time: float = 0.0
     start_time: float | None = None
     end_time: float | None = None
-    state: str = "PENDING"
+    state: str = JobState.PENDING
     reason: str = ""
     exit_code: int = 0
     exit_signal: int = 0
@@ -67,22 +72,15 @@ class Job:
                   script: str = "", node: str = "") -> dict[str, Any]:  # fmt: skip
         """The LaunchStep spec for ``node`` (the job's first node when "").
         ``gpu_devices`` (every device file of the node) is added by the
-        JobActor, which knows the config."""
+        JobActor, which knows the config. The output paths are the job's
+        patterns expanded for ``node`` (``crane.core.patterns``)."""
+        node = node or (self.nodes[0] if self.nodes else "")
         full_env = dict(env)
-        gpus = sorted(self.gpu_alloc.get(node or (self.nodes[0] if self.nodes else ""), []))
+        gpus = sorted(self.gpu_alloc.get(node, []))
         if gpus:
             ids = ",".join(map(str, gpus))
             full_env.update(CUDA_VISIBLE_DEVICES=ids, CRANE_GPUS=ids, GPU_DEVICE_ORDINAL=ids)
-        full_env.update(
-            CRANE_JOB_ID=str(self.id),
-            CRANE_STEP_ID=str(step_id),
-            CRANE_JOB_NAME=self.name,
-            CRANE_JOB_NODELIST=",".join(self.nodes),
-            CRANE_CPUS_ON_NODE=str(cpus),
-            CRANE_JOB_ACCOUNT=self.account,
-            CRANE_JOB_PARTITION=self.partition,
-            CRANE_JOB_QOS=self.qos,
-        )
+        full_env.update(self.job_env(step_id, cpus))
         return {
             "uid": self.uid,
             "gid": self.gid,
@@ -92,14 +90,52 @@ class Job:
             "cwd": cwd,
             "env": full_env,
             # a crun step's streams go to crun unless given a file (see spec["stream"])
-            "stdout": self.stdout,
-            "stderr": self.stderr,
+            "stdout": self.output_path(self.stdout, node),
+            "stderr": self.output_path(self.stderr, node),
             "cpus": cpus,
             "memory": self.memory,
             "time_limit": self.time_limit if step_id == 1 else None,
             "attempt": self.requeue_count,  # a requeued job runs again on a node that released it
             "gpus": gpus,
         }
+
+    def job_env(self, step_id: int, cpus: int) -> dict[str, str]:
+        """The CRANE_* variables a step of this job sees (the agent adds
+        nothing of its own: its internal state never reaches the job)."""
+        env = {
+            "CRANE_JOB_ID": str(self.id),
+            "CRANE_STEP_ID": str(step_id),
+            "CRANE_JOB_NAME": self.name,
+            "CRANE_JOB_NODELIST": nodelist_text(self.nodes),
+            "CRANE_NNODES": str(len(self.nodes) or self.nnodes),
+            "CRANE_NTASKS": str(len(self.nodes) or self.nnodes),  # one task per node
+            "CRANE_CPUS_PER_TASK": str(cpus),
+            "CRANE_CPUS_ON_NODE": str(cpus),
+            "CRANE_JOB_ACCOUNT": self.account,
+            "CRANE_JOB_PARTITION": self.partition,
+            "CRANE_JOB_QOS": self.qos,
+            "CRANE_SUBMIT_DIR": self.cwd,
+            "CRANE_RESTART_COUNT": str(self.requeue_count),
+        }
+        if self.memory > 0:  # MB, as SLURM_MEM_PER_NODE; unset when the job has no memory limit
+            env["CRANE_MEM_PER_NODE"] = str(max(self.memory // (1024 * 1024), 1))
+        return env
+
+    def output_path(self, pattern: str, node: str) -> str:
+        """An output path of this job (``-o``/``-e``) with its patterns
+        (``%j %x %u %N %A %a %%``) expanded for ``node``; "" stays ""."""
+        if not pattern:
+            return pattern
+        return patterns.expand(pattern, self.id, self.name, self.user, node)
+
+
+def nodelist_text(nodes: list[str]) -> str:
+    """``crane[01-02],gpu07``: the compressed form, as SLURM_JOB_NODELIST
+    (comma-separated if a name cannot be compressed)."""
+    try:
+        return compress_nodes(nodes)
+    except ValueError:
+        return ",".join(nodes)
 
 
 STEP_ARGV_CHARS = 256  # of a step's command line, kept in the job record
@@ -121,7 +157,7 @@ def _argv_summary(argv: list[str]) -> list[str]:
 def _prune_ended_steps(steps: dict[int, dict[str, Any]]) -> None:
     """Keep the record bounded: every running step, the batch step, and the
     last ENDED_STEPS_KEPT ended ones (each new step persists the record)."""
-    ended = [sid for sid, st in steps.items() if sid != 1 and st.get("state") != "RUNNING"]
+    ended = [sid for sid, st in steps.items() if sid != 1 and st.get("state") != JobState.RUNNING]
     for sid in sorted(ended)[: max(len(ended) - ENDED_STEPS_KEPT, 0)]:
         del steps[sid]
 _RECORD_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "launch")
@@ -141,6 +177,13 @@ def step_answer(job: Job, st: dict[str, Any]) -> dict[str, Any]:
     job's cancel when the whole job was cancelled (ccancel J, a preemption)."""
     out = dict(st)
     c = job.cancel or {}
-    if not out.get("cancelled") and c and out.get("state") != "COMPLETED":
+    if not out.get("cancelled") and c and out.get("state") != JobState.COMPLETED:
         out["cancelled"] = {"by_name": c.get("by_name"), "message": c.get("message", ""), "path": c.get("path")}
     return out
+
+
+def request_of(job: Job) -> Request:
+    """What the scheduling machine needs to place ``job``."""
+    return Request(job.id, job.partition, job.cpus, job.memory, job.nnodes, job.exclusive,
+                   list(job.nodelist_req), job.qos, job.priority, job.uid,
+                   job.gpus_per_node, job.gpu_type)  # fmt: skip

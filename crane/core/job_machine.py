@@ -20,8 +20,26 @@ from typing import Any
 
 from crane.core import events as ev
 from crane.core import messages as m
-from crane.core.ids import ACTIVE, CANCELLABLE
-from crane.core.job import Job, _argv_summary, _prune_ended_steps, cancel_banner
+from crane.core.ids import compress_nodes
+from crane.core.job import Job, _argv_summary, _prune_ended_steps, cancel_banner, request_of
+from crane.core.states import (
+    ACTIVE,
+    CANCELLABLE,
+    CancelPath,
+    ControlAction,
+    EndReason,
+    EndState,
+    KillReason,
+    NodeReason,
+    PendingReason,
+    StepEnd,
+)
+from crane.core.states import JobState as S
+
+UPDATABLE = (S.PENDING, S.RUNNING, S.SUSPENDED)
+PENDING_ONLY = ("partition", "qos", "priority")  # fields of a pending job only (Slurm's rule)
+RESCHEDULE = PENDING_ONLY  # what the scheduler's request holds of these
+UPDATE_NAMES = {"partition": "Partition", "qos": "QOS", "priority": "Priority"}
 
 _HANDLERS: dict[type, Callable[..., list[Any]]] = {}
 
@@ -43,12 +61,12 @@ class JobMachine:
     # The job starts its life here (submission or recovery after a restart).
     def start(self, now: float) -> list[Any]:
         j = self.job
-        if j.state == "PENDING":
+        if j.state == S.PENDING:
             if j.held:
-                j.reason = j.reason or ("JobHeldAdmin" if j.admin_hold else "JobHeldUser")
+                j.reason = j.reason or (PendingReason.HELD_ADMIN if j.admin_hold else PendingReason.HELD_USER)
                 return []
-            return [ev.ToScheduler(ev.Enqueue(j.id))]
-        if j.state == "COMPLETING":  # a cancel or cleanup in flight before a restart: redo it
+            return [ev.ToScheduler(ev.Enqueue(request_of(j)))]
+        if j.state == S.COMPLETING:  # a cancel or cleanup in flight before a restart: redo it
             return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel)
         return []
 
@@ -57,20 +75,27 @@ class JobMachine:
         fn = _HANDLERS.get(type(event))
         if fn is None:
             raise TypeError(f"job {self.job.id}: unexpected event {type(event).__name__}")
-        return fn(self, event, now)
+        actions: list[Any] = fn(self, event, now)
+        cause = event.cause
+        if cause:
+            for a in actions:  # what this event caused carries its cause on
+                a.cause = cause
+                if isinstance(a, ev.ToScheduler):
+                    a.msg.cause = cause
+        return actions
 
     # ---------------------------------------------------------- allocation and steps
 
     @on(ev.Allocated)
     def _on_Allocated(self, e: ev.Allocated, now: float) -> list[Any]:
         j = self.job
-        if j.state != "PENDING" or j.held:
+        if j.state != S.PENDING or j.held:
             # cancelled or held while the scheduler placed it: give the nodes back
             return [ev.ToScheduler(ev.FreeNode(j.id, n)) for n in e.nodes]
-        j.state, j.reason, j.start_time, j.end_time = "RUNNING", "", now, None
+        j.state, j.reason, j.start_time, j.end_time = S.RUNNING, "", now, None
         j.nodes, j.released, j.cpus = list(e.nodes), [], e.cpus
         j.gpu_alloc = {n: list(ix) for n, ix in e.gpus.items()}
-        j.steps = {1: {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": ["batch"]}}
+        j.steps = {1: {"state": S.RUNNING, "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": ["batch"]}}
         j.next_step, j.end_reason, j.exit_code, j.exit_signal = 2, "", 0, 0
         launch = j.launch or {}
         j.launch = None  # a requeue reads it from the store again
@@ -82,7 +107,7 @@ class JobMachine:
     @on(ev.NewStepEv)
     def _on_NewStepEv(self, e: ev.NewStepEv, now: float) -> list[Any]:
         j = self.job
-        if j.state != "RUNNING":
+        if j.state != S.RUNNING:
             return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}, not running"))]
         if j.cancel and j.cancel.get("graceful"):
             return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is being cancelled: no new steps"))]
@@ -90,7 +115,7 @@ class JobMachine:
             return [ev.Reply(e.reply, m.Error(2, f"step asks {e.cpus} cpus, the job has {j.cpus}"))]
         # steps share the allocation (the batch step, 1, is the job's shell, as
         # in Slurm): the running ones together fit in the job's CPUs
-        busy = sum(int(st.get("cpus") or 0) for sid, st in j.steps.items() if sid != 1 and st.get("state") == "RUNNING")
+        busy = sum(int(st.get("cpus") or 0) for sid, st in j.steps.items() if sid != 1 and st.get("state") == S.RUNNING)
         if busy + e.cpus > j.cpus:
             free = max(j.cpus - busy, 0)
             return [ev.Reply(e.reply, m.Error(4, f"step asks {e.cpus} cpus, {free} of the job's {j.cpus} are free (running steps hold the rest)"))]
@@ -98,10 +123,10 @@ class JobMachine:
         j.next_step += 1
         shown = _argv_summary(e.argv)  # the record keeps a bounded summary
         _prune_ended_steps(j.steps)
-        j.steps[sid] = {"state": "RUNNING", "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
+        j.steps[sid] = {"state": S.RUNNING, "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
         spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus, node=j.nodes[0])
         spec["stream"] = list(e.stream)
-        spec.update({k: v for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v})
+        spec.update({k: j.output_path(v, j.nodes[0]) for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v})
         return [
             ev.ToNode(j.nodes[0], m.LaunchStep(j.id, sid, spec)),
             ev.Persist(),
@@ -119,27 +144,29 @@ class JobMachine:
     def _on_StepEndedEv(self, e: ev.StepEndedEv, now: float) -> list[Any]:
         j = self.job
         st = j.steps.get(e.step_id)
-        if st is None or st.get("state") != "RUNNING":
+        if st is None or st.get("state") != S.RUNNING:
             return []  # duplicate report (e.g. after a re-registration)
         st.update(end=now, exit_code=e.exit_code, signal=e.signal)
         if st.get("cancelled"):
-            st["state"] = "CANCELLED"
+            st["state"] = S.CANCELLED
         elif e.reason:
-            st["state"] = {"LOST": "FAILED", "LAUNCH_FAILED": "FAILED"}.get(e.reason, e.reason)
+            st["state"] = {StepEnd.LOST: S.FAILED, StepEnd.LAUNCH_FAILED: S.FAILED}.get(e.reason, e.reason)
         else:
-            st["state"] = "COMPLETED" if e.exit_code == 0 and e.signal == 0 else "FAILED"
-        if e.reason == "LOST":
+            st["state"] = S.COMPLETED if e.exit_code == 0 and e.signal == 0 else S.FAILED
+        if e.reason == StepEnd.LOST:
             st["reason"] = "Node re-registered but step lost"
+        elif e.reason == StepEnd.LAUNCH_FAILED:
+            st["reason"] = "Launch failed: " + e.detail if e.detail else "Launch failed"
         actions: list[Any] = [ev.Persist(), ev.StepDone(e.step_id, st)]
-        if e.step_id == 1 and j.state in ("RUNNING", "SUSPENDED"):
+        if e.step_id == 1 and j.state in (S.RUNNING, S.SUSPENDED):
             j.exit_code, j.exit_signal = e.exit_code, e.signal
-            if e.reason in ("TIMEOUT", "OUT_OF_MEMORY"):
+            if e.reason in (StepEnd.TIMEOUT, StepEnd.OUT_OF_MEMORY):
                 j.end_reason = e.reason
-            elif e.reason in ("LOST", "LAUNCH_FAILED"):
-                j.end_reason = "FAILED"
-                j.reason = st.get("reason", "Launch failed" if e.reason == "LAUNCH_FAILED" else "")
+            elif e.reason in (StepEnd.LOST, StepEnd.LAUNCH_FAILED):
+                j.end_reason = EndReason.FAILED
+                j.reason = st.get("reason", "")
             actions += self._kill_nodes(j.cancel or {}, cleanup=True)
-        elif e.step_id == 1 and j.state == "COMPLETING":
+        elif e.step_id == 1 and j.state == S.COMPLETING:
             j.exit_code, j.exit_signal = e.exit_code, e.signal
         return actions
 
@@ -151,11 +178,11 @@ class JobMachine:
         j.released.append(e.node)
         actions: list[Any] = [ev.ToScheduler(ev.FreeNode(j.id, e.node))]
         if e.kill_failed:
-            actions.append(ev.ToScheduler(ev.NodeStatus(e.node, drain=True, reason="Kill task failed")))
-        if j.state != "COMPLETING":
+            actions.append(ev.ToScheduler(ev.NodeStatus(e.node, drain=True, reason=NodeReason.KILL_TASK_FAILED)))
+        if j.state != S.COMPLETING:
             # an agent released the job on its own (its steps vanished): end it
-            if j.state in ("RUNNING", "SUSPENDED"):
-                j.end_reason = j.end_reason or "FAILED"
+            if j.state in (S.RUNNING, S.SUSPENDED):
+                j.end_reason = j.end_reason or EndReason.FAILED
                 actions += self._kill_nodes(j.cancel or {}, cleanup=True)
             return actions
         if len(j.released) >= len(j.nodes):
@@ -172,7 +199,7 @@ class JobMachine:
         if e.step_id is not None:
             return self._cancel_step(e)
         if j.state not in CANCELLABLE:
-            if j.state == "COMPLETING" and j.cancel and e.force and not j.cancel.get("force"):
+            if j.state == S.COMPLETING and j.cancel and e.force and not j.cancel.get("force"):
                 j.cancel["force"] = True  # escalate a graceful kill in progress
                 return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
             return []  # duplicate cancel: harmless
@@ -183,12 +210,13 @@ class JobMachine:
         }  # fmt: skip
         if e.reason:
             j.reason = e.reason
-        if j.state == "PENDING":
+        if j.state == S.PENDING:
             j.start_time = j.end_time = now
-            j.state = "COMPLETED" if e.end_state == "FINISHED" else "CANCELLED"
+            j.state = S.COMPLETED if e.end_state == EndState.FINISHED else S.CANCELLED
             return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Terminal()]
-        if e.graceful:
-            return [ev.Persist()]  # running steps finish; no new ones start
+        if e.graceful:  # running steps finish; no new ones start
+            j.reason = PendingReason.CANCEL_PENDING_GRACEFUL
+            return [ev.ToScheduler(ev.Ending(j.id)), ev.Persist()]
         return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
 
     def _signal(self, e: ev.CancelEv) -> list[Any]:
@@ -202,42 +230,74 @@ class JobMachine:
     def _cancel_step(self, e: ev.CancelEv) -> list[Any]:
         j = self.job
         st = j.steps.get(e.step_id or 0)
-        if st is None or st.get("state") != "RUNNING":
+        if st is None or st.get("state") != S.RUNNING:
             return []
         st["cancelled"] = {"by_name": e.by_name, "by_uid": e.by_uid, "message": e.message}
         grace = 0.0 if e.force else (e.grace or 0.0)
         banner = cancel_banner(j, {"by_name": e.by_name, "message": e.message}).replace(
             f"JOB {j.id}", f"STEP {j.id}.{e.step_id}"
         )
-        kill = m.KillJob(j.id, e.step_id, grace, e.force, "CANCELLED", banner)
+        kill = m.KillJob(j.id, e.step_id, grace, e.force, KillReason.CANCELLED, banner)
         return [ev.ToNode(st["node"], kill), ev.Persist()]
 
     @on(ev.ControlEv)
     def _on_ControlEv(self, e: ev.ControlEv, now: float) -> list[Any]:
         j = self.job
-        if e.action == "hold":  # e.rank: an admin hold's rank (a lower one never lowers a hold)
-            if j.state != "PENDING":
+        if e.action == ControlAction.HOLD:  # e.rank: an admin hold's rank (a lower one never lowers a hold)
+            if j.state != S.PENDING:
                 return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not pending"))]
             j.admin_hold = max(e.rank, int(j.admin_hold) if j.held else 0)
-            j.held, j.reason = True, "JobHeldAdmin" if j.admin_hold else "JobHeldUser"
+            j.held, j.reason = True, PendingReason.HELD_ADMIN if j.admin_hold else PendingReason.HELD_USER
             return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
-        if e.action == "release":  # e.rank: the caller's rank; an admin hold needs as much
+        if e.action == ControlAction.RELEASE:  # e.rank: the caller's rank; an admin hold needs as much
             if not j.held:
                 return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is not held"))]
             if int(j.admin_hold) > e.rank:
                 return [ev.Reply(e.reply, m.Error(4, "Permission denied"))]
             j.held, j.admin_hold, j.reason = False, 0, ""
-            return [ev.ToScheduler(ev.Enqueue(j.id)), ev.Persist(), ev.Reply(e.reply, m.Ok())]
-        if e.action in ("suspend", "resume"):
-            want = e.action == "suspend"
-            if j.state != ("RUNNING" if want else "SUSPENDED"):
+            return [ev.ToScheduler(ev.Enqueue(request_of(j))), ev.Persist(), ev.Reply(e.reply, m.Ok())]
+        if e.action in (ControlAction.SUSPEND, ControlAction.RESUME):
+            want = e.action == ControlAction.SUSPEND
+            if j.state != (S.RUNNING if want else S.SUSPENDED):
                 return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}"))]
-            j.state = "SUSPENDED" if want else "RUNNING"
+            j.state = S.SUSPENDED if want else S.RUNNING
             live = [n for n in j.nodes if n not in j.released]
             return [ev.ToNode(n, m.SuspendJob(j.id, want)) for n in live] + [
                 ev.ToScheduler(ev.Suspended(j.id, want)), ev.Persist(), ev.Reply(e.reply, m.Ok())
             ]
         return [ev.Reply(e.reply, m.Error(2, f"unknown action {e.action}"))]
+
+    @on(ev.UpdateEv)
+    def _on_UpdateEv(self, e: ev.UpdateEv, now: float) -> list[Any]:
+        """ccontrol update job (rights checked by the request handler):
+        partition, QoS and priority while pending (the scheduler gets the new
+        request); name and time limit while pending, running or suspended (a
+        live job's new limit goes to its nodes' agents)."""
+        j, f = self.job, e.fields
+        if j.state not in UPDATABLE:
+            return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}: it cannot be updated"))]
+        queued = [k for k in PENDING_ONLY if k in f]
+        if queued and j.state != S.PENDING:
+            what = ", ".join(UPDATE_NAMES[k] for k in queued)
+            return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}: {what} can only be changed while pending"))]
+        if "name" in f:
+            j.name = str(f["name"])
+        if "partition" in f:
+            j.partition = str(f["partition"])
+        if "qos" in f:
+            j.qos = str(f["qos"])
+        if "priority" in f:
+            j.priority = int(f["priority"])
+        actions: list[Any] = []
+        if "time_limit" in f:
+            j.time_limit = None if f["time_limit"] is None else int(f["time_limit"])
+            if j.state != S.PENDING:
+                seconds = j.time_limit or 0
+                actions += [ev.ToNode(n, m.SetTimeLimit(j.id, seconds)) for n in j.nodes if n not in j.released]
+        if j.state == S.PENDING and not j.held and any(k in f for k in RESCHEDULE):
+            # the scheduler sees the new request: out of the queue and back in
+            actions += [ev.ToScheduler(ev.Dequeue(j.id)), ev.ToScheduler(ev.Enqueue(request_of(j)))]
+        return actions + [ev.Persist(), ev.Reply(e.reply, m.Ok())]
 
     @on(ev.SetReason)
     def _on_SetReason(self, e: ev.SetReason, now: float) -> list[Any]:
@@ -252,12 +312,12 @@ class JobMachine:
         if e.node not in j.nodes or e.node in j.released or j.state not in ACTIVE:
             return []
         for st in j.steps.values():
-            if st.get("node") == e.node and st.get("state") == "RUNNING":
-                st.update(state="FAILED", end=now, reason="Node down")
+            if st.get("node") == e.node and st.get("state") == S.RUNNING:
+                st.update(state=S.FAILED, end=now, reason="Node down")
         if not j.cancel:
-            j.end_reason, j.reason = "NODE_FAIL", f"Node {e.node} down"
+            j.end_reason, j.reason = EndReason.NODE_FAIL, f"Node {e.node} down"
         actions: list[Any] = []
-        if j.state != "COMPLETING":
+        if j.state != S.COMPLETING:
             actions += self._kill_nodes(j.cancel or {}, cleanup=True)
         return actions + self.handle(ev.ReleasedEv(e.node), now)
 
@@ -268,11 +328,11 @@ class JobMachine:
         if e.node not in j.nodes or e.node in j.released:
             return []
         actions: list[Any] = []
-        if j.state == "COMPLETING":  # deliver the kill that may have been lost
+        if j.state == S.COMPLETING:  # deliver the kill that may have been lost
             return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel, only=e.node)
         for sid, st in j.steps.items():
-            if st.get("node") == e.node and st.get("state") == "RUNNING" and sid not in e.steps:
-                actions += self.handle(ev.StepEndedEv(e.node, sid, -1, 0, "LOST"), now)
+            if st.get("node") == e.node and st.get("state") == S.RUNNING and sid not in e.steps:
+                actions += self.handle(ev.StepEndedEv(e.node, sid, -1, 0, StepEnd.LOST), now)
         return actions
 
     # ---------------------------------------------------------- helpers
@@ -281,49 +341,55 @@ class JobMachine:
         """Send KillJob to every node not yet released. ``cleanup``: the batch
         step ended by itself; kill leftovers at once and run the epilog."""
         j = self.job
-        j.state = "COMPLETING"
+        ending = [ev.ToScheduler(ev.Ending(j.id))] if j.state != S.COMPLETING else []  # no longer a preemption candidate
+        j.state = S.COMPLETING
         if cleanup:
-            kill = m.KillJob(j.id, None, 0.0, False, "COMPLETED", "", self._epilog_env())
+            kill = m.KillJob(j.id, None, 0.0, False, KillReason.COMPLETED, "", self._epilog_env())
         else:
             force = bool(cancel.get("force"))
             grace = 0.0 if force else float(cancel.get("grace") or 0.0)
-            banner = cancel_banner(j, cancel) if cancel.get("path") != "preemption" else (
-                f"*** JOB {j.id} PREEMPTED: {cancel.get('reason', '')} ***"
-            )
-            kill = m.KillJob(j.id, None, grace, force, "CANCELLED", banner, self._epilog_env())
+            if cancel.get("path") == CancelPath.PREEMPTION:
+                banner = f"*** JOB {j.id} PREEMPTED: {cancel.get('reason', '')} ***"
+            elif cancel.get("requeue"):
+                banner = cancel_banner(j, cancel).replace(" CANCELLED AT ", " REQUEUED AT ", 1)
+            else:
+                banner = cancel_banner(j, cancel)
+            kill = m.KillJob(j.id, None, grace, force, KillReason.CANCELLED, banner, self._epilog_env())
         targets = [n for n in j.nodes if n not in j.released and (only is None or n == only)]
-        return [ev.ToNode(n, kill) for n in targets]
+        return ending + [ev.ToNode(n, kill) for n in targets]
 
     def _epilog_env(self) -> dict[str, str]:
         j = self.job
         return {
             "CRANE_JOB_ID": str(j.id), "CRANE_JOB_USER": j.user, "CRANE_JOB_UID": str(j.uid),
-            "CRANE_JOB_NODELIST": ",".join(j.nodes), "CRANE_JOB_PARTITION": j.partition,
+            "CRANE_JOB_NODELIST": compress_nodes(j.nodes), "CRANE_JOB_PARTITION": j.partition,
         }  # fmt: skip
 
     def final_state(self) -> str:
         j = self.job
         c = j.cancel
+        if c and c.get("graceful") and j.end_reason in (EndReason.TIMEOUT, EndReason.OUT_OF_MEMORY):
+            return j.end_reason  # a graceful cancel let it run: its time limit (or memory) ended it
         if c:
-            return "COMPLETED" if c.get("end_state") == "FINISHED" else "CANCELLED"
-        if j.end_reason in ("TIMEOUT", "OUT_OF_MEMORY"):
+            return S.COMPLETED if c.get("end_state") == EndState.FINISHED else S.CANCELLED
+        if j.end_reason in (EndReason.TIMEOUT, EndReason.OUT_OF_MEMORY):
             return j.end_reason
-        if j.end_reason in ("NODE_FAIL", "FAILED"):
-            return "FAILED"
-        return "COMPLETED" if j.exit_code == 0 and j.exit_signal == 0 else "FAILED"
+        if j.end_reason in (EndReason.NODE_FAIL, EndReason.FAILED):
+            return S.FAILED
+        return S.COMPLETED if j.exit_code == 0 and j.exit_signal == 0 else S.FAILED
 
     def _finish(self, now: float) -> list[Any]:
         j = self.job
         for st in j.steps.values():
-            if st.get("state") == "RUNNING":
-                st.update(state="CANCELLED" if j.cancel else "COMPLETED", end=now)
+            if st.get("state") == S.RUNNING:
+                st.update(state=S.CANCELLED if j.cancel else S.COMPLETED, end=now)
         if j.cancel and j.cancel.get("requeue"):
             j.requeue_count += 1
-            j.state, j.reason = "PENDING", j.cancel.get("reason", "Requeued")
+            j.state, j.reason = S.PENDING, j.cancel.get("reason", "Requeued")
             j.cancel, j.nodes, j.released, j.steps, j.gpu_alloc = None, [], [], {}, {}
             j.start_time = j.end_time = None
-            return [ev.Persist(), ev.ToScheduler(ev.Enqueue(j.id))]
+            return [ev.Persist(), ev.ToScheduler(ev.Enqueue(request_of(j)))]
         j.state, j.end_time = self.final_state(), now
-        if j.state == "TIMEOUT":
-            j.reason = "ExceedTimeLimit"
+        if j.state == S.TIMEOUT:
+            j.reason = PendingReason.EXCEED_TIME_LIMIT
         return [ev.Persist(), ev.Terminal()]

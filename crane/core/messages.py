@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from crane.core.states import EndState, KillReason
+
 PROTOCOL_VERSION = 1  # crane.PROTOCOL_VERSION is the same number
 
 MAX_FRAME = 4 * 1024 * 1024  # bytes; larger frames are refused before decoding
@@ -205,7 +207,7 @@ class Cancel(Message):
     graceful: bool = False
     grace: float | None = None
     message: str = ""
-    end_state: str = "CANCELLED"
+    end_state: str = EndState.CANCELLED
     dry_run: bool = False
 
 
@@ -293,7 +295,8 @@ class StepEnded(Message):
     step_id: int
     exit_code: int
     signal: int = 0
-    reason: str = ""  # "", TIMEOUT, OUT_OF_MEMORY, CANCELLED, LAUNCH_FAILED, LOST
+    reason: str = ""  # a crane.core.states.StepEnd
+    detail: str = ""  # LAUNCH_FAILED: why, in one line (shown as the job's reason)
 
 
 @dataclass(slots=True)
@@ -365,7 +368,7 @@ class KillJob(Message):
     step_id: int | None = None
     grace: float = 0.0
     force: bool = False
-    reason: str = "CANCELLED"
+    reason: str = KillReason.CANCELLED
     banner: str = ""  # last line written to the step's stderr file
     env: dict[str, str] = field(default_factory=dict)  # for the epilog
 
@@ -374,3 +377,13 @@ class KillJob(Message):
 class SuspendJob(Message):
     job_id: int
     suspend: bool  # True: freeze; False: thaw
+
+
+@dataclass(slots=True)
+class SetTimeLimit(Message):
+    """A running job's time limit changed (ccontrol update): the agent
+    re-arms its batch step's timer, ``seconds`` from the step's start
+    (0: unlimited, no timer)."""
+
+    job_id: int
+    seconds: int

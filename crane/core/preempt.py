@@ -1,8 +1,9 @@
 """Victim selection for QoS / partition preemption (SPEC §6).
 
-The scheduler actor calls :func:`plan_preemption` when a pending job cannot be
-placed.  Everything here is pure: the caller passes a snapshot of the node
-ledger and of the running/suspended jobs, plus a predicate saying which jobs
+The scheduling machine (:mod:`crane.core.scheduling`) calls
+:func:`plan_preemption` when a pending job cannot be placed.  Everything
+here is pure: the caller passes a snapshot of the node ledger and of the
+running/suspended jobs, plus a predicate saying which jobs
 the pending job may preempt (QoS ``Preempt`` lists, partition priority tiers,
 ``PreemptExemptTime`` ...).  The result is either a :class:`Plan` (victims to
 cancel, nodes the pending job then gets) or ``None`` -- in which case nothing

@@ -9,6 +9,7 @@ from typing import Any
 
 from crane.core.ids import CANCELLABLE
 from crane.core.job import Job
+from crane.core.states import JobState
 
 FILTER_KEYS = ("name", "user", "account", "partition", "qos", "states", "nodes", "jobs")
 
@@ -107,7 +108,7 @@ def select(
                 continue  # the whole job goes anyway
             else:
                 st = job.steps.get(step_id)
-                if st is None or st.get("state") != "RUNNING":
+                if st is None or st.get("state") != JobState.RUNNING:
                     sel.refused.append((job_id, step_id, "Step not found"))
                 else:
                     sel.steps.append((job, step_id))

@@ -85,8 +85,6 @@ class CancelPath(enum.StrEnum):
     USER = "user"
     ADMIN = "admin"
     PREEMPTION = "preemption"
-    TIMEOUT = "timeout"
-    NODE_FAILURE = "node_failure"
 
 
 class EndState(enum.StrEnum):
@@ -105,6 +103,18 @@ class PendingReason(enum.StrEnum):
     WAITING_FOR_PREEMPTION = "Waiting for preemption"
     HELD_USER = "JobHeldUser"
     HELD_ADMIN = "JobHeldAdmin"
+    EXCEED_TIME_LIMIT = "ExceedTimeLimit"  # shown on a job its time limit ended
+    CANCEL_PENDING_GRACEFUL = "CancelPending(graceful)"  # running steps finish, no new ones start
+
+
+class EndReason(enum.StrEnum):
+    """Why a job's batch step ended, when not by its own exit (``Job.end_reason``)."""
+
+    NONE = ""
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    FAILED = "FAILED"  # lost, launch failed, or released by its agent
 
 
 class NodeState(enum.StrEnum):
@@ -114,6 +124,14 @@ class NodeState(enum.StrEnum):
     IDLE = "IDLE"
     ALLOC = "ALLOC"
     MIX = "MIX"
+
+
+class NodeReason(enum.StrEnum):
+    """Why a node is drained or down, when the controller says so itself."""
+
+    EPILOG_ERROR = "Epilog error"
+    KILL_TASK_FAILED = "Kill task failed"
+    NOT_RESPONDING = "Not responding"
 
 
 class PreemptMode(enum.StrEnum):
@@ -140,3 +158,16 @@ class RegisterRefusal(enum.StrEnum):
 
     UNKNOWN_NODE = "unknown_node"  # not in the configuration: do not retry fast
     REGISTER_AGAIN = "register_again"  # a frame on a route that never registered
+
+
+class ControlAction(enum.StrEnum):
+    """``Control.action`` (what ccontrol sends)."""
+
+    UPDATE_NODE = "update_node"
+    HOLD = "hold"
+    RELEASE = "release"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    REQUEUE = "requeue"
+    UPDATE_JOB = "update_job"
+    RECONFIGURE = "reconfigure"

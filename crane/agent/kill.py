@@ -1,0 +1,149 @@
+"""Ending steps early: a ``KillJob``, a time limit.
+
+A kill of one step (``kill_step``): thaw it if suspended, SIGCONT, then
+SIGTERM and a grace period (``KillJob.grace``: the controller's ``KillWait``,
+or ``ccancel --grace``; 0 with ``--force``), then SIGKILL through the cgroup,
+retried ``KILL_RETRIES`` times until the cgroup is empty. The step's end
+report itself is ``cleanup``'s (the main process's exit, or for an adopted
+step the cgroup emptying).
+
+A kill of the whole job (``kill_job`` with no step) then releases the job on
+this node (``cleanup.release_job``: epilog, ``JobReleased``). If processes
+survived every retry the release says ``kill_failed`` and the controller
+drains the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from crane.agent import as_user, cleanup
+from crane.agent.steprun import StepRun, path_problem
+from crane.core import messages as m
+from crane.core.states import KillReason, StepEnd
+
+if TYPE_CHECKING:
+    from crane.agent.steps import StepManager
+
+log = logging.getLogger("craned.steps")
+
+KILL_RETRIES = 10
+BANNER_TIMEOUT = 5.0  # a banner write that takes longer (a hung file system) is abandoned
+
+
+async def kill_job(sm: StepManager, msg: m.KillJob) -> None:
+    runs = sm.of_job(msg.job_id, msg.step_id)
+    grace = 0.0 if msg.force else msg.grace
+    if msg.banner:
+        await asyncio.gather(*(write_banner(sm, r, msg.banner) for r in runs))
+        runs = [r for r in runs if not r.reported]  # ended while the banner was written
+    # a cancel (or preemption, or time limit) ends the steps CANCELLED; the
+    # rest of a completed job, or an orphan, ends as its processes say
+    reason = StepEnd.CANCELLED if msg.reason == KillReason.CANCELLED else StepEnd.NORMAL
+    log.info("kill job %d step %s: %d steps, grace %.1fs, force %s", msg.job_id,
+             "all" if msg.step_id is None else msg.step_id, len(runs), grace, msg.force)  # fmt: skip
+    results = await asyncio.gather(*(kill_step(sm, r, grace, reason) for r in runs))
+    if msg.step_id is None:
+        await cleanup.release_job(sm, msg, kill_failed=not all(results))
+
+
+async def kill_step(sm: StepManager, run: StepRun, grace: float, reason: StepEnd) -> bool:
+    """SIGCONT, SIGTERM, grace, SIGKILL through the cgroup; retry; True if empty."""
+    if run.killing:
+        if grace == 0:
+            run.cg.kill()  # escalation of a graceful kill in progress
+        await run.done.wait()
+        return True
+    run.killing = True
+    run.kill_reason = reason
+    if run.frozen:
+        run.cg.thaw()
+        run.frozen = False
+    run.cg.signal(signal.SIGCONT)
+    if grace > 0:
+        run.grace_until = time.monotonic() + grace
+        run.cg.signal(signal.SIGTERM)
+        await run.wait_empty(grace)
+    for _ in range(KILL_RETRIES):
+        if run.cg.empty() and run.status is not None:
+            break
+        run.cg.kill()
+        if run.status is None and run.pid:
+            try:  # our own unreaped child: the pid cannot have been reused
+                os.kill(run.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if await run.wait_empty(0.5):
+            break
+    empty = run.cg.empty()
+    if run.adopted or run.pid == 0:
+        if empty:  # no main process of ours to wait for: the empty cgroup is the end
+            cleanup.report(sm, run, reason)
+    else:
+        try:  # the main process's exit reports (cleanup.finish)
+            await asyncio.wait_for(run.done.wait(), 5.0 if empty else 0.1)
+        except TimeoutError:
+            pass
+    return empty
+
+
+def on_time_limit(sm: StepManager, run: StepRun) -> None:
+    """The step's timer (armed by ``launch``)."""
+    if not run.reported and not run.killing:
+        log.info("step %d.%d exceeded its time limit", run.job_id, run.step_id)
+        sm.background(time_out(sm, run))
+
+
+def set_time_limit(sm: StepManager, msg: m.SetTimeLimit) -> None:
+    """The job's time limit changed (``ccontrol update``): re-arm its batch
+    step's timer, ``msg.seconds`` after the step's start (0: no limit). A
+    limit already passed ends the step at once."""
+    for run in sm.of_job(msg.job_id, 1):
+        if run.reported or run.killing:
+            continue
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        run.spec["time_limit"] = msg.seconds or None
+        if msg.seconds > 0:
+            left = max(0.0, run.start + msg.seconds - time.time()) if run.start else float(msg.seconds)
+            run.timer = asyncio.get_running_loop().call_later(left, on_time_limit, sm, run)
+        log.info("step %d.%d: time limit now %s", run.job_id, run.step_id, msg.seconds or "unlimited")
+
+
+async def time_out(sm: StepManager, run: StepRun) -> None:
+    await write_banner(sm, run, f"*** JOB {run.job_id} CANCELLED AT {_now()} DUE TO TIME LIMIT ***")
+    await kill_step(sm, run, 0.0, StepEnd.TIMEOUT)
+
+
+async def write_banner(sm: StepManager, run: StepRun, text: str) -> None:
+    """Append ``text`` to the step's stderr file as the job's owner: the
+    path is the user's, so root never opens it (a symlink or hard link
+    planted there after the launch reaches only what the owner may write)."""
+    spec = run.spec
+    path = spec.get("stderr")
+    if not path or not isinstance(path, str) or "uid" not in spec:
+        return
+    if path_problem({"stderr": path}):
+        log.info("banner of %d.%d not written: relative path %r", run.job_id, run.step_id, path)
+        return
+    who = as_user.owner_of(int(spec["uid"]), int(spec["gid"]), str(spec.get("user") or ""))
+    data = (text + "\n").encode(errors="replace")
+    try:
+        pid = as_user.start(who, lambda: as_user.append(path, data, create=True))
+    except OSError as e:
+        log.warning("cannot write banner to %s: %s", path, e)
+        return
+    status = await cleanup.child_status(sm, pid, BANNER_TIMEOUT)
+    why = "timed out" if status is None else as_user.exit_error(status)
+    if why:
+        log.info("cannot write banner to %s as uid %d: %s", path, who.uid, why)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,178 @@
+"""Starting a step: its cgroup, its state record, its process.
+
+``launch`` handles a ``LaunchStep``: check the paths, create the step's
+cgroup (memory limit, device rules), write the batch script, the step's
+record and an empty exit-status file, then fork the wrapper into the cgroup
+as the job's user (``launcher.spawn``). The agent answers ``StepStarted``,
+or ``StepEnded(LAUNCH_FAILED)`` when any of this fails. A time limit arms a
+timer that ends in ``kill.time_out``.
+
+``adopt`` is the restart path: every step whose cgroup still exists is taken
+back from its record and watched until its cgroup empties
+(``cleanup.watch_adopted``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from crane.agent import cgroup as cgmod
+from crane.agent import cleanup, devices, kill, statedir
+from crane.agent import stream as streams
+from crane.agent.launcher import spawn
+from crane.agent.steprun import (
+    StepRun,
+    detail_line,
+    path_problem,
+    rc_path,
+    read_launch_error,
+    record_path,
+    script_path,
+)
+from crane.core import messages as m
+from crane.core.states import StepEnd
+
+if TYPE_CHECKING:
+    from crane.agent.steps import StepManager
+
+log = logging.getLogger("craned.steps")
+
+# never passed on to a job, whatever the spec says (the agent's own names, past and present)
+INTERNAL_ENV = frozenset({"CRANE_RC_FILE", "CRANE_SCOPE"})
+
+# The step's main process is a shell that runs the command and records its exit
+# status in a file owned by the job's user: a restarted agent (no longer the
+# parent) still learns how an adopted step ended. Signals sent through the
+# cgroup (ccancel --grace's SIGTERM, ccancel -s) reach the wrapper too: it
+# catches every catchable one with a no-op handler (reset to default in the
+# command, unlike an ignore) so that only the command decides what they do;
+# otherwise the wrapper's death would end the step before its grace. The rc
+# file's path is the wrapper's first argument, kept in a shell variable that
+# is not exported: nothing of the agent's own reaches the job's environment.
+_CATCH = " ".join(str(s) for s in range(1, 65) if s not in (9, 17, 18, 19))
+WRAPPER = f'__crane_rc=$1; shift; trap : {_CATCH}; "$@"; rc=$?; echo $rc > "$__crane_rc"; exit $rc'
+
+
+
+def launch(sm: StepManager, msg: m.LaunchStep) -> None:
+    attempt = int(msg.spec.get("attempt") or 0)
+    if sm.is_stale(msg.job_id, msg.step_id, attempt):
+        log.info("launch of %d.%d already done: ignored", msg.job_id, msg.step_id)
+        return
+    sm.launching(msg.job_id, attempt)
+    spec = msg.spec
+    cg = cgmod.StepCgroup(sm.scope, msg.job_id, msg.step_id, sm.mode)
+    run = StepRun(msg.job_id, msg.step_id, spec, cg, start=time.time())
+    sm.add(run)
+    try:
+        run.pid = _start(sm, run)
+    except Exception as e:
+        log.error("launch of %d.%d failed: %s", msg.job_id, msg.step_id, e)
+        run.status = 127 << 8
+        cleanup.report(sm, run, StepEnd.LAUNCH_FAILED, detail_line(str(e)))
+        return
+    sm.children[run.pid] = lambda status, r=run: cleanup.main_exited(sm, r, status)
+    sm.send(m.StepStarted(msg.job_id, msg.step_id, run.pid))
+    if spec.get("time_limit"):
+        loop = asyncio.get_running_loop()
+        run.timer = loop.call_later(float(spec["time_limit"]), kill.on_time_limit, sm, run)
+
+
+def _start(sm: StepManager, run: StepRun) -> int:
+    """Everything a launch does before the step runs; the main process's pid.
+    Raises on any failure (the caller reports LAUNCH_FAILED)."""
+    spec, cg = run.spec, run.cg
+    problem = path_problem(spec)
+    if problem:
+        raise ValueError(problem)
+    cg.create(spec.get("memory") or None)
+    devices.apply(cg, spec)  # before any process joins the cgroup
+    argv = list(spec.get("argv") or [])
+    if spec.get("script"):
+        argv = [_write_script(sm, run.job_id, spec)]
+    save_record(sm, run)
+    rc_file = _new_rc_file(sm, run.job_id, run.step_id, int(spec["uid"]), int(spec["gid"]))
+    env = {k: v for k, v in dict(spec.get("env") or {}).items() if k not in INTERNAL_ENV}
+    which = [s for s in (streams.STDOUT, streams.STDERR) if s in (spec.get("stream") or [])]
+    fds = streams.open_pipes(run.job_id, run.step_id, which)
+    # the child's reason if it fails before exec (an output file it cannot
+    # open, ...): close-on-exec, so end of file means the exec happened
+    err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        pid = spawn(
+            cg, ["/bin/sh", "-c", WRAPPER, "crane-step", rc_file, *argv], uid=int(spec["uid"]),
+            gid=int(spec["gid"]), user=str(spec["user"]), cwd=str(spec.get("cwd") or "/"), env=env,
+            stdout=str(spec.get("stdout") or "/dev/null"), stderr=str(spec.get("stderr") or spec.get("stdout") or "/dev/null"),
+            pipes={s: w for s, (_r, w) in fds.items()}, error_fd=err_w,
+        )  # fmt: skip
+    except BaseException:
+        streams.close_all(fds)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(err_w)
+    run.exec_fd = err_r
+    _watch_exec(run)
+    for s, (r, w) in fds.items():
+        os.close(w)  # the step holds the write ends: EOF once it and its children are gone
+        run.pipes.append(streams.Pipe(run.job_id, run.step_id, s, r, sm.try_send))
+    return pid
+
+
+def _watch_exec(run: StepRun) -> None:
+    """Close the step's exec pipe as soon as it says something (a launch
+    failure, kept for the report) or ends (the exec happened)."""
+    try:
+        asyncio.get_running_loop().add_reader(run.exec_fd, read_launch_error, run)
+    except (RuntimeError, ValueError, OSError):
+        pass  # no loop here (a direct call): main_exited reads it
+
+
+
+def _new_rc_file(sm: StepManager, job_id: int, step_id: int, uid: int, gid: int) -> str:
+    """A new empty file for the wrapper's exit status, owned by the job's
+    owner (the wrapper writes it as the owner) in a directory only the
+    agent writes to."""
+    path = rc_path(sm.state_dir, job_id, step_id)
+    statedir.write_new(path, b"", 0o600, uid, gid)
+    return path
+
+
+def _write_script(sm: StepManager, job_id: int, spec: dict[str, Any]) -> str:
+    """The batch script, readable and executable by its owner (and root) only."""
+    path = script_path(sm.state_dir, job_id)
+    script = spec["script"]
+    if not script.startswith("#!"):
+        script = "#!/bin/sh\n" + script
+    statedir.write_new(path, script.encode(), statedir.SCRIPT_MODE, int(spec["uid"]), int(spec["gid"]))
+    return path
+
+
+def save_record(sm: StepManager, run: StepRun) -> None:
+    """The step's record, read back by ``adopt`` after a restart."""
+    body = {"job_id": run.job_id, "step_id": run.step_id, "spec": run.spec, "start": run.start}
+    statedir.replace(record_path(sm.state_dir, run.job_id, run.step_id), json.dumps(body).encode())
+    cleanup.write_users(sm)
+
+
+def adopt(sm: StepManager) -> None:
+    """After a restart: take back every step whose cgroup still exists."""
+    for job_id, step_id in cgmod.existing_steps(sm.scope, sm.mode):
+        try:
+            saved = json.loads(statedir.read(record_path(sm.state_dir, job_id, step_id)))
+            spec, start = saved["spec"], float(saved.get("start") or 0.0)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            spec, start = {}, 0.0
+        if not isinstance(spec, dict):
+            spec = {}
+        cg = cgmod.StepCgroup(sm.scope, job_id, step_id, sm.mode)
+        run = StepRun(job_id, step_id, spec, cg, start=start, adopted=True)
+        sm.add(run)
+        log.info("adopted step %d.%d (%d processes)", job_id, step_id, len(cg.pids()))
+        sm.background(cleanup.watch_adopted(sm, run))
+    cleanup.write_users(sm)

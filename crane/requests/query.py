@@ -1,0 +1,79 @@
+"""QueryJobs (cqueue: active jobs; cacct: finished ones) and QueryNodes
+(cinfo): read-only answers, and the view of a job every CLI shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crane.core import messages as m
+from crane.core import untrusted
+from crane.core.job import Job
+from crane.core.selection import check_filters, matches
+from crane.core.states import JobState
+from crane.permissions import Caller
+from crane.requests.port import ARGS, Reply, RequestPort
+
+PREEMPTED = "Preempted"  # the start of a preempted job's reason ("Preempted by job 12"), kept as it is
+
+
+def handle_jobs(port: RequestPort, caller: Caller, msg: m.QueryJobs, rid: str, reply: Reply) -> None:
+    err = check_filters(msg.filters)
+    f, err = (msg.filters, err) if err else untrusted.bound_filters(msg.filters)
+    if err:
+        reply(m.Error(ARGS, err))
+        return
+    if not msg.history:
+        reasons = port.pending_reasons()
+        reply(m.Ok({"jobs": [job_view(j, scheduler_reason(j, reasons)) for j in port.active_jobs() if matches(j, f)]}))
+        return
+
+    def read() -> None:  # behind the writes queued so far: a job that just ended is there
+        jobs = [Job.from_dict(d) for d in port.store.finished_jobs(f.get("jobs"))]
+        reply(m.Ok({"jobs": [job_view(j) for j in jobs if matches(j, f)]}))
+
+    read_anyway = reply.guard(read)  # a failed write before it: the history on disk is still whole
+    port.store.barrier(read_anyway, lambda _reason: read_anyway())
+
+
+def scheduler_reason(job: Job, reasons: Any) -> str | None:
+    """Why a pending job waits, as the scheduler sees it now; None: the
+    job's own reason (held, preempted, or not pending)."""
+    if job.state == JobState.PENDING and not job.held and not job.reason.startswith(PREEMPTED):
+        return reasons.get(job.id)  # type: ignore[no-any-return]
+    return None
+
+
+def handle_nodes(port: RequestPort, caller: Caller, msg: m.QueryNodes, rid: str, reply: Reply) -> None:
+    cfg = port.cfg
+    parts = [{"name": p.name, "nodes": p.nodes, "priority": p.priority,
+              "default": p.name == cfg.default_partition} for p in cfg.partitions.values()]  # fmt: skip
+    reply(m.Ok({"partitions": parts, "nodes": port.node_snapshot()}))
+
+
+def job_view(job: Job, reason: str | None = None) -> dict[str, Any]:
+    c = job.cancel or {}
+    return {
+        "job_id": job.id, "name": job.name, "user": job.user, "uid": job.uid,
+        "account": job.account, "partition": job.partition, "qos": job.qos,
+        "state": job.state, "reason": reason if reason is not None else job.reason,
+        "nodes": list(job.nodes), "num_nodes": len(job.nodes) or job.nnodes,
+        "cpus": job.cpus, "memory": job.memory, "time_limit": job.time_limit,
+        "submit_time": job.submit_time, "start_time": job.start_time, "end_time": job.end_time,
+        "exit_code": job.exit_code, "exit_signal": job.exit_signal, "priority": job.priority,
+        "steps": [{"step_id": s, **{k: v for k, v in st.items() if k != "cancelled"},
+                   "cancelled_by": (st.get("cancelled") or {}).get("by_name")}
+                  for s, st in sorted(job.steps.items())],
+        "cancelled_by": c.get("by_name"), "cancel_path": c.get("path"),
+        "message": c.get("message", ""), "cancel_time": c.get("time"),
+        "requeue_count": job.requeue_count, "held": job.held, "exclusive": job.exclusive,
+        "gres": gres_request(job.gpus_per_node, job.gpu_type),
+        "gpu_alloc": {n: list(ix) for n, ix in job.gpu_alloc.items()},
+        "stdout": job.stdout, "stderr": job.stderr, "work_dir": job.cwd,
+    }  # fmt: skip
+
+
+def gres_request(gpus: int, gpu_type: str) -> str:
+    """A per-node GPU request as Slurm writes it: "gpu:2", "gpu:a100:2", "" for none."""
+    if not gpus:
+        return ""
+    return f"gpu:{gpu_type}:{gpus}" if gpu_type else f"gpu:{gpus}"

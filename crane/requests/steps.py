@@ -1,0 +1,101 @@
+"""StartStep and WaitStep (crun): a step in a job, its end, and its live
+output (crane.actors.streams) for the crun that waits with ``stream``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from crane import transport
+from crane.core import events as ev
+from crane.core import messages as m
+from crane.core import untrusted
+from crane.core.job import step_answer
+from crane.core.states import JobState
+from crane.permissions import Caller
+from crane.requests.port import ARGS, REFUSED, Reply, RequestPort, own_job
+
+FINAL_RETRY = 60.0  # seconds a streamed step's end waits for room in its crun's queue
+FINAL_PAUSE = 0.1  # seconds between those tries
+BATCH_STEP = 1
+
+
+def handle_start(port: RequestPort, caller: Caller, msg: m.StartStep, rid: str, reply: Reply) -> None:
+    job = own_job(port, caller, msg.job_id, reply, execute=True)
+    if job is None:
+        return
+    if not msg.argv or msg.cpus < 1:
+        reply(m.Error(ARGS, "a command is required"))
+        return
+    err = check_step(msg)
+    if err:
+        reply(m.Error(ARGS, err))
+        return
+    limit = port.cfg.max_step_count
+    if port.step_count(msg.job_id) >= limit:
+        reply(m.Error(ARGS, f"MaxStepCount reached: job {msg.job_id} has {limit} steps"))
+        return
+    stream = [s for s, path in ((1, msg.stdout), (2, msg.stderr)) if msg.stream and not path]
+    step = ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, None, stream, msg.stdout, msg.stderr, cause=reply.cause)
+
+    def answered(result: m.Message) -> None:
+        if isinstance(result, m.Error):  # refused: nothing was written
+            reply(result)
+        else:  # acknowledged means on disk: a step id answered before a crash is known after it
+            reply.after_saved(port, lambda: result, f"step of job {msg.job_id}")
+
+    port.ask_job(msg.job_id, step).add_done_callback(reply.guard(lambda f: answered(f.result())))
+
+
+def check_step(msg: m.StartStep) -> str | None:
+    err = (untrusted.check_argv(msg.argv) or untrusted.check_env(msg.env)
+           or untrusted.check_path("working directory", msg.cwd))  # fmt: skip
+    for what, path in (("--output", msg.stdout), ("--error", msg.stderr)):
+        if path:
+            err = err or untrusted.check_path(what, path)
+            if not err and not os.path.isabs(path):
+                err = f"{what} must be an absolute path"
+    return err
+
+
+def handle_wait(port: RequestPort, caller: Caller, msg: m.WaitStep, rid: str, reply: Reply) -> None:
+    """``stream``: also receive the step's live output (crane.actors.streams):
+    like running code in the job, the owner's and root's alone. The batch
+    step of a pending job may be waited for: crun's own job."""
+    job = own_job(port, caller, msg.job_id, reply, execute=msg.stream)
+    if job is None:
+        return
+    st = port.step(msg.job_id, msg.step_id)
+    pending = msg.step_id == BATCH_STEP and job.state == JobState.PENDING
+    if st is None and not pending:  # never started: waiting would never end
+        reply(m.Error(REFUSED, f"Step {msg.job_id}.{msg.step_id} not found"))
+        return
+    if st is not None and st.get("state") != JobState.RUNNING:
+        reply(m.Ok({"step": step_answer(job, st), "lost": st.get("output_lost", 0)}))
+        return
+    replier = reply.send if msg.stream and isinstance(reply.send, transport.Replier) else None
+
+    def done(step: dict[str, Any]) -> None:
+        answer = m.Ok({"step": step, "lost": step.get("output_lost", 0)})
+        if replier is None:
+            reply(answer)
+        else:  # behind the step's output in the crun's queue
+            reply.answered = True
+            deliver(port, replier, answer, time.monotonic() + FINAL_RETRY)
+
+    err = port.wait_step(caller.uid, msg.job_id, msg.step_id, reply.guard(done), reply.alive)
+    if err:
+        reply(m.Error(ARGS, err))
+    elif replier is not None:
+        port.subscribe_stream(msg.job_id, msg.step_id, replier)
+
+
+def deliver(port: RequestPort, replier: transport.Replier, answer: m.Message, deadline: float) -> None:
+    """The end of a streamed step, behind its output in the crun's queue:
+    when that queue is full (a slow reader) the answer is tried again
+    until it fits, the crun is gone, or ``deadline`` (then the crun asks
+    again and reads the step's end from the history)."""
+    if replier.endpoint.send(replier.identity, answer, replier.rid) or time.monotonic() > deadline or not replier.alive():
+        return
+    port.loop.call_later(FINAL_PAUSE, deliver, port, replier, answer, deadline)

@@ -1,0 +1,213 @@
+"""SubmitJob (cbatch, crun's and calloc's own job): check the spec, the
+partition, the limits and the account; make the jobs; answer their ids once
+they are on disk."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from typing import Any
+
+from crane.core import messages as m
+from crane.core import untrusted
+from crane.core.job import Job
+from crane.core.patterns import expand_known
+from crane.permissions import Caller
+from crane.requests.port import ARGS, Reply, RequestPort
+from crane.requests.query import gres_request
+
+SPEC_KEYS = {
+    "name": str, "partition": str, "qos": str, "account": str, "cpus": int, "memory": int,
+    "nnodes": int, "nodelist": list, "exclusive": bool, "time_limit": int, "script": str,
+    "argv": list, "cwd": str, "env": dict, "stdout": str, "stderr": str, "hold": bool,
+    "gpus_per_node": int, "gpu_type": str, "stream": list,
+}  # fmt: skip
+MAX_GPUS_ASKED = 2**31 - 1  # per node (more than any node has is refused by fits_gpus, naming what nodes have)
+MAX_TIME_LIMIT = 2**31 - 1  # seconds: what every timer downstream can hold
+MAX_REPEAT = 100_000  # jobs per SubmitJob; MaxJobCount and MaxSubmitJobsPerUser bound the total
+
+
+def handle(port: RequestPort, caller: Caller, msg: m.SubmitJob, rid: str, reply: Reply) -> None:
+    cfg, spec = port.cfg, msg.spec
+    if not 1 <= msg.repeat <= MAX_REPEAT:
+        reply(m.Error(ARGS, f"--repeat must be between 1 and {MAX_REPEAT}"))
+        return
+    err = check_spec(spec, cfg)
+    part = spec.get("partition") or cfg.default_partition
+    err = err or fits_partition(spec, cfg, part) or check_limits(port, caller, msg.repeat)
+    if err:
+        reply(m.Error(ARGS, err))
+        return
+    try:
+        account, qos = port.accounts_check_submit(caller, spec, part, msg.repeat)
+    except ValueError as e:
+        reply(m.Error(ARGS, str(e)))
+        return
+    # no -t: the QoS's MaxTimeLimitPerJob is the default (as it is the cap, checked above)
+    time_limit = spec.get("time_limit") if spec.get("time_limit") is not None else port.default_time_limit(qos)
+    nodelist = spec.get("nodelist") or []
+    proto = Job(
+        id=0, name=spec.get("name") or "job", uid=caller.uid, user=caller.name,
+        gid=user_gid(caller.uid), account=account, qos=qos or "", partition=part,
+        cpus=spec.get("cpus") or 1, memory=spec.get("memory") or 0,
+        nnodes=max(spec.get("nnodes") or 1, len(nodelist)), nodelist_req=nodelist,
+        exclusive=bool(spec.get("exclusive")), time_limit=time_limit,
+        gpus_per_node=spec.get("gpus_per_node") or 0, gpu_type=spec.get("gpu_type") or "",
+        cwd=spec.get("cwd") or "/", priority=port.qos_priority(qos),
+        submit_time=time.time(), held=bool(spec.get("hold")),
+    )  # fmt: skip
+    launch = {"script": spec.get("script") or "", "argv": spec.get("argv") or [],
+              "env": spec.get("env") or {}, "stream": spec.get("stream") or []}  # fmt: skip
+    ids = port.take_job_ids(msg.repeat)
+    port.store.put_launch(ids[0], port.store.pack(launch))  # once, shared by every repeat
+    proto_rec = proto.to_dict()
+    proto_rec["launch_id"] = ids[0]
+    out = spec.get("stdout") or os.path.join(proto.cwd, "crane-%j.out")
+    err_out = spec.get("stderr") or out
+    for job_id in ids:
+        proto_rec["id"] = job_id
+        job = Job.from_dict(proto_rec)
+        job.stdout = expand_known(out, job_id, job.name, job.user)  # %N (and %%) at launch: Job.step_spec
+        job.stderr = expand_known(err_out, job_id, job.name, job.user)
+        job.launch = launch
+        port.add_job(job)
+    port.store.put_next_id(ids.stop)
+    port.metrics["jobs_submitted"] += len(ids)
+
+    def committed() -> None:
+        for job_id in ids:  # on disk now: queued jobs need not hold their script and env
+            port.launch_saved(job_id, launch)
+        reply(m.Ok({"job_ids": list(ids)}))
+
+    what = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}-{ids[-1]}"
+    port.store.barrier(reply.guard(committed), reply.unsaved(what))
+
+
+# ---------------------------------------------------------------- checks, in the order above
+
+
+def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
+    for k, v in spec.items():
+        t = SPEC_KEYS.get(k)
+        if t is None:
+            return f"unknown job field {k!r}"
+        if v is None:
+            continue
+        if not isinstance(v, t) or (t is int and isinstance(v, bool)):
+            return f"job field {k} must be {t.__name__}"
+    err = untrusted.check_spec(spec)  # first: the errors below echo names back
+    if err:
+        return err
+    if spec.get("partition") and spec["partition"] not in cfg.partitions:
+        return f"invalid partition: {spec['partition']}"
+    for k in ("cpus", "nnodes"):
+        if k in spec and spec[k] is not None and spec[k] < 1:
+            return f"{k} must be at least 1"
+    if spec.get("memory") is not None and spec["memory"] < 0:
+        return "memory must not be negative"
+    err = check_gpus(spec)
+    if err:
+        return err
+    if spec.get("time_limit") is not None and not 1 <= spec["time_limit"] <= MAX_TIME_LIMIT:
+        return f"time limit must be between 1 and {MAX_TIME_LIMIT} seconds"
+    if not spec.get("script") and not spec.get("argv"):
+        return "a script or a command is required"
+    if any(not isinstance(a, str) for a in spec.get("argv") or []):
+        return "argv must be a list of strings"
+    nodelist = spec.get("nodelist") or []
+    if any(not isinstance(n, str) for n in nodelist):
+        return "nodelist must be a list of node names"
+    for n in nodelist:
+        if n not in cfg.nodes:
+            return f"invalid node name: {n}"
+    if len(set(nodelist)) != len(nodelist):
+        # one node twice was taken twice from its ledger and never given back
+        return "the node list names a node more than once"
+    env = spec.get("env") or {}
+    if any(not isinstance(k, str) or not isinstance(v, str) for k, v in env.items()):
+        return "env must map strings to strings"
+    return check_streams(spec.get("stream"))
+
+
+def check_gpus(spec: dict[str, Any]) -> str | None:
+    gpus, typ = spec.get("gpus_per_node") or 0, spec.get("gpu_type") or ""
+    if not 0 <= gpus <= MAX_GPUS_ASKED:
+        return f"gpus_per_node must be between 0 and {MAX_GPUS_ASKED}"
+    if typ:
+        err = untrusted.check_name("GPU type", typ)
+        if err:
+            return err
+        if any(c in typ for c in " :,="):
+            return f"invalid GPU type: {typ}"
+        if not gpus:
+            return "a GPU type needs a GPU count (gpus_per_node)"
+    return None
+
+
+def check_streams(stream: Any) -> str | None:
+    """The streams sent live to crun: a subset of [1 (stdout), 2 (stderr)]."""
+    if stream is None:
+        return None
+    if not isinstance(stream, list) or len(stream) > 2 or any(s not in (1, 2) or isinstance(s, bool) for s in stream):
+        return "stream must be a list of 1 (stdout) and 2 (stderr)"
+    return None
+
+
+def fits_partition(spec: dict[str, Any], cfg: Any, part: str) -> str | None:
+    p = cfg.partitions[part]
+    nodes = [cfg.nodes[n] for n in p.nodes]
+    nnodes = spec.get("nnodes") or 1
+    if spec.get("nodelist"):
+        if any(n not in p.nodes for n in spec["nodelist"]):
+            return f"requested nodes are not in partition {part}"
+        nnodes = max(nnodes, len(spec["nodelist"]))
+    cpus, mem = spec.get("cpus") or 1, spec.get("memory") or 0
+    big = [n for n in nodes if n.cpus >= cpus and n.memory >= mem]
+    if len(big) < nnodes:
+        return f"Requested node configuration is not available in partition {part}"
+    return fits_gpus(spec, cfg, part, nnodes)
+
+
+def fits_gpus(spec: dict[str, Any], cfg: Any, part: str, nnodes: int) -> str | None:
+    """Refuse a GPU request no node (of the partition, or of ``-w``) can ever
+    satisfy: fewer than ``nnodes`` nodes have that many GPUs of that type."""
+    gpus, typ = spec.get("gpus_per_node") or 0, spec.get("gpu_type") or ""
+    if not gpus:
+        return None
+    cpus, mem = spec.get("cpus") or 1, spec.get("memory") or 0
+    names = [n for n in spec.get("nodelist") or cfg.partitions[part].nodes
+             if cfg.nodes[n].cpus >= cpus and cfg.nodes[n].memory >= mem]  # fmt: skip
+    have = sorted((sum(1 for g in cfg.nodes[n].gpus if not typ or g.type == typ) for n in names), reverse=True)
+    if len(have) >= nnodes and have[nnodes - 1] >= gpus:
+        return None
+    where = f"partition {part}" if not spec.get("nodelist") else "the requested nodes"
+    best = have[0] if have else 0
+    nodes = "" if nnodes == 1 else f" on {nnodes} nodes"
+    return (f"Requested GPUs ({gres_request(gpus, typ)} per node{nodes}) exceed what any node of "
+            f"{where} has ({best})")  # fmt: skip
+
+
+def check_limits(port: RequestPort, caller: Caller, repeat: int) -> str | None:
+    """MaxJobCount (active jobs in the cluster) and MaxSubmitJobsPerUser
+    (active jobs of one user; root is exempt, as from the CLI rate limit:
+    it cannot be the attacker, and ``crane local down`` or an admin's
+    bulk work must not be refused by it). Operators and admins are bound
+    like every other user."""
+    cfg = port.cfg
+    total = port.active_count()
+    if total + repeat > cfg.max_job_count:
+        return (f"MaxJobCount reached: the cluster has {total} active jobs, at most "
+                f"{cfg.max_job_count} (this request adds {repeat})")  # fmt: skip
+    mine = port.active_count(caller.uid)
+    if caller.uid != 0 and mine + repeat > cfg.max_submit_jobs_per_user:
+        return (f"MaxSubmitJobsPerUser reached: user {caller.name} has {mine} active jobs, at most "
+                f"{cfg.max_submit_jobs_per_user} (this request adds {repeat})")  # fmt: skip
+    return None
+
+
+def user_gid(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
