@@ -241,14 +241,6 @@ def parse_gres(key: str, value: Any) -> list[GpuDevice]:
     return gpus
 
 
-def gres_text(types: list[str]) -> str:
-    """GPUs by type, as Slurm prints them: "gpu:2", "gpu:a100:1,gpu:v100:1", "" for none."""
-    counts: dict[str, int] = {}
-    for t in types:
-        counts[t] = counts.get(t, 0) + 1
-    return ",".join(f"gpu:{t}:{n}" if t else f"gpu:{n}" for t, n in counts.items())
-
-
 def find_path(explicit: str | None) -> str:
     return explicit or os.environ.get("CRANE_CONF") or DEFAULT_PATH
 

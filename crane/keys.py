@@ -120,12 +120,28 @@ def node_keys(key_dir: str, node: str) -> tuple[bytes, bytes]:
     return pub, sec
 
 
+def _trusted(path: str, directory: bool) -> None:
+    """ValueError unless ``path`` is the daemon's own (or root's) directory or
+    regular file, not a symlink, writable by nobody else: a key put in
+    agents/ speaks for a node (root's launch orders, forged completions)."""
+    st = os.lstat(path)
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    if not kind_ok or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        raise ValueError(f"refusing agent keys from {path}: not {'a directory' if directory else 'a regular file'} "
+                         "of root's (or this daemon's) that only its owner may write")  # fmt: skip
+
+
 def accepted_agents(key_dir: str) -> dict[str, str]:
-    """z85 public key -> node name, for every key in agents/."""
+    """z85 public key -> node name, for every key in agents/ (ValueError if
+    the directory or a key in it could have been written by someone else)."""
     out = {}
     adir = os.path.join(key_dir, "agents")
+    if os.path.isdir(adir):
+        _trusted(key_dir, directory=True)  # whoever writes it could swap agents/ itself
+        _trusted(adir, directory=True)
     for name in sorted(os.listdir(adir)) if os.path.isdir(adir) else []:
         if name.endswith(".key"):
+            _trusted(os.path.join(adir, name), directory=False)
             pub, _ = zmq.auth.load_certificate(os.path.join(adir, name))
             out[pub.decode("ascii")] = name[: -len(".key")]  # load_certificate gives z85 text
     return out

@@ -93,6 +93,18 @@ def _proc_argv(pid: int) -> list[str] | None:
     return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]] if raw else None
 
 
+def _proc_uids(pid: int) -> set[int] | None:
+    """The real, effective, saved and filesystem uids of ``pid`` (as a set)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return {int(x) for x in line.split()[1:]}
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _socket_inodes(pid: int) -> set[int]:
     out = set()
     try:
@@ -479,6 +491,8 @@ class LocalCluster:
                 return None  # never another user's process
         except OSError:
             return None
+        if _proc_uids(pid) != {os.geteuid()}:
+            return None  # /proc/PID is root's for any non-dumpable or setuid process: its real uid tells
         argv = _proc_argv(pid)
         found = daemon_of(argv) if argv else None
         if found is None:

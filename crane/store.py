@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_end ON jobs(end_time);
 CREATE TABLE IF NOT EXISTS entities (
     kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (kind, name)
@@ -129,9 +130,11 @@ class Store:
         row = self.read.execute("SELECT data FROM launches WHERE id=?", (job_id,)).fetchone()
         return unpack(row[0]) if row else None
 
-    def finished_jobs(self, ids: list[int] | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+    def finished_jobs(self, ids: list[int] | None = None, limit: int = 100_000,
+                      ended_after: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """Finished job records, oldest first: the newest ``limit``, or only
-        ``ids`` (looked up by key, not by reading the whole history)."""
+        ``ids`` (looked up by key, not by reading the whole history); with
+        ``ended_after``, only those that ended then or later (by index)."""
         marks = ",".join("?" * len(ACTIVE_STATES))
         if ids is not None:
             wanted = sorted({i for i in ids if isinstance(i, int) and 0 < i < 2**63})[:limit]
@@ -144,9 +147,10 @@ class Store:
                 )  # fmt: skip
                 out += [unpack(d) for (d,) in rows]
             return out
+        since = "" if ended_after is None else " AND end_time >= ?"
         rows = self.read.execute(
-            f"SELECT data FROM jobs WHERE state NOT IN ({marks}) ORDER BY id DESC LIMIT ?",
-            (*ACTIVE_STATES, limit),
+            f"SELECT data FROM jobs WHERE state NOT IN ({marks}){since} ORDER BY id DESC LIMIT ?",
+            (*ACTIVE_STATES, *(() if ended_after is None else (float(ended_after),)), limit),
         )
         return [unpack(d) for (d,) in rows][::-1]
 

@@ -188,3 +188,24 @@ def _private(path: str) -> bool:
         if not os.stat(p).st_mode & 0o001:
             return True
     return False
+
+
+def acct(c: Cluster, *argv: str) -> None:
+    """One cacctmgr operation (as root), through the CLI's own parser."""
+    from crane.cacctmgr_parse import parse_argv
+    from crane.cli.common import call, load_config
+    from crane.core import messages as m
+
+    call(load_config(c.config_path), m.AcctOp(parse_argv(list(argv))))
+
+
+def clear(c: Cluster) -> None:
+    """Force-cancel every active job and wait until all are gone."""
+    from crane.cli.common import call, load_config
+    from crane.core import messages as m
+
+    cfg = load_config(c.config_path)
+    ids = [j["job_id"] for j in call(cfg, m.QueryJobs({}))["jobs"]]
+    if ids:
+        call(cfg, m.Cancel(ids=[[j, None] for j in ids], force=True))
+        call(cfg, m.WaitJobs(ids), timeout=60)

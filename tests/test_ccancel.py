@@ -23,10 +23,7 @@ from typing import Any
 
 import pytest
 
-from crane.cacctmgr_parse import parse_argv
-from crane.cli.common import call, load_config
-from crane.core import messages as m
-from tests.conftest import BIN, IS_ROOT, Cluster, open_ancestors, pid_alive, wait_for
+from tests.conftest import BIN, IS_ROOT, Cluster, acct, clear, open_ancestors, pid_alive, wait_for
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")
 CANCELLABLE = ["PENDING", "CONFIGURING", "RUNNING", "SUSPENDED"]
@@ -54,10 +51,6 @@ def expect(
         f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
     )
 
-
-def acct(c: Cluster, *argv: str) -> None:
-    """One cacctmgr operation (as root), through the CLI's own parser."""
-    call(load_config(c.config_path), m.AcctOp(parse_argv(list(argv))))
 
 
 def script(c: Cluster, name: str, body: str) -> str:
@@ -119,14 +112,6 @@ def job_cgroups(c: Cluster, node: str, jid: int) -> list[str]:
     rel = f"crane/{c.config()['ClusterName']}/{node}/job_{jid}"
     return [p for p in (os.path.join(r, rel) for r in cgmod.hierarchy_roots()) if os.path.isdir(p)]
 
-
-def clear(c: Cluster) -> None:
-    """Force-cancel every active job and wait until all are gone."""
-    cfg = load_config(c.config_path)
-    ids = [j["job_id"] for j in call(cfg, m.QueryJobs({}))["jobs"]]
-    if ids:
-        call(cfg, m.Cancel(ids=[[j, None] for j in ids], force=True))
-        call(cfg, m.WaitJobs(ids), timeout=60)
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ def test_failing_handler_answers_the_cli_at_once(broken: Cluster) -> None:
     assert r.returncode == 1, (r.stdout, r.stderr)  # EXIT_INTERNAL (crane/cli/common.py)
     lines = r.stderr.strip().splitlines()
     assert lines == ["cqueue: error: internal error handling QueryJobs: deliberate failure for the test"], r.stderr
+    print(f"failing handler answered in {elapsed:.3f} s")
     assert elapsed < 10, elapsed  # the CLI's own timeout is 30 s: it was answered, not timed out
     # the daemon keeps serving: other requests, and the failing one again
     assert set(broken.nodes_state()) == set(broken.node_names())  # QueryNodes

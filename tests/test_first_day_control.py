@@ -21,25 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from crane.cacctmgr_parse import parse_argv
 from crane.cli.common import CliError, call, load_config
 from crane.core import messages as m
 from crane.core.states import TERMINAL, JobState, NodeReason
 from crane.local import write_new
-from tests.conftest import Cluster, open_ancestors, wait_for
-
-
-def acct(c: Cluster, *argv: str) -> None:
-    """One cacctmgr operation (as root), through the CLI's own parser."""
-    call(load_config(c.config_path), m.AcctOp(parse_argv(list(argv))))
-
-
-def clear(c: Cluster) -> None:
-    cfg = load_config(c.config_path)
-    ids = [j["job_id"] for j in call(cfg, m.QueryJobs({}))["jobs"]]
-    if ids:
-        call(cfg, m.Cancel(ids=[[j, None] for j in ids], force=True))
-        call(cfg, m.WaitJobs(ids), timeout=60)
+from tests.conftest import Cluster, acct, clear, open_ancestors, wait_for
 
 
 @pytest.fixture

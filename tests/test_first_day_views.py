@@ -398,3 +398,32 @@ def test_local_down_stops_what_runs_for_its_dir(make_cluster: Callable[..., Clus
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_cacct_window_start_is_read_by_the_controller(tmp_path: os.PathLike[str]) -> None:
+    """Red team: every cacct made the controller read the whole history; the
+    window's start is now a filter the store applies (jobs_end index)."""
+    import asyncio
+
+    from crane.core.selection import check_filters
+    from crane.store import Store
+
+    assert check_filters({"ended_after": 1.5}) is None
+    assert check_filters({"ended_after": True}) and check_filters({"ended_after": "x"})
+
+    async def scenario() -> None:
+        store = Store(os.path.join(tmp_path, "db", "crane.db"))
+        store.start()
+        try:
+            now = time.time()
+            for job_id, ended in ((1, now - 86400 * 3), (2, now - 60), (3, now)):
+                store.put_job({"id": job_id, "state": "COMPLETED", "uid": 0, "end_time": ended})
+            committed = asyncio.Event()
+            store.barrier(committed.set)
+            await asyncio.wait_for(committed.wait(), 30)
+            assert [r["id"] for r in store.finished_jobs(ended_after=now - 3600)] == [2, 3]
+            assert [r["id"] for r in store.finished_jobs()] == [1, 2, 3]
+        finally:
+            store.stop()
+
+    asyncio.run(scenario())

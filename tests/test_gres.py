@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from crane.config import ConfigError, GpuDevice, gres_text, parse
+from crane.config import ConfigError, GpuDevice, parse
 from crane.core import events as ev
 from crane.core.job import Job
 from crane.core.job_machine import JobMachine
-from crane.core.ledger import NodeLedger, Request, place
+from crane.core.ledger import NodeLedger, Request, gres_text, place
 from crane.core.preempt import Candidate, NodeFree, Want, plan_preemption
 from crane.metrics import gpu_counts
 from crane.requests.query import job_view

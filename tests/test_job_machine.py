@@ -37,7 +37,7 @@ def test_cancel_pending_ends_at_once() -> None:
     assert isinstance(acts[0], ev.ToScheduler) and isinstance(acts[0].msg, ev.Dequeue)
     j = mc.job
     assert j.state == "CANCELLED" and j.start_time == j.end_time == 5.0
-    assert j.cancel is not None and j.cancel["message"] == "bye"
+    assert j.cancel is not None and j.cancel.message == "bye"
 
 
 def test_cancel_running_kills_every_node_then_ends_when_all_released() -> None:
@@ -107,7 +107,7 @@ def test_step_lost_at_reregistration_fails_the_job() -> None:
     mc.handle(ev.Allocated(["n1"], 1), 1.0)
     mc.handle(ev.AgentStepsEv("n1", []), 2.0)
     mc.handle(ev.ReleasedEv("n1"), 3.0)
-    assert mc.job.state == "FAILED" and mc.job.steps[1]["reason"] == "Node re-registered but step lost"
+    assert mc.job.state == "FAILED" and mc.job.steps[1].reason == "Node re-registered but step lost"
 
 
 def _ok(acts: list[object]) -> dict[str, object] | None:
@@ -145,7 +145,7 @@ def test_the_job_record_keeps_a_bounded_step_history() -> None:
     steps = mc.job.steps
     assert 1 in steps and len(steps) <= ENDED_STEPS_KEPT + 2
     assert max(steps) == ENDED_STEPS_KEPT + 51  # the newest are kept
-    assert all(sum(len(a) for a in st["argv"]) <= STEP_ARGV_CHARS for st in steps.values())
+    assert all(sum(len(a) for a in st.argv) <= STEP_ARGV_CHARS for st in steps.values())
 
 
 def test_every_action_carries_the_cause_of_its_event() -> None:
@@ -249,3 +249,78 @@ def test_update_ended_job_is_refused() -> None:
     mc.handle(ev.CancelEv(0, "root"), 1.0)
     acts = mc.handle(ev.UpdateEv({"name": "late"}), 2.0)
     assert kinds(acts) == ["Reply"] and isinstance(acts[0].value, m.Error)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------- the typed record: Step and CancelIntent
+
+
+def test_a_step_round_trips_and_its_dict_holds_only_what_was_set() -> None:
+    from crane.core.job import Step
+
+    st = Step(JobState.RUNNING, "n1", 2.0, 1, ["echo", "hi"])
+    assert st.to_dict() == {"state": "RUNNING", "node": "n1", "start": 2.0, "cpus": 1, "argv": ["echo", "hi"]}
+    st.pid, st.cancelled = 42, {"by_name": "bob", "by_uid": 1001, "message": "m"}
+    st.state, st.end, st.exit_code, st.signal, st.output_lost = JobState.CANCELLED, 3.0, 0, 15, 7
+    d = st.to_dict()
+    assert list(d) == ["state", "node", "start", "cpus", "argv", "pid", "cancelled", "end", "exit_code",
+                       "signal", "output_lost"]  # fmt: skip
+    assert Step.from_dict(d) == st and Step.from_dict(d).to_dict() == d
+
+
+def test_a_cancel_intent_round_trips_with_every_key() -> None:
+    from crane.core.job import CancelIntent
+
+    c = CancelIntent(by_uid=0, by_name="root", path=CancelPath.ADMIN, message="m", time=5.0, force=True,
+                     graceful=False, grace=2.0, end_state="CANCELLED", rid="r1", requeue=False, reason="x")  # fmt: skip
+    d = c.to_dict()
+    assert set(d) == {"by_uid", "by_name", "path", "message", "time", "force", "graceful", "grace",
+                      "end_state", "rid", "requeue", "reason"}  # fmt: skip
+    assert CancelIntent.from_dict(d) == c
+
+
+def test_the_job_record_round_trips_steps_and_cancel_as_plain_dicts() -> None:
+    import json
+
+    from crane.core.job import CancelIntent, Step
+
+    mc = machine(cpus=2)
+    mc.handle(ev.Allocated(["n1"], 2), 1.0)
+    mc.handle(ev.NewStepEv(["sleep", "9"], 1, {}, "/"), 2.0)
+    mc.handle(ev.StepStartedEv("n1", 2, 4321), 2.1)
+    mc.handle(ev.CancelEv(1001, "bob", CancelPath.USER, 2, "one step"), 2.5)
+    mc.handle(ev.StepEndedEv("n1", 2, 0, 15, ""), 3.0)
+    mc.handle(ev.CancelEv(0, "root", CancelPath.ADMIN, None, "bye", grace=1.0), 4.0)
+    rec = mc.job.to_dict()
+    stored = json.loads(json.dumps(rec))  # as the store keeps it: plain data, string keys
+    assert stored["steps"]["2"] == {"state": "CANCELLED", "node": "n1", "start": 2.0, "cpus": 1,
+                                    "argv": ["sleep", "9"], "pid": 4321,
+                                    "cancelled": {"by_name": "bob", "by_uid": 1001, "message": "one step"},
+                                    "end": 3.0, "exit_code": 0, "signal": 15}  # fmt: skip
+    assert stored["cancel"]["by_name"] == "root" and stored["cancel"]["time"] == 4.0
+    back = Job.from_dict(stored)
+    assert isinstance(back.cancel, CancelIntent) and all(isinstance(s, Step) for s in back.steps.values())
+    assert sorted(back.steps) == [1, 2] and back.to_dict() == rec
+    # the loaded job goes on where it stopped: its nodes released, it ends CANCELLED
+    mc2 = JobMachine(back)
+    mc2.handle(ev.ReleasedEv("n1"), 5.0)
+    assert back.state == "CANCELLED" and back.steps[1].state == "CANCELLED" and back.steps[1].end == 5.0
+
+
+def test_an_old_style_record_with_missing_keys_loads() -> None:
+    """Records written before the typed steps (any age): missing keys take
+    their defaults, and the wire view is what it was."""
+    from crane.requests.query import job_view
+
+    old = {"id": 9, "name": "o", "uid": 1000, "user": "alice", "gid": 1000, "account": "A", "qos": "normal",
+           "partition": "CPU", "state": "RUNNING", "nodes": ["n1"],
+           "steps": {"1": {"state": "RUNNING", "node": "n1", "start": 1.0, "cpus": 1, "argv": ["batch"]},
+                     "2": {"state": "COMPLETED", "node": "n1", "start": 2.0, "end": 3.0}},
+           "cancel": {"by_name": "root", "path": "admin", "time": 4.0}}  # fmt: skip
+    j = Job.from_dict(old)
+    assert j.steps[2].cpus == 0 and j.steps[2].argv == [] and j.steps[2].exit_code is None
+    assert j.cancel is not None and j.cancel.by_name == "root" and not j.cancel.force and j.cancel.message == ""
+    view = job_view(j)
+    assert view["cancelled_by"] == "root" and view["cancel_path"] == "admin" and view["message"] == ""
+    assert view["cancel_time"] == 4.0 and view["steps"][0]["step_id"] == 1 and view["steps"][0]["cancelled_by"] is None
+    assert "exit_code" not in view["steps"][1] and "pid" not in view["steps"][1]
+    assert Job.from_dict({**old, "cancel": None, "steps": None}).steps == {}

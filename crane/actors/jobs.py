@@ -25,7 +25,7 @@ from crane.actors.waits import Waits
 from crane.config import NodeConf
 from crane.core import events as ev
 from crane.core import messages as m
-from crane.core.job import Job
+from crane.core.job import Job, Step
 from crane.core.states import TERMINAL, CancelPath, JobState
 from crane.metrics import LatencyHistogram
 from crane.store import Store
@@ -113,14 +113,14 @@ class JobTable:
         conf = self.node_conf.get(node)
         return [[g.index, g.path] for g in conf.gpus if g.path] if conf is not None else []
 
-    def step_done(self, job: Job, step_id: int, step: dict[str, Any]) -> None:
+    def step_done(self, job: Job, step_id: int, step: Step) -> None:
         """Answer whoever waits for the step (crun, ccancel --wait)."""
         from crane.core.job import step_answer
 
         key = (job.id, step_id)
         lost = self.streams.end(key)
         if lost:  # live output its crun could not take: told in the WaitStep answer
-            step["output_lost"] = step.get("output_lost", 0) + lost
+            step.output_lost += lost
         self.waits.fire(key, step_answer(job, step))
 
     def ended(self, job: Job) -> None:
@@ -131,10 +131,11 @@ class JobTable:
         self.recent[job.id] = job.state
         self.metrics[_ENDED_KEY.get(JobState(job.state)) or "jobs_" + job.state.lower()] += 1
         if job.cancel:
-            self.metrics[_PATH_KEY.get(job.cancel.get("path")) or "cancel_path_other"] += 1
-            self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.get("time") or time.time())))
+            self.metrics[_PATH_KEY.get(job.cancel.path) or "cancel_path_other"] += 1
+            self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.time or time.time())))
         for key in self.waits.keys_of_job(job.id):
-            self.waits.fire(key, dict(job.steps.get(key[1], {"state": job.state})))
+            st = job.steps.get(key[1])
+            self.waits.fire(key, st.to_dict() if st is not None else {"state": job.state})
         for key in [k for k in self.streams.subs if k[0] == job.id]:
             self.streams.end(key)
         self._ended.append(job.id)
@@ -175,7 +176,8 @@ class JobTable:
         cancel its step, as its own SIGTERM would (its job, if crun made it)."""
         for job_id, step_id in self.streams.departed():
             actor = self.jobs.get(job_id)
-            running = (actor.job.steps.get(step_id) or {}).get("state") == JobState.RUNNING if actor else False
+            st = actor.job.steps.get(step_id) if actor else None
+            running = st is not None and st.state == JobState.RUNNING
             if actor is None or not (running or (step_id == 1 and actor.job.state == JobState.PENDING)):
                 continue
             log.info("step %d.%d: its crun is gone: cancelled", job_id, step_id)

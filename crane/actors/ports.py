@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from crane.core import messages as m
-from crane.core.job import Job
+from crane.core.job import Job, Step
 
 
 class Mailbox(Protocol):
@@ -46,7 +46,7 @@ class JobPort(Protocol):
 
     def ended(self, job: Job) -> None: ...
 
-    def step_done(self, job: Job, step_id: int, step: dict[str, Any]) -> None: ...
+    def step_done(self, job: Job, step_id: int, step: Step) -> None: ...
 
 
 class NodePort(Protocol):

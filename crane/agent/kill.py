@@ -110,6 +110,12 @@ def set_time_limit(sm: StepManager, msg: m.SetTimeLimit) -> None:
             run.timer.cancel()
             run.timer = None
         run.spec["time_limit"] = msg.seconds or None
+        from crane.agent.launch import save_record  # (launch imports this module)
+
+        try:
+            save_record(sm, run)  # the new limit holds after a restart of the agent too
+        except OSError as e:
+            log.warning("step %d.%d: new time limit not saved: %s", run.job_id, run.step_id, e)
         if msg.seconds > 0:
             left = max(0.0, run.start + msg.seconds - time.time()) if run.start else float(msg.seconds)
             run.timer = asyncio.get_running_loop().call_later(left, on_time_limit, sm, run)

@@ -15,6 +15,7 @@ back from its record and watched until its cgroup empties
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import logging
 import os
@@ -98,8 +99,12 @@ def _start(sm: StepManager, run: StepRun) -> int:
     save_record(sm, run)
     rc_file = _new_rc_file(sm, run.job_id, run.step_id, int(spec["uid"]), int(spec["gid"]))
     env = {k: v for k, v in dict(spec.get("env") or {}).items() if k not in INTERNAL_ENV}
-    which = [s for s in (streams.STDOUT, streams.STDERR) if s in (spec.get("stream") or [])]
+    flags = spec.get("stream") or []
+    tty = streams.PTY in flags
+    which = [s for s in (streams.STDIN, streams.STDOUT, streams.STDERR) if s in flags and not tty]
     fds = streams.open_pipes(run.job_id, run.step_id, which)
+    if tty:
+        fds[streams.PTY] = _open_pty(int(spec["uid"]))
     # the child's reason if it fails before exec (an output file it cannot
     # open, ...): close-on-exec, so end of file means the exec happened
     err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -108,7 +113,7 @@ def _start(sm: StepManager, run: StepRun) -> int:
             cg, ["/bin/sh", "-c", WRAPPER, "crane-step", rc_file, *argv], uid=int(spec["uid"]),
             gid=int(spec["gid"]), user=str(spec["user"]), cwd=str(spec.get("cwd") or "/"), env=env,
             stdout=str(spec.get("stdout") or "/dev/null"), stderr=str(spec.get("stderr") or spec.get("stdout") or "/dev/null"),
-            pipes={s: w for s, (_r, w) in fds.items()}, error_fd=err_w,
+            pipes=_child_ends(fds), error_fd=err_w, tty=tty,
         )  # fmt: skip
     except BaseException:
         streams.close_all(fds)
@@ -119,9 +124,45 @@ def _start(sm: StepManager, run: StepRun) -> int:
     run.exec_fd = err_r
     _watch_exec(run)
     for s, (r, w) in fds.items():
+        if s == streams.STDIN:  # the step holds the read end; we write
+            os.close(r)
+            run.pipes.append(streams.Input(run.job_id, run.step_id, w, sm.try_send))
+            continue
         os.close(w)  # the step holds the write ends: EOF once it and its children are gone
+        if s == streams.PTY:  # the master: output as stream 1, input through a dup of it
+            run.pipes.append(streams.Input(run.job_id, run.step_id, os.dup(r), sm.try_send, tty=True))
+            s = streams.STDOUT
         run.pipes.append(streams.Pipe(run.job_id, run.step_id, s, r, sm.try_send))
     return pid
+
+
+def _open_pty(uid: int) -> tuple[int, int]:
+    """(master, slave) of a new pseudo-terminal for a ``pty`` step, the
+    slave the step owner's (group tty, mode 0620, as a login's)."""
+    master, slave = os.openpty()
+    try:
+        try:
+            tty_gid = grp.getgrnam("tty").gr_gid
+        except KeyError:
+            tty_gid = -1
+        os.fchown(slave, uid, tty_gid)
+        os.fchmod(slave, 0o620)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    return master, slave
+
+
+def _child_ends(fds: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """The fds the step gets as 0, 1, 2 (``launcher.spawn``'s pipes)."""
+    if streams.PTY in fds:
+        slave = fds[streams.PTY][1]
+        return {0: slave, 1: slave, 2: slave}
+    ends = {s: w for s, (_r, w) in fds.items() if s != streams.STDIN}
+    if streams.STDIN in fds:
+        ends[0] = fds[streams.STDIN][0]
+    return ends
 
 
 def _watch_exec(run: StepRun) -> None:
@@ -174,5 +215,12 @@ def adopt(sm: StepManager) -> None:
         run = StepRun(job_id, step_id, spec, cg, start=start, adopted=True)
         sm.add(run)
         log.info("adopted step %d.%d (%d processes)", job_id, step_id, len(cg.pids()))
+        limit = spec.get("time_limit")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 and start > 0:
+            try:  # its time limit still holds (nothing else ends it): what is left of it
+                left = max(0.0, start + limit - time.time())
+                run.timer = asyncio.get_running_loop().call_later(left, kill.on_time_limit, sm, run)
+            except RuntimeError:
+                pass  # no loop here (a direct call)
         sm.background(cleanup.watch_adopted(sm, run))
     cleanup.write_users(sm)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import pwd
 import signal
+import termios
 
 from crane.agent.cgroup import StepCgroup
 
@@ -60,6 +62,7 @@ def spawn(
     stderr: str,
     pipes: dict[int, int] | None = None,
     error_fd: int = -1,
+    tty: bool = False,
 ) -> int:
     """Start ``argv`` in its own session inside ``cg``; returns the pid (== pgid).
 
@@ -70,6 +73,9 @@ def spawn(
     for stdout/stderr instead of the file. ``error_fd``: the write end of a
     close-on-exec pipe on which a child that fails before its exec writes
     why, in one line (``cannot open output file PATH: REASON``).
+    ``pipes[0]``: the read end of the step's stdin pipe (else /dev/null).
+    ``tty``: ``pipes`` 0, 1 and 2 are the slave of the step's pseudo-terminal,
+    made the step's controlling terminal (its session is new).
     """
     if not argv:
         raise ValueError("empty argv")
@@ -105,6 +111,7 @@ def spawn(
             maxfd,
             pipes or {},
             error_fd,
+            tty,
         )
     cg.pgid = pid
     # The child attaches itself too, but only once it is scheduled: attach it
@@ -148,6 +155,7 @@ def _child(
     maxfd: int,
     pipes: dict[int, int],
     error_fd: int,
+    tty: bool = False,
 ) -> None:
     err_fd = 2
     what = "cannot start the step"  # what failed, for error_fd
@@ -172,11 +180,14 @@ def _child(
         else:
             err_fd = out_fd
         what = "cannot set up the step's standard streams"
-        null = os.open(os.devnull, os.O_RDONLY)
+        null = pipes[0] if 0 in pipes else os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         err_fd = 2
+        if tty:
+            what = "cannot set the step's controlling terminal"
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         what = f"cannot change to the working directory {cwd}"
         try:
             os.chdir(cwd)

@@ -18,6 +18,7 @@ import zmq
 from crane import transport
 from crane.agent import cgroup as cgmod
 from crane.agent import kill
+from crane.agent import stream as streams
 from crane.agent.launcher import set_child_subreaper
 from crane.agent.sessions import SessionService
 from crane.agent.statedir import StateDirError
@@ -99,6 +100,8 @@ class Agent:
             self.steps.suspend_job(msg)
         elif isinstance(msg, m.SetTimeLimit):
             kill.set_time_limit(self.steps, msg)
+        elif isinstance(msg, (m.StepInput, m.StepResize)):
+            streams.on_input(msg)  # crun's stdin / terminal size (owner checked by the controller)
         else:
             log.warning("unexpected %s from the controller", msg.TYPE)
 

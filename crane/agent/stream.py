@@ -8,13 +8,25 @@ high-water mark, or the controller is away), the agent stops reading that
 pipe and tries again a little later; the pipe fills and the step's writes
 block. A fast writer is slowed down, never buffered without bound here.
 The agent never runs user code: it only reads bytes from the pipes.
+
+Input (crun's stdin, ``StepInput``): the agent writes it into the step's
+stdin (a pipe, or the master of the step's pseudo-terminal with ``pty``)
+without blocking, holding at most INPUT_LIMIT bytes per step. crun sends
+no more than that ahead of the agent's credit (``StepOutput`` stream 0:
+bytes written so far), so a step that does not read its stdin stops crun's
+reading, not the agent; input beyond the limit (a crun that ignores the
+credit) is dropped and counted in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
+import struct
+import termios
 from collections.abc import Callable
 
 from crane.core import messages as m
@@ -22,7 +34,8 @@ from crane.core import messages as m
 log = logging.getLogger("craned.stream")
 CHUNK = 32 * 1024  # bytes per StepOutput
 RETRY = 0.05  # seconds before a refused send is tried again
-STDOUT, STDERR = 1, 2
+STDIN, STDOUT, STDERR, PTY = 0, 1, 2, 3  # spec["stream"] members
+INPUT_LIMIT = m.INPUT_WINDOW  # bytes of input held per step, at most
 
 
 class Pipe:
@@ -68,7 +81,8 @@ class Pipe:
         except BlockingIOError:
             return
         except OSError as e:
-            log.warning("step %d.%d: read of stream %d failed: %s", self.job_id, self.step_id, self.stream, e)
+            if e.errno != errno.EIO:  # EIO: a pty whose every slave is closed (its end)
+                log.warning("step %d.%d: read of stream %d failed: %s", self.job_id, self.step_id, self.stream, e)
             data = b""
         if not data:
             self.eof = True
@@ -112,6 +126,108 @@ class Pipe:
             self.retry.cancel()
         self.pending = None
         self._close()
+
+
+class Input:
+    """The step's stdin, agent side: the write end of its stdin pipe (or a
+    dup of its pty master), a bounded queue, the credit sent back."""
+
+    def __init__(self, job_id: int, step_id: int, fd: int, send: Callable[[m.Message], bool],
+                 tty: bool = False) -> None:  # fmt: skip
+        self.job_id, self.step_id, self.fd, self.send, self.tty = job_id, step_id, fd, send, tty
+        self.queue = bytearray()
+        self.next_seq = 0
+        self.written = 0  # bytes taken from the queue (written, or dropped after the step closed its stdin)
+        self.dropped = 0  # bytes beyond INPUT_LIMIT
+        self.eof = False
+        self.writing = False
+        self.credit_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+        INPUTS[(job_id, step_id)] = self
+
+    def take(self, msg: m.StepInput) -> None:
+        if self.fd < 0 or msg.seq < self.next_seq or self.eof:
+            return  # gone, sent again, or after the end
+        self.next_seq = msg.seq + 1
+        room = max(INPUT_LIMIT - len(self.queue), 0)
+        if len(msg.data) > room:
+            self.dropped += len(msg.data) - room
+            log.warning("step %d.%d: input beyond %d bytes held: %d bytes dropped",
+                        self.job_id, self.step_id, INPUT_LIMIT, self.dropped)  # fmt: skip
+        self.queue += msg.data[:room]
+        self.eof = msg.eof and not self.tty  # a terminal is not closed: the user types exit or ^D
+        self._write()
+
+    def resize(self, msg: m.StepResize) -> None:
+        if self.tty and self.fd >= 0:
+            try:
+                fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", msg.rows, msg.cols, 0, 0))
+            except OSError as e:
+                log.debug("step %d.%d: resize: %s", self.job_id, self.step_id, e)
+
+    def _write(self) -> None:
+        before = self.written
+        while self.queue and self.fd >= 0:
+            try:
+                n = os.write(self.fd, self.queue[:CHUNK])
+            except BlockingIOError:
+                break
+            except OSError:  # the step closed its stdin (EPIPE) or its terminal is gone
+                n = len(self.queue)
+            del self.queue[:n]
+            self.written += n
+        if self.queue and not self.writing and self.fd >= 0:
+            self.loop.add_writer(self.fd, self._write)
+            self.writing = True
+        elif not self.queue and self.writing:
+            self.loop.remove_writer(self.fd)
+            self.writing = False
+        if self.eof and not self.queue:
+            self._close()
+        if self.written != before:
+            self._credit()
+
+    def _credit(self) -> None:
+        self.credit_timer = None
+        if not self.send(m.StepOutput(self.job_id, self.step_id, STDIN, b"", self.written)):
+            self.credit_timer = self.loop.call_later(RETRY, self._credit)  # the link is full: later
+
+    def _close(self) -> None:
+        if self.writing:
+            self.loop.remove_writer(self.fd)
+            self.writing = False
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+    async def drained(self, timeout: float) -> None:
+        """The step ended: input not yet written is dropped."""
+        self.abort()
+
+    def abort(self) -> None:
+        self._close()
+        if self.credit_timer is not None:
+            self.credit_timer.cancel()
+        INPUTS.pop((self.job_id, self.step_id), None)
+
+
+INPUTS: dict[tuple[int, int], Input] = {}  # this agent's steps that take input
+
+
+def on_input(msg: m.StepInput | m.StepResize) -> None:
+    """A StepInput or StepResize from the controller (its owner checked
+    there): for a step here that takes input, else ignored."""
+    inp = INPUTS.get((msg.job_id, msg.step_id))
+    if inp is None:
+        return
+    if isinstance(msg, m.StepInput):
+        inp.take(msg)
+    else:
+        inp.resize(msg)
 
 
 def open_pipes(job_id: int, step_id: int, which: list[int]) -> dict[int, tuple[int, int]]:

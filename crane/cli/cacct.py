@@ -177,7 +177,7 @@ def parse_when(text: str, now: float) -> float:
         return midnight(now)
     if low == "noon":
         return midnight(now) + 12 * 3600
-    m = re.fullmatch(r"now(?:([+-])([0-9]+)([a-z]*))?", low)
+    m = re.fullmatch(r"now(?:([+-])([0-9]{1,9})([a-z]*))?", low)  # bounded: 10**5000 weeks is no time
     if m:
         if not m.group(1):
             return now
@@ -305,6 +305,8 @@ def command(**o: Any) -> int:
     else:
         layout = default_layout(acct_columns(o["long"], full_state=not plain))
     cfg = load_config(o["config"])
+    if start is not None:  # the controller reads only what ended since (by index), not the whole history
+        filters["ended_after"] = start
     jobs = call(cfg, m.QueryJobs(filters, history=True))["jobs"]
     want_active = o["all_jobs"] or any(JobState(s) in ACTIVE for s in filters.get("states", []))
     if want_active:

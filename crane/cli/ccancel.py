@@ -39,7 +39,7 @@ def ids_from_text(text: str) -> list[str]:
     if body[:1] in ("[", "{"):
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep: not cqueue's output either
             raise CliError("standard input is not valid JSON", EXIT_ARGS) from None
         return _ids_from_json(data)
     return [tok for line in body.splitlines() for tok in line.replace(",", " ").split()]

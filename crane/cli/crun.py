@@ -18,8 +18,17 @@ agent reads the step's pipes, and stops reading while its link to the
 controller is full, which slows the writer down) and
 ``crane.actors.streams`` (the controller relays each chunk at once; a chunk
 this crun's connection cannot take is dropped and counted: crun then prints
-``crun: N bytes of output lost``). Not yet: stdin, ``--pty``, ``-l``,
-multi-node tasks (the step runs on the job's first node).
+``crun: N bytes of output lost``). Not yet: ``-l``, multi-node tasks (the
+step runs on the job's first node).
+
+Input: crun's stdin reaches the step when it is a pipe, a file or a socket
+(a terminal only with ``--pty``), as ``StepInput`` chunks, one at a time and
+never more than ``INPUT_WINDOW`` bytes ahead of the agent's credit
+(``StepOutput`` stream 0): a step that does not read stops crun's reading.
+``--pty``: the step runs on a pseudo-terminal of its own (stdin, stdout and
+stderr; output as stream 1); crun's terminal is raw while it runs (every key,
+^C included, goes to the step) and its size follows (SIGWINCH ->
+``StepResize``).
 """
 
 from __future__ import annotations
@@ -70,13 +79,17 @@ def write_step_output(fd: int, data: bytes) -> bool:
                                 "allow_interspersed_args": False})
 @click.option("-j", "--jobid", type=int, help="the allocation (default: $CRANE_JOB_ID)")
 @click.option("-C", "--config", help="the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
+@click.option("--pty", is_flag=True, help="run the command on a pseudo-terminal (an interactive shell, an editor)")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def command(jobid: int | None, config: str | None, argv: tuple[str, ...], **opts: Any) -> int:
+def command(jobid: int | None, config: str | None, pty: bool, argv: tuple[str, ...], **opts: Any) -> int:
     """Run COMMAND as a step of the current job, or in a new job."""
     from crane.core import messages as m
 
     if opts.get("hold"):
         raise CliError("--hold makes no sense for crun")
+    if pty and (opts.get("output") or opts.get("error")):
+        raise CliError("--pty takes no --output or --error: the terminal is the step's output")
+    stdin = pty or forwards_stdin()
     job_id = jobid or int(os.environ.get("CRANE_JOB_ID", "0") or 0)
     cfg = load_config(config)
     if job_id:
@@ -89,7 +102,8 @@ def command(jobid: int | None, config: str | None, argv: tuple[str, ...], **opts
         for what, value in (("the working directory", cwd), ("--output", out), ("--error", err)):
             check_text(what, value)
         env = dict(os.environ)
-        req = m.StartStep(job_id, list(argv), opts.get("cpus_per_task") or 1, env, cwd, True, out, err)
+        req = m.StartStep(job_id, list(argv), opts.get("cpus_per_task") or 1, env, cwd, True, out, err,
+                          stdin=stdin and not pty, pty=pty)  # fmt: skip
         started: dict[str, Any] = call(cfg, req)
         step_id, own_job = int(started["step_id"]), False
         if os.environ.get("CRUN_VERBOSE"):
@@ -100,12 +114,49 @@ def command(jobid: int | None, config: str | None, argv: tuple[str, ...], **opts
         for s, k in ((1, "stdout"), (2, "stderr")):
             if s in spec["stream"]:
                 spec[k] = os.devnull  # no file: the stream is crun's (a cancel banner goes nowhere)
+        if pty:
+            spec["stream"] = [1, 3]  # the terminal: stdin, stdout, stderr
+        elif stdin:
+            spec["stream"].append(0)
         data = call(cfg, m.SubmitJob(spec), timeout=120)
         job_id, step_id, own_job = int(data["job_ids"][0]), 1, True
         if os.environ.get("CRUN_VERBOSE"):
             print(safe(f"crun: job {job_id} submitted"), file=sys.stderr)
-    done = Follower(cfg, job_id, step_id, own_job).run()
+    follower = Follower(cfg, job_id, step_id, own_job, stdin=stdin, pty=pty)
+    saved = None
+    if pty and os.isatty(0):
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(0)
+        tty.setraw(0, termios.TCSANOW)  # every key goes to the step's terminal, ^C included; typed-ahead kept
+    try:
+        done = follower.run()
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
     return exit_code(job_id, step_id, done)
+
+
+def forwards_stdin() -> bool:
+    """Whether crun's stdin goes to the step (without --pty): a pipe, a
+    file, a socket; not a terminal (use --pty), /dev/null or a closed fd."""
+    import stat
+
+    try:
+        st = os.fstat(0)
+    except OSError:
+        return False
+    if os.isatty(0):
+        return False
+    if stat.S_ISCHR(st.st_mode):
+        try:
+            return os.stat(os.devnull).st_rdev != st.st_rdev
+        except OSError:
+            return False
+    return True
 
 
 def exit_code(job_id: int, step_id: int, done: dict[str, Any]) -> int:
@@ -142,8 +193,11 @@ class Follower:
     writes each chunk to crun's stdout/stderr, and turns crun's signals into
     a SIGINT for the step or a cancel."""
 
-    def __init__(self, cfg: Any, job_id: int, step_id: int, own_job: bool) -> None:
+    def __init__(self, cfg: Any, job_id: int, step_id: int, own_job: bool, stdin: bool = False,
+                 pty: bool = False) -> None:  # fmt: skip
         self.cfg, self.job_id, self.step_id, self.own_job = cfg, job_id, step_id, own_job
+        self.input = Input(job_id, step_id, pty) if stdin else None
+        self.pty = pty
         self.signals: list[tuple[int, float]] = []  # (signal, when it arrived)
         self.last_int = -1e9
         self.cancelled = False
@@ -154,7 +208,10 @@ class Follower:
         self.signals.append((signo, time.monotonic()))
 
     def run(self) -> dict[str, Any]:
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        wanted = [signal.SIGTERM, signal.SIGHUP] + ([signal.SIGWINCH] if self.pty else [signal.SIGINT])
+        if self.input is not None and self.pty:
+            self.input.resize()
+        for s in wanted:
             if signal.getsignal(s) != signal.SIG_IGN:  # e.g. SIGINT of a `crun ... &` in a script
                 signal.signal(s, self._on_signal)
         client = None
@@ -180,6 +237,8 @@ class Follower:
                                 connect_timeout=connect_timeout(self.cfg))
                 self.rid = client.send(m.WaitStep(self.job_id, self.step_id, True))
                 self.asks += 1
+                if self.input is not None:
+                    self.input.inflight = None  # its answer went with the old connection: sent again
                 if old is not None:  # only now: a crun gone for good has its step cancelled
                     old.close()
                 return client
@@ -193,12 +252,20 @@ class Follower:
         from crane.client import MAX_REPLY
         from crane.core import messages as m
 
-        poller = zmq.Poller()
-        poller.register(client.sock, zmq.POLLIN)
         heard = time.monotonic()
+        inp = self.input
         while True:
             self._handle_signals()
-            if not poller.poll(100):
+            poller = zmq.Poller()
+            poller.register(client.sock, zmq.POLLIN)
+            if inp is not None:
+                inp.pump(client)
+                if inp.wants_read():
+                    poller.register(0, zmq.POLLIN)
+            ready = dict(poller.poll(100))
+            if inp is not None and ready.get(0):
+                inp.read()
+            if not ready.get(client.sock):
                 if time.monotonic() - heard > WAIT_REASK:
                     return None
                 continue
@@ -207,9 +274,15 @@ class Follower:
             except m.BadMessage as e:
                 raise CliError(f"bad reply from controller: {e}", EXIT_UNREACHABLE) from None
             heard = time.monotonic()
+            if inp is not None and rid == inp.inflight:
+                inp.answered(msg)
+                continue
             if rid != self.rid:
                 continue  # a liveness probe, or the answer to an earlier subscription
-            if isinstance(msg, m.StepOutput):
+            if isinstance(msg, m.StepOutput) and msg.stream == 0:
+                if inp is not None:  # the agent's credit: bytes written into the step's stdin
+                    inp.acked = max(inp.acked, msg.seq)
+            elif isinstance(msg, m.StepOutput):
                 fd = 1 if msg.stream == 1 else 2
                 if self.open[fd]:
                     self.open[fd] = write_step_output(fd, msg.data)
@@ -240,7 +313,10 @@ class Follower:
     def _handle_signals(self) -> None:
         while self.signals:
             signo, now = self.signals.pop(0)
-            if signo == signal.SIGINT and now - self.last_int > DOUBLE_INT and not self.cancelled:
+            if signo == signal.SIGWINCH:
+                if self.input is not None:
+                    self.input.resize()
+            elif signo == signal.SIGINT and now - self.last_int > DOUBLE_INT and not self.cancelled:
                 self.last_int = now
                 print("crun: interrupt (one more within 1 sec to abort)", file=sys.stderr)
                 self._request(signal.SIGINT)
@@ -268,6 +344,81 @@ class Follower:
                 print(safe(f"crun: cannot cancel: {e}"), file=sys.stderr)
             else:  # not running yet (crun's own job still pending): cancel instead
                 self._cancel()
+
+
+class Input:
+    """crun's stdin to the step: read in chunks, sent one StepInput at a
+    time (the next once it is answered) and never more than INPUT_WINDOW
+    bytes ahead of the agent's credit (StepOutput stream 0); a chunk the
+    controller refuses because the step is not running yet is sent again
+    a little later. With --pty, also the terminal's size (StepResize)."""
+
+    def __init__(self, job_id: int, step_id: int, pty: bool) -> None:
+        from collections import deque
+
+        self.job_id, self.step_id, self.pty = job_id, step_id, pty
+        self.outbox: deque[Any] = deque()
+        self.inflight: int | None = None  # request id of the message sent, unanswered
+        self.retry_at = 0.0
+        self.seq = 0
+        self.sent = 0  # bytes read from stdin
+        self.acked = 0  # bytes the agent wrote into the step's stdin
+        self.open = True
+
+    def wants_read(self) -> bool:
+        from crane.core import messages as m
+
+        return self.open and len(self.outbox) < 4 and self.sent - self.acked <= m.INPUT_WINDOW - m.INPUT_CHUNK
+
+    def read(self) -> None:
+        from crane.core import messages as m
+
+        try:
+            data = os.read(0, m.INPUT_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.open = False
+            if not self.pty:
+                self.outbox.append(m.StepInput(self.job_id, self.step_id, self.seq, b"", True))
+                self.seq += 1
+            return
+        self.sent += len(data)
+        self.outbox.append(m.StepInput(self.job_id, self.step_id, self.seq, data))
+        self.seq += 1
+
+    def resize(self) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        from crane.core import messages as m
+
+        try:
+            rows, cols = struct.unpack("hhhh", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        except OSError:
+            return
+        if rows > 0 and cols > 0:
+            self.outbox.append(m.StepResize(self.job_id, self.step_id, rows, cols))
+
+    def pump(self, client: Any) -> None:
+        if self.inflight is None and self.outbox and time.monotonic() >= self.retry_at:
+            self.inflight = client.send(self.outbox[0])
+
+    def answered(self, msg: Any) -> None:
+        from crane.core import messages as m
+
+        self.inflight = None
+        if isinstance(msg, m.Ok):
+            self.outbox.popleft()
+        elif isinstance(msg, m.Error) and msg.code == 4:  # not running (yet): again a little later
+            self.retry_at = time.monotonic() + 0.2
+        else:
+            print(safe(f"crun: input not sent: {getattr(msg, 'message', msg)}"), file=sys.stderr)
+            self.outbox.clear()
+            self.open = False
 
 
 def main() -> None:

@@ -253,13 +253,26 @@ def parse_format(fmt: str, fields: dict[str, tuple[str, Getter]]) -> list[str | 
                 f'invalid format "{fmt}": unknown field %{letter} (known: {known})', EXIT_ARGS
             )
         header, get = fields[letter]
-        width = int(m.group(3)) if m.group(3) else None
+        width = bounded_width(m.group(3), fmt)
         out.append(Field(header, get, width, right=bool(m.group(1))))
     if pos < len(fmt):
         literal(fmt[pos:])
     if not any(isinstance(p, Field) for p in out):
         raise CliError(f'invalid format "{fmt}": no fields', EXIT_ARGS)
     return out
+
+
+MAX_WIDTH = 4096  # widest column a format may ask for (%4096P)
+
+
+def bounded_width(digits: str, fmt: str) -> int | None:
+    """A format's column width: None if not given; at most MAX_WIDTH (a
+    wider one would make the CLI allocate gigabytes per line)."""
+    if not digits:
+        return None
+    if len(digits) > 6 or int(digits) > MAX_WIDTH:
+        raise CliError(f'invalid format "{fmt[:64]}": a width is at most {MAX_WIDTH}', EXIT_ARGS)
+    return int(digits)
 
 
 _NAMED_RE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9_]*(%-?\.?[0-9]+)?(\s*,\s*[A-Za-z][A-Za-z0-9_]*(%-?\.?[0-9]+)?)*\s*,?\s*$")
@@ -290,7 +303,7 @@ def parse_named_format(fmt: str, fields: dict[str, tuple[str, Getter]]) -> list[
         w = width.lstrip("-.")
         if out:
             out.append(" ")
-        out.append(Field(header, get, int(w) if w else None, right=width.startswith(".")))
+        out.append(Field(header, get, bounded_width(w, fmt), right=width.startswith(".")))
     if not out:
         raise CliError(f'invalid format "{fmt}": no fields', EXIT_ARGS)
     return out

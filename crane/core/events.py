@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crane.core import messages as m
+from crane.core.job import Step
 from crane.core.ledger import Request
 from crane.core.states import CancelPath, EndState
 
@@ -235,4 +236,4 @@ class StepDone(Traced):
     """A step ended: wake whoever waits for it (crun, ccancel --wait)."""
 
     step_id: int
-    step: dict[str, Any]
+    step: Step

@@ -12,6 +12,77 @@ from crane.core.ids import compress_nodes
 from crane.core.ledger import Request
 from crane.core.states import JobState
 
+_STEP_OPTIONAL = ("pid", "cancelled", "end", "exit_code", "signal", "reason")  # in the order they are set
+
+
+@dataclass(slots=True)
+class Step:
+    """One step of a job, as the job record keeps it. ``to_dict`` gives the
+    stored and wire shape: the optional fields appear only once set."""
+
+    state: str = ""  # a JobState (a step's end may be TIMEOUT, OUT_OF_MEMORY...)
+    node: str = ""
+    start: float = 0.0
+    cpus: int = 0
+    argv: list[str] = field(default_factory=list)
+    pid: int | None = None  # once the agent started it
+    end: float | None = None  # once it ended
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None  # why it failed (node down, lost, launch failed)
+    cancelled: dict[str, Any] | None = None  # {"by_name", "by_uid", "message"}: ccancel J.S
+    output_lost: int = 0  # live output its crun could not take
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"state": self.state, "node": self.node, "start": self.start,
+                             "cpus": self.cpus, "argv": self.argv}  # fmt: skip
+        for k in _STEP_OPTIONAL:
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        if self.output_lost:
+            d["output_lost"] = self.output_lost
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Step:
+        """A stored step (any age: missing keys take their defaults)."""
+        known = cls.__dataclass_fields__
+        st = cls(**{k: v for k, v in d.items() if k in known})
+        st.output_lost = int(st.output_lost or 0)
+        return st
+
+
+@dataclass(slots=True)
+class CancelIntent:
+    """Who cancelled a job, when, why and how: the durable cancel intent."""
+
+    by_uid: int | None = None
+    by_name: str | None = None
+    path: str | None = None  # a CancelPath
+    message: str = ""
+    time: float | None = None
+    force: bool = False
+    graceful: bool = False  # running steps finish; no new ones start
+    grace: float | None = None
+    end_state: str | None = None  # an EndState
+    rid: str = ""
+    requeue: bool = False  # preemption in REQUEUE mode
+    reason: str = ""  # shown in cqueue/cacct, e.g. "Preempted by job 12"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(zip(_CANCEL_FIELDS, _get_cancel(self), strict=True))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CancelIntent:
+        """A stored intent (any age: missing keys take their defaults)."""
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+_CANCEL_FIELDS = tuple(CancelIntent.__dataclass_fields__)
+_get_cancel = operator.attrgetter(*_CANCEL_FIELDS)
+
 
 @dataclass(slots=True)
 class Job:
@@ -45,10 +116,10 @@ class Job:
     exit_signal: int = 0
     nodes: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
-    steps: dict[int, dict[str, Any]] = field(default_factory=dict)
+    steps: dict[int, Step] = field(default_factory=dict)
     next_step: int = 2
     end_reason: str = ""  # TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | LOST
-    cancel: dict[str, Any] | None = None  # who/when/why/how: the durable cancel intent
+    cancel: CancelIntent | None = None  # who/when/why/how: the durable cancel intent
     held: bool = False
     admin_hold: int = 0  # 0, or the rank of who held it if not the owner (JobHeldAdmin): 1 coordinator, 2 operator/admin/root
     requeue_count: int = 0
@@ -59,12 +130,19 @@ class Job:
     launch_id: int = 0  # the row holding it: the first job of a --repeat submission
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(zip(_RECORD_FIELDS, _get_record(self), strict=True))
+        """The stored record: plain data (steps and cancel as dicts)."""
+        d = dict(zip(_RECORD_FIELDS, _get_record(self), strict=True))
+        d["steps"] = {k: st.to_dict() for k, st in self.steps.items()}
+        if self.cancel is not None:
+            d["cancel"] = self.cancel.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
-        d["steps"] = {int(k): v for k, v in (d.get("steps") or {}).items()}
+        d["steps"] = {int(k): v if isinstance(v, Step) else Step.from_dict(v) for k, v in (d.get("steps") or {}).items()}
+        c = d.get("cancel")
+        d["cancel"] = CancelIntent.from_dict(c) if isinstance(c, dict) and c else (c or None)
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -154,31 +232,33 @@ def _argv_summary(argv: list[str]) -> list[str]:
     return shown
 
 
-def _prune_ended_steps(steps: dict[int, dict[str, Any]]) -> None:
+def _prune_ended_steps(steps: dict[int, Step]) -> None:
     """Keep the record bounded: every running step, the batch step, and the
     last ENDED_STEPS_KEPT ended ones (each new step persists the record)."""
-    ended = [sid for sid, st in steps.items() if sid != 1 and st.get("state") != JobState.RUNNING]
+    ended = [sid for sid, st in steps.items() if sid != 1 and st.state != JobState.RUNNING]
     for sid in sorted(ended)[: max(len(ended) - ENDED_STEPS_KEPT, 0)]:
         del steps[sid]
 _RECORD_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "launch")
 _get_record = operator.attrgetter(*_RECORD_FIELDS)  # one C call for the whole record
 
 
-def cancel_banner(job: Job, cancel: dict[str, Any]) -> str:
-    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(cancel.get("time", time.time())))
-    text = f"*** JOB {job.id} CANCELLED AT {when} BY {cancel.get('by_name', '?')}"
-    if cancel.get("message"):
-        text += f": {cancel['message']}"
+def cancel_banner(job: Job, by_name: str | None, message: str, when: float | None = None) -> str:
+    """``*** JOB 12 CANCELLED AT <time> BY <who>: <message> ***`` (``when``
+    None: now)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() if when is None else when))
+    text = f"*** JOB {job.id} CANCELLED AT {stamp} BY {'?' if by_name is None else by_name}"
+    if message:
+        text += f": {message}"
     return text + " ***"
 
 
-def step_answer(job: Job, st: dict[str, Any]) -> dict[str, Any]:
+def step_answer(job: Job, st: Step) -> dict[str, Any]:
     """A step's end for its waiter: who cancelled it and why, taken from the
     job's cancel when the whole job was cancelled (ccancel J, a preemption)."""
-    out = dict(st)
-    c = job.cancel or {}
-    if not out.get("cancelled") and c and out.get("state") != JobState.COMPLETED:
-        out["cancelled"] = {"by_name": c.get("by_name"), "message": c.get("message", ""), "path": c.get("path")}
+    out = st.to_dict()
+    c = job.cancel
+    if not st.cancelled and c is not None and st.state != JobState.COMPLETED:
+        out["cancelled"] = {"by_name": c.by_name, "message": c.message, "path": c.path}
     return out
 
 

@@ -21,7 +21,15 @@ from typing import Any
 from crane.core import events as ev
 from crane.core import messages as m
 from crane.core.ids import compress_nodes
-from crane.core.job import Job, _argv_summary, _prune_ended_steps, cancel_banner, request_of
+from crane.core.job import (
+    CancelIntent,
+    Job,
+    Step,
+    _argv_summary,
+    _prune_ended_steps,
+    cancel_banner,
+    request_of,
+)
 from crane.core.states import (
     ACTIVE,
     CANCELLABLE,
@@ -67,7 +75,7 @@ class JobMachine:
                 return []
             return [ev.ToScheduler(ev.Enqueue(request_of(j)))]
         if j.state == S.COMPLETING:  # a cancel or cleanup in flight before a restart: redo it
-            return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel)
+            return self._kill_nodes(j.cancel, cleanup=not j.cancel)
         return []
 
     def handle(self, event: Any, now: float) -> list[Any]:
@@ -95,7 +103,7 @@ class JobMachine:
         j.state, j.reason, j.start_time, j.end_time = S.RUNNING, "", now, None
         j.nodes, j.released, j.cpus = list(e.nodes), [], e.cpus
         j.gpu_alloc = {n: list(ix) for n, ix in e.gpus.items()}
-        j.steps = {1: {"state": S.RUNNING, "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": ["batch"]}}
+        j.steps = {1: Step(S.RUNNING, j.nodes[0], now, e.cpus, ["batch"])}
         j.next_step, j.end_reason, j.exit_code, j.exit_signal = 2, "", 0, 0
         launch = j.launch or {}
         j.launch = None  # a requeue reads it from the store again
@@ -109,13 +117,13 @@ class JobMachine:
         j = self.job
         if j.state != S.RUNNING:
             return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is {j.state}, not running"))]
-        if j.cancel and j.cancel.get("graceful"):
+        if j.cancel and j.cancel.graceful:
             return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is being cancelled: no new steps"))]
         if e.cpus > j.cpus:
             return [ev.Reply(e.reply, m.Error(2, f"step asks {e.cpus} cpus, the job has {j.cpus}"))]
         # steps share the allocation (the batch step, 1, is the job's shell, as
         # in Slurm): the running ones together fit in the job's CPUs
-        busy = sum(int(st.get("cpus") or 0) for sid, st in j.steps.items() if sid != 1 and st.get("state") == S.RUNNING)
+        busy = sum(int(st.cpus or 0) for sid, st in j.steps.items() if sid != 1 and st.state == S.RUNNING)
         if busy + e.cpus > j.cpus:
             free = max(j.cpus - busy, 0)
             return [ev.Reply(e.reply, m.Error(4, f"step asks {e.cpus} cpus, {free} of the job's {j.cpus} are free (running steps hold the rest)"))]
@@ -123,7 +131,7 @@ class JobMachine:
         j.next_step += 1
         shown = _argv_summary(e.argv)  # the record keeps a bounded summary
         _prune_ended_steps(j.steps)
-        j.steps[sid] = {"state": S.RUNNING, "node": j.nodes[0], "start": now, "cpus": e.cpus, "argv": shown}
+        j.steps[sid] = Step(S.RUNNING, j.nodes[0], now, e.cpus, shown)
         spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus, node=j.nodes[0])
         spec["stream"] = list(e.stream)
         spec.update({k: j.output_path(v, j.nodes[0]) for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v})
@@ -137,26 +145,26 @@ class JobMachine:
     def _on_StepStartedEv(self, e: ev.StepStartedEv, now: float) -> list[Any]:
         st = self.job.steps.get(e.step_id)
         if st is not None:
-            st["pid"] = e.pid
+            st.pid = e.pid
         return []
 
     @on(ev.StepEndedEv)
     def _on_StepEndedEv(self, e: ev.StepEndedEv, now: float) -> list[Any]:
         j = self.job
         st = j.steps.get(e.step_id)
-        if st is None or st.get("state") != S.RUNNING:
+        if st is None or st.state != S.RUNNING:
             return []  # duplicate report (e.g. after a re-registration)
-        st.update(end=now, exit_code=e.exit_code, signal=e.signal)
-        if st.get("cancelled"):
-            st["state"] = S.CANCELLED
+        st.end, st.exit_code, st.signal = now, e.exit_code, e.signal
+        if st.cancelled:
+            st.state = S.CANCELLED
         elif e.reason:
-            st["state"] = {StepEnd.LOST: S.FAILED, StepEnd.LAUNCH_FAILED: S.FAILED}.get(e.reason, e.reason)
+            st.state = {StepEnd.LOST: S.FAILED, StepEnd.LAUNCH_FAILED: S.FAILED}.get(e.reason, e.reason)
         else:
-            st["state"] = S.COMPLETED if e.exit_code == 0 and e.signal == 0 else S.FAILED
+            st.state = S.COMPLETED if e.exit_code == 0 and e.signal == 0 else S.FAILED
         if e.reason == StepEnd.LOST:
-            st["reason"] = "Node re-registered but step lost"
+            st.reason = "Node re-registered but step lost"
         elif e.reason == StepEnd.LAUNCH_FAILED:
-            st["reason"] = "Launch failed: " + e.detail if e.detail else "Launch failed"
+            st.reason = "Launch failed: " + e.detail if e.detail else "Launch failed"
         actions: list[Any] = [ev.Persist(), ev.StepDone(e.step_id, st)]
         if e.step_id == 1 and j.state in (S.RUNNING, S.SUSPENDED):
             j.exit_code, j.exit_signal = e.exit_code, e.signal
@@ -164,8 +172,8 @@ class JobMachine:
                 j.end_reason = e.reason
             elif e.reason in (StepEnd.LOST, StepEnd.LAUNCH_FAILED):
                 j.end_reason = EndReason.FAILED
-                j.reason = st.get("reason", "")
-            actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+                j.reason = st.reason or ""
+            actions += self._kill_nodes(j.cancel, cleanup=True)
         elif e.step_id == 1 and j.state == S.COMPLETING:
             j.exit_code, j.exit_signal = e.exit_code, e.signal
         return actions
@@ -183,7 +191,7 @@ class JobMachine:
             # an agent released the job on its own (its steps vanished): end it
             if j.state in (S.RUNNING, S.SUSPENDED):
                 j.end_reason = j.end_reason or EndReason.FAILED
-                actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+                actions += self._kill_nodes(j.cancel, cleanup=True)
             return actions
         if len(j.released) >= len(j.nodes):
             actions += self._finish(now)
@@ -199,15 +207,15 @@ class JobMachine:
         if e.step_id is not None:
             return self._cancel_step(e)
         if j.state not in CANCELLABLE:
-            if j.state == S.COMPLETING and j.cancel and e.force and not j.cancel.get("force"):
-                j.cancel["force"] = True  # escalate a graceful kill in progress
+            if j.state == S.COMPLETING and j.cancel and e.force and not j.cancel.force:
+                j.cancel.force = True  # escalate a graceful kill in progress
                 return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
             return []  # duplicate cancel: harmless
-        j.cancel = {
-            "by_uid": e.by_uid, "by_name": e.by_name, "path": e.path, "message": e.message,
-            "time": now, "force": e.force, "graceful": e.graceful, "grace": e.grace,
-            "end_state": e.end_state, "rid": e.rid, "requeue": e.requeue, "reason": e.reason,
-        }  # fmt: skip
+        j.cancel = CancelIntent(
+            by_uid=e.by_uid, by_name=e.by_name, path=e.path, message=e.message,
+            time=now, force=e.force, graceful=e.graceful, grace=e.grace,
+            end_state=e.end_state, rid=e.rid, requeue=e.requeue, reason=e.reason,
+        )  # fmt: skip
         if e.reason:
             j.reason = e.reason
         if j.state == S.PENDING:
@@ -225,20 +233,20 @@ class JobMachine:
         if e.step_id is None:
             return [ev.ToNode(n, m.SignalJob(j.id, None, e.signal)) for n in j.nodes if n not in j.released]
         st = j.steps[e.step_id]
-        return [ev.ToNode(st["node"], m.SignalJob(j.id, e.step_id, e.signal))]
+        return [ev.ToNode(st.node, m.SignalJob(j.id, e.step_id, e.signal))]
 
     def _cancel_step(self, e: ev.CancelEv) -> list[Any]:
         j = self.job
         st = j.steps.get(e.step_id or 0)
-        if st is None or st.get("state") != S.RUNNING:
+        if st is None or st.state != S.RUNNING:
             return []
-        st["cancelled"] = {"by_name": e.by_name, "by_uid": e.by_uid, "message": e.message}
+        st.cancelled = {"by_name": e.by_name, "by_uid": e.by_uid, "message": e.message}
         grace = 0.0 if e.force else (e.grace or 0.0)
-        banner = cancel_banner(j, {"by_name": e.by_name, "message": e.message}).replace(
+        banner = cancel_banner(j, e.by_name, e.message).replace(
             f"JOB {j.id}", f"STEP {j.id}.{e.step_id}"
         )
         kill = m.KillJob(j.id, e.step_id, grace, e.force, KillReason.CANCELLED, banner)
-        return [ev.ToNode(st["node"], kill), ev.Persist()]
+        return [ev.ToNode(st.node, kill), ev.Persist()]
 
     @on(ev.ControlEv)
     def _on_ControlEv(self, e: ev.ControlEv, now: float) -> list[Any]:
@@ -312,13 +320,13 @@ class JobMachine:
         if e.node not in j.nodes or e.node in j.released or j.state not in ACTIVE:
             return []
         for st in j.steps.values():
-            if st.get("node") == e.node and st.get("state") == S.RUNNING:
-                st.update(state=S.FAILED, end=now, reason="Node down")
+            if st.node == e.node and st.state == S.RUNNING:
+                st.state, st.end, st.reason = S.FAILED, now, "Node down"
         if not j.cancel:
             j.end_reason, j.reason = EndReason.NODE_FAIL, f"Node {e.node} down"
         actions: list[Any] = []
         if j.state != S.COMPLETING:
-            actions += self._kill_nodes(j.cancel or {}, cleanup=True)
+            actions += self._kill_nodes(j.cancel, cleanup=True)
         return actions + self.handle(ev.ReleasedEv(e.node), now)
 
     @on(ev.AgentStepsEv)
@@ -329,15 +337,15 @@ class JobMachine:
             return []
         actions: list[Any] = []
         if j.state == S.COMPLETING:  # deliver the kill that may have been lost
-            return self._kill_nodes(j.cancel or {}, cleanup=not j.cancel, only=e.node)
+            return self._kill_nodes(j.cancel, cleanup=not j.cancel, only=e.node)
         for sid, st in j.steps.items():
-            if st.get("node") == e.node and st.get("state") == S.RUNNING and sid not in e.steps:
+            if st.node == e.node and st.state == S.RUNNING and sid not in e.steps:
                 actions += self.handle(ev.StepEndedEv(e.node, sid, -1, 0, StepEnd.LOST), now)
         return actions
 
     # ---------------------------------------------------------- helpers
 
-    def _kill_nodes(self, cancel: dict[str, Any], cleanup: bool, only: str | None = None) -> list[Any]:
+    def _kill_nodes(self, cancel: CancelIntent | None, cleanup: bool, only: str | None = None) -> list[Any]:
         """Send KillJob to every node not yet released. ``cleanup``: the batch
         step ended by itself; kill leftovers at once and run the epilog."""
         j = self.job
@@ -346,14 +354,15 @@ class JobMachine:
         if cleanup:
             kill = m.KillJob(j.id, None, 0.0, False, KillReason.COMPLETED, "", self._epilog_env())
         else:
-            force = bool(cancel.get("force"))
-            grace = 0.0 if force else float(cancel.get("grace") or 0.0)
-            if cancel.get("path") == CancelPath.PREEMPTION:
-                banner = f"*** JOB {j.id} PREEMPTED: {cancel.get('reason', '')} ***"
-            elif cancel.get("requeue"):
-                banner = cancel_banner(j, cancel).replace(" CANCELLED AT ", " REQUEUED AT ", 1)
+            c = cancel or CancelIntent()
+            force = bool(c.force)
+            grace = 0.0 if force else float(c.grace or 0.0)
+            if c.path == CancelPath.PREEMPTION:
+                banner = f"*** JOB {j.id} PREEMPTED: {c.reason} ***"
             else:
-                banner = cancel_banner(j, cancel)
+                banner = cancel_banner(j, c.by_name, c.message, c.time)
+                if c.requeue:
+                    banner = banner.replace(" CANCELLED AT ", " REQUEUED AT ", 1)
             kill = m.KillJob(j.id, None, grace, force, KillReason.CANCELLED, banner, self._epilog_env())
         targets = [n for n in j.nodes if n not in j.released and (only is None or n == only)]
         return ending + [ev.ToNode(n, kill) for n in targets]
@@ -368,10 +377,10 @@ class JobMachine:
     def final_state(self) -> str:
         j = self.job
         c = j.cancel
-        if c and c.get("graceful") and j.end_reason in (EndReason.TIMEOUT, EndReason.OUT_OF_MEMORY):
+        if c and c.graceful and j.end_reason in (EndReason.TIMEOUT, EndReason.OUT_OF_MEMORY):
             return j.end_reason  # a graceful cancel let it run: its time limit (or memory) ended it
         if c:
-            return S.COMPLETED if c.get("end_state") == EndState.FINISHED else S.CANCELLED
+            return S.COMPLETED if c.end_state == EndState.FINISHED else S.CANCELLED
         if j.end_reason in (EndReason.TIMEOUT, EndReason.OUT_OF_MEMORY):
             return j.end_reason
         if j.end_reason in (EndReason.NODE_FAIL, EndReason.FAILED):
@@ -381,11 +390,11 @@ class JobMachine:
     def _finish(self, now: float) -> list[Any]:
         j = self.job
         for st in j.steps.values():
-            if st.get("state") == S.RUNNING:
-                st.update(state=S.CANCELLED if j.cancel else S.COMPLETED, end=now)
-        if j.cancel and j.cancel.get("requeue"):
+            if st.state == S.RUNNING:
+                st.state, st.end = S.CANCELLED if j.cancel else S.COMPLETED, now
+        if j.cancel and j.cancel.requeue:
             j.requeue_count += 1
-            j.state, j.reason = S.PENDING, j.cancel.get("reason", "Requeued")
+            j.state, j.reason = S.PENDING, j.cancel.reason
             j.cancel, j.nodes, j.released, j.steps, j.gpu_alloc = None, [], [], {}, {}
             j.start_time = j.end_time = None
             return [ev.Persist(), ev.ToScheduler(ev.Enqueue(request_of(j)))]

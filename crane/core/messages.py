@@ -232,6 +232,40 @@ class StartStep(Message):
     stream: bool = False
     stdout: str = ""  # absolute; "" = the stream goes to crun (stream) or the job's file
     stderr: str = ""
+    stdin: bool = False  # crun's stdin reaches the step (StepInput); needs stream
+    pty: bool = False  # the step runs on a pseudo-terminal (stdin, stdout, stderr); needs stream
+
+
+# the bytes of a step's input that may be on their way (sent by crun, not yet
+# written into the step's stdin): crun waits for the agent's credit beyond it
+INPUT_WINDOW = 1024 * 1024
+INPUT_CHUNK = 32 * 1024  # bytes per StepInput at most
+
+
+@dataclass(slots=True)
+class StepInput(Message):
+    """crun -> controller -> the step's agent: bytes for the step's stdin
+    (its owner and root only; the step started with ``stdin`` or ``pty``).
+    ``seq`` counts the chunks from 0 (a chunk sent again is ignored);
+    ``eof``: close the step's stdin once the bytes before are written. The
+    agent's credit comes back as ``StepOutput(stream=0, data=b"", seq=N)``:
+    N bytes written into the step's stdin so far."""
+
+    job_id: int
+    step_id: int
+    seq: int
+    data: bytes = b""
+    eof: bool = False
+
+
+@dataclass(slots=True)
+class StepResize(Message):
+    """crun -> controller -> agent: the terminal size of a ``pty`` step."""
+
+    job_id: int
+    step_id: int
+    rows: int
+    cols: int
 
 
 @dataclass(slots=True)

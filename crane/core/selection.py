@@ -11,7 +11,7 @@ from crane.core.ids import CANCELLABLE
 from crane.core.job import Job
 from crane.core.states import JobState
 
-FILTER_KEYS = ("name", "user", "account", "partition", "qos", "states", "nodes", "jobs")
+FILTER_KEYS = ("name", "user", "account", "partition", "qos", "states", "nodes", "jobs", "ended_after")
 
 
 def check_filters(filters: dict[str, Any]) -> str | None:
@@ -22,6 +22,9 @@ def check_filters(filters: dict[str, Any]) -> str | None:
         if k in ("states", "nodes", "jobs"):
             if not isinstance(v, list):
                 return f"filter {k} must be a list"
+        elif k == "ended_after":  # cacct -S: finished at or after this time (seconds since the epoch)
+            if not isinstance(v, int | float) or isinstance(v, bool) or v != v:
+                return f"filter {k} must be a number"
         elif not isinstance(v, str | int) or isinstance(v, bool):
             return f"filter {k} must be a string"
     return None
@@ -29,6 +32,8 @@ def check_filters(filters: dict[str, Any]) -> str | None:
 
 def matches(job: Job, f: dict[str, Any]) -> bool:
     if "jobs" in f and job.id not in f["jobs"]:
+        return False
+    if "ended_after" in f and job.end_time is not None and job.end_time < f["ended_after"]:
         return False
     if "name" in f and job.name != f["name"]:
         return False
@@ -108,7 +113,7 @@ def select(
                 continue  # the whole job goes anyway
             else:
                 st = job.steps.get(step_id)
-                if st is None or st.get("state") != JobState.RUNNING:
+                if st is None or st.state != JobState.RUNNING:
                     sel.refused.append((job_id, step_id, "Step not found"))
                 else:
                     sel.steps.append((job, step_id))

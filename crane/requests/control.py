@@ -100,8 +100,9 @@ def update_job(port: RequestPort, caller: Caller, job: Job, args: dict[str, Any]
         code, text = err
         reply(m.Error(code, text))
         return
-    if "qos" in fields and "priority" not in fields:
-        fields["priority"] = port.qos_priority(fields["qos"])  # the new QoS's priority, as at submission
+    if "qos" in fields and "priority" not in fields and job.priority == port.qos_priority(job.qos or None):
+        # the new QoS's priority, as at submission; a priority set by hand stays
+        fields["priority"] = port.qos_priority(fields["qos"])
     what = f"the update of job {job.id}"
 
     def answered(result: m.Message) -> None:
@@ -164,7 +165,12 @@ def check_placement(port: RequestPort, job: Job, f: dict[str, Any]) -> tuple[int
         _account, qos = port.acct.check_submit(job.user, job.account, qos, part)
         if "qos" in f and qos is not None:
             mine = sum(1 for j in port.active_jobs() if j.uid == job.uid and j.qos == qos and j.id != job.id)
-            port.acct.qos_limits_check(qos, 0, mine, job.time_limit)
+            # the limit the job will have: the new one if given; an unlimited
+            # job takes the QoS's MaxTimeLimitPerJob, as at submission
+            tl = f["time_limit"] if "time_limit" in f else job.time_limit
+            if tl is None and port.default_time_limit(qos) is not None:
+                tl = f["time_limit"] = port.default_time_limit(qos)
+            port.acct.qos_limits_check(qos, 0, mine, tl)
     except AcctError as e:
         return ARGS, str(e)
     return None

@@ -33,6 +33,8 @@ HANDLERS: dict[type[m.Message], Handler] = {
     m.Control: control.handle,
     m.StartStep: steps.handle_start,
     m.WaitStep: steps.handle_wait,
+    m.StepInput: steps.handle_input,
+    m.StepResize: steps.handle_input,
     m.AcctOp: accounting.handle,
 }
 

@@ -18,7 +18,7 @@ from crane.core import messages as m
 if TYPE_CHECKING:
     from crane.accounts import AccountDB
     from crane.config import Config
-    from crane.core.job import Job
+    from crane.core.job import Job, Step
     from crane.permissions import Caller
 
 log = logging.getLogger("crane.requests")
@@ -43,7 +43,8 @@ class StorePort(Protocol):
 
     def put_entity(self, kind: str, name: str, data: Any | None) -> None: ...
 
-    def finished_jobs(self, ids: list[int] | None = None, limit: int = ...) -> list[dict[str, Any]]: ...
+    def finished_jobs(self, ids: list[int] | None = None, limit: int = ...,
+                      ended_after: float | None = None) -> list[dict[str, Any]]: ...  # fmt: skip
 
     def barrier(self, callback: Callable[[], None], on_error: OnError | None = None) -> None: ...
 
@@ -89,7 +90,7 @@ class RequestPort(Protocol):
 
     def finished_state(self, job_id: int) -> str | None: ...
 
-    def step(self, job_id: int, step_id: int) -> dict[str, Any] | None: ...
+    def step(self, job_id: int, step_id: int) -> Step | None: ...
 
     def step_count(self, job_id: int) -> int: ...
 
@@ -113,6 +114,8 @@ class RequestPort(Protocol):
                   alive: Callable[[], bool] | None = None) -> str | None: ...  # fmt: skip
 
     def subscribe_stream(self, job_id: int, step_id: int, replier: Any) -> None: ...
+
+    def to_node(self, node: str, msg: m.Message) -> None: ...
 
     # -- scheduler and nodes
     def pending_reasons(self) -> Mapping[int, str]: ...

@@ -7,7 +7,7 @@ from typing import Any
 
 from crane.core import messages as m
 from crane.core import untrusted
-from crane.core.job import Job
+from crane.core.job import Job, Step
 from crane.core.selection import check_filters, matches
 from crane.core.states import JobState
 from crane.permissions import Caller
@@ -28,7 +28,7 @@ def handle_jobs(port: RequestPort, caller: Caller, msg: m.QueryJobs, rid: str, r
         return
 
     def read() -> None:  # behind the writes queued so far: a job that just ended is there
-        jobs = [Job.from_dict(d) for d in port.store.finished_jobs(f.get("jobs"))]
+        jobs = [Job.from_dict(d) for d in port.store.finished_jobs(f.get("jobs"), ended_after=f.get("ended_after"))]
         reply(m.Ok({"jobs": [job_view(j) for j in jobs if matches(j, f)]}))
 
     read_anyway = reply.guard(read)  # a failed write before it: the history on disk is still whole
@@ -51,7 +51,7 @@ def handle_nodes(port: RequestPort, caller: Caller, msg: m.QueryNodes, rid: str,
 
 
 def job_view(job: Job, reason: str | None = None) -> dict[str, Any]:
-    c = job.cancel or {}
+    c = job.cancel
     return {
         "job_id": job.id, "name": job.name, "user": job.user, "uid": job.uid,
         "account": job.account, "partition": job.partition, "qos": job.qos,
@@ -60,16 +60,21 @@ def job_view(job: Job, reason: str | None = None) -> dict[str, Any]:
         "cpus": job.cpus, "memory": job.memory, "time_limit": job.time_limit,
         "submit_time": job.submit_time, "start_time": job.start_time, "end_time": job.end_time,
         "exit_code": job.exit_code, "exit_signal": job.exit_signal, "priority": job.priority,
-        "steps": [{"step_id": s, **{k: v for k, v in st.items() if k != "cancelled"},
-                   "cancelled_by": (st.get("cancelled") or {}).get("by_name")}
-                  for s, st in sorted(job.steps.items())],
-        "cancelled_by": c.get("by_name"), "cancel_path": c.get("path"),
-        "message": c.get("message", ""), "cancel_time": c.get("time"),
+        "steps": [step_view(s, st) for s, st in sorted(job.steps.items())],
+        "cancelled_by": c.by_name if c else None, "cancel_path": c.path if c else None,
+        "message": c.message if c else "", "cancel_time": c.time if c else None,
         "requeue_count": job.requeue_count, "held": job.held, "exclusive": job.exclusive,
         "gres": gres_request(job.gpus_per_node, job.gpu_type),
         "gpu_alloc": {n: list(ix) for n, ix in job.gpu_alloc.items()},
         "stdout": job.stdout, "stderr": job.stderr, "work_dir": job.cwd,
     }  # fmt: skip
+
+
+def step_view(step_id: int, st: Step) -> dict[str, Any]:
+    """A step as cqueue/cacct show it: who cancelled it by name only."""
+    d = st.to_dict()
+    d.pop("cancelled", None)
+    return {"step_id": step_id, **d, "cancelled_by": (st.cancelled or {}).get("by_name")}
 
 
 def gres_request(gpus: int, gpu_type: str) -> str:

@@ -16,7 +16,7 @@ from crane.actors.scheduler import Scheduler
 from crane.authority import Authority
 from crane.config import Config
 from crane.core import messages as m
-from crane.core.job import Job
+from crane.core.job import Job, Step
 from crane.permissions import Caller
 from crane.requests.port import REFUSED, OnError
 from crane.store import Store
@@ -86,7 +86,7 @@ class RequestServices:
     def finished_state(self, job_id: int) -> str | None:
         return self.table.finished_state(job_id)
 
-    def step(self, job_id: int, step_id: int) -> dict[str, Any] | None:
+    def step(self, job_id: int, step_id: int) -> Step | None:
         job = self.table.get(job_id)
         return job.steps.get(step_id) if job is not None else None
 
@@ -131,6 +131,9 @@ class RequestServices:
 
     def subscribe_stream(self, job_id: int, step_id: int, replier: Any) -> None:
         self.table.streams.subscribe((job_id, step_id), replier)
+
+    def to_node(self, node: str, msg: m.Message) -> None:
+        self.table.to_node(node, msg)
 
     # -- scheduler and nodes
     def pending_reasons(self) -> Mapping[int, str]:

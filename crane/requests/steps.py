@@ -15,10 +15,13 @@ from crane.core.job import step_answer
 from crane.core.states import JobState
 from crane.permissions import Caller
 from crane.requests.port import ARGS, REFUSED, Reply, RequestPort, own_job
+from crane.requests.submit import expanded_path_problem
 
 FINAL_RETRY = 60.0  # seconds a streamed step's end waits for room in its crun's queue
 FINAL_PAUSE = 0.1  # seconds between those tries
 BATCH_STEP = 1
+# spec["stream"] members (crane.agent.stream): what of the step goes live to and from crun
+STDIN, STDOUT, STDERR, PTY = 0, 1, 2, 3
 
 
 def handle_start(port: RequestPort, caller: Caller, msg: m.StartStep, rid: str, reply: Reply) -> None:
@@ -28,7 +31,7 @@ def handle_start(port: RequestPort, caller: Caller, msg: m.StartStep, rid: str, 
     if not msg.argv or msg.cpus < 1:
         reply(m.Error(ARGS, "a command is required"))
         return
-    err = check_step(msg)
+    err = check_step(msg) or expanded_path_problem(msg.stdout or "", msg.stderr or "", job, port.cfg)
     if err:
         reply(m.Error(ARGS, err))
         return
@@ -37,6 +40,16 @@ def handle_start(port: RequestPort, caller: Caller, msg: m.StartStep, rid: str, 
         reply(m.Error(ARGS, f"MaxStepCount reached: job {msg.job_id} has {limit} steps"))
         return
     stream = [s for s, path in ((1, msg.stdout), (2, msg.stderr)) if msg.stream and not path]
+    if (msg.stdin or msg.pty) and not msg.stream:
+        reply(m.Error(ARGS, "stdin and pty need stream"))
+        return
+    if msg.pty:  # one terminal: stdin, stdout and stderr (output as stream 1)
+        if msg.stdout or msg.stderr:
+            reply(m.Error(ARGS, "--pty takes no --output or --error"))
+            return
+        stream = [STDOUT, PTY]
+    elif msg.stdin:
+        stream.append(STDIN)
     step = ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, None, stream, msg.stdout, msg.stderr, cause=reply.cause)
 
     def answered(result: m.Message) -> None:
@@ -71,8 +84,8 @@ def handle_wait(port: RequestPort, caller: Caller, msg: m.WaitStep, rid: str, re
     if st is None and not pending:  # never started: waiting would never end
         reply(m.Error(REFUSED, f"Step {msg.job_id}.{msg.step_id} not found"))
         return
-    if st is not None and st.get("state") != JobState.RUNNING:
-        reply(m.Ok({"step": step_answer(job, st), "lost": st.get("output_lost", 0)}))
+    if st is not None and st.state != JobState.RUNNING:
+        reply(m.Ok({"step": step_answer(job, st), "lost": st.output_lost}))
         return
     replier = reply.send if msg.stream and isinstance(reply.send, transport.Replier) else None
 
@@ -99,3 +112,25 @@ def deliver(port: RequestPort, replier: transport.Replier, answer: m.Message, de
     if replier.endpoint.send(replier.identity, answer, replier.rid) or time.monotonic() > deadline or not replier.alive():
         return
     port.loop.call_later(FINAL_PAUSE, deliver, port, replier, answer, deadline)
+
+
+def handle_input(port: RequestPort, caller: Caller, msg: m.StepInput | m.StepResize, rid: str, reply: Reply) -> None:
+    """crun's stdin (StepInput) or terminal size (StepResize) for a running
+    step: the job's owner and root only, passed on to the step's node (its
+    agent takes it only for a step started with stdin or pty, and bounds
+    what it holds: crane.agent.stream.Input). Nothing is kept here."""
+    job = own_job(port, caller, msg.job_id, reply, execute=True)
+    if job is None:
+        return
+    st = port.step(msg.job_id, msg.step_id)
+    if st is None or st.state != JobState.RUNNING or not st.node:
+        reply(m.Error(REFUSED, f"Step {msg.job_id}.{msg.step_id} is not running"))
+        return
+    if isinstance(msg, m.StepInput) and (len(msg.data) > m.INPUT_CHUNK or msg.seq < 0):
+        reply(m.Error(ARGS, f"at most {m.INPUT_CHUNK} bytes per StepInput"))
+        return
+    if isinstance(msg, m.StepResize) and not (0 < msg.rows < 2**16 and 0 < msg.cols < 2**16):
+        reply(m.Error(ARGS, "bad terminal size"))
+        return
+    port.to_node(st.node, msg)
+    reply(m.Ok({}))

@@ -11,8 +11,9 @@ from typing import Any
 
 from crane.core import messages as m
 from crane.core import untrusted
+from crane.core.ids import MAX_ID
 from crane.core.job import Job
-from crane.core.patterns import expand_known
+from crane.core.patterns import expand, expand_known, short_node
 from crane.permissions import Caller
 from crane.requests.port import ARGS, Reply, RequestPort
 from crane.requests.query import gres_request
@@ -59,12 +60,16 @@ def handle(port: RequestPort, caller: Caller, msg: m.SubmitJob, rid: str, reply:
     )  # fmt: skip
     launch = {"script": spec.get("script") or "", "argv": spec.get("argv") or [],
               "env": spec.get("env") or {}, "stream": spec.get("stream") or []}  # fmt: skip
+    out = spec.get("stdout") or os.path.join(proto.cwd, "crane-%j.out")
+    err_out = spec.get("stderr") or out
+    err = expanded_path_problem(out, err_out, proto, cfg)
+    if err:
+        reply(m.Error(ARGS, err))
+        return
     ids = port.take_job_ids(msg.repeat)
     port.store.put_launch(ids[0], port.store.pack(launch))  # once, shared by every repeat
     proto_rec = proto.to_dict()
     proto_rec["launch_id"] = ids[0]
-    out = spec.get("stdout") or os.path.join(proto.cwd, "crane-%j.out")
-    err_out = spec.get("stderr") or out
     for job_id in ids:
         proto_rec["id"] = job_id
         job = Job.from_dict(proto_rec)
@@ -85,6 +90,18 @@ def handle(port: RequestPort, caller: Caller, msg: m.SubmitJob, rid: str, reply:
 
 
 # ---------------------------------------------------------------- checks, in the order above
+
+
+def expanded_path_problem(out: str, err_out: str, proto: Job, cfg: Any) -> str | None:
+    """The output paths once their patterns are expanded (the widest job id,
+    the longest node name) stay within PATH_MAX: ``%x`` repeated would
+    otherwise make a 4 KiB pattern hundreds of KiB held for every job."""
+    node = max((short_node(n) for n in cfg.nodes), key=len, default="")
+    for what, pattern in (("output path", out), ("error path", err_out)):
+        full = expand(pattern, MAX_ID, proto.name, proto.user, node)
+        if len(full.encode("utf-8", "surrogatepass")) > untrusted.PATH_MAX:
+            return f"{what} is longer than {untrusted.PATH_MAX} bytes once its patterns are expanded"
+    return None
 
 
 def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
@@ -146,11 +163,14 @@ def check_gpus(spec: dict[str, Any]) -> str | None:
 
 
 def check_streams(stream: Any) -> str | None:
-    """The streams sent live to crun: a subset of [1 (stdout), 2 (stderr)]."""
+    """The streams live to and from crun: a subset of [0 (stdin), 1 (stdout),
+    2 (stderr), 3 (a pseudo-terminal: stdin, stdout and stderr, output as 1)]."""
     if stream is None:
         return None
-    if not isinstance(stream, list) or len(stream) > 2 or any(s not in (1, 2) or isinstance(s, bool) for s in stream):
-        return "stream must be a list of 1 (stdout) and 2 (stderr)"
+    if not isinstance(stream, list) or len(stream) > 4 or any(s not in (0, 1, 2, 3) or isinstance(s, bool) for s in stream):
+        return "stream must be a list of 0 (stdin), 1 (stdout), 2 (stderr) and 3 (pty)"
+    if 3 in stream and 1 not in stream:
+        return "a pty (stream 3) needs stdout (1) streamed"
     return None
 
 
