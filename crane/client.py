@@ -4,6 +4,7 @@ message module, so a CLI starts fast."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -42,6 +43,9 @@ class Unreachable(Exception):
         self.sent = sent
 
 
+_MONITORS = itertools.count()  # this process's monitor endpoints, one per connection
+
+
 class Client:
     """Blocking request/reply to the controller's CLI socket."""
 
@@ -62,10 +66,13 @@ class Client:
             raise Unreachable(f"{address[6:]} does not exist (is cranectld running?)")
         monitor = None
         if connect_timeout is not None and connect_timeout > 0:
+            # a name of our own: pyzmq's default (from the socket's fd) is
+            # "already in use" when a fd is reused before an old monitor is gone
             monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED
                                                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)  # fmt: skip
+                                                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+                                                   addr=f"inproc://crane-monitor-{os.getpid()}-{next(_MONITORS)}")  # fmt: skip
         self.sock.connect(address)
         self._rid = 0
         if monitor is not None:
@@ -73,6 +80,7 @@ class Client:
             try:
                 self._await_connection(monitor, connect_timeout)
             except Unreachable:
+                self.sock.disable_monitor()
                 monitor.close(linger=0)
                 self.sock.close(linger=0)
                 raise

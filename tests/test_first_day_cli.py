@@ -361,3 +361,32 @@ def test_man_page_renders(tmp_path: Any) -> None:
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())
     assert "ccancel - Cancel jobs or steps" in text and "EXIT STATUS" in text and "--graceful" in text.replace("‐", "-")
+
+
+def test_many_connections_in_one_process_never_collide(tmp_path: Any) -> None:
+    """A process making many connections (crun's re-subscriptions, a test
+    harness's threads) must never fail with a ZMQError: pyzmq's default
+    monitor endpoint is named after the socket's fd and is "already in use"
+    when a fd is reused before the old monitor is gone (seen in a standalone
+    loop, suspected in a flaky crash-storm run); the client now names its
+    own. This loop does not reproduce the race on the old code: it guards
+    the behaviour, refused and accepted connections alternating."""
+    import zmq
+
+    from crane.client import Client, Unreachable
+
+    refused = os.path.join(str(tmp_path), "nobody.sock")
+    open(refused, "w").close()  # exists, nobody listens: each connect is refused
+    listening = os.path.join(str(tmp_path), "router.sock")
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"ipc://{listening}")
+    try:
+        for i in range(300):
+            if i % 2:
+                with pytest.raises(Unreachable):
+                    Client(f"ipc://{refused}", 1, connect_timeout=0.01)
+            else:
+                Client(f"ipc://{listening}", 1, connect_timeout=10).close()
+    finally:
+        router.close(linger=0)
