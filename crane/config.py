@@ -155,6 +155,16 @@ def unknown_key(where: str, key: Any, known: Any) -> ConfigError:
     return ConfigError(f"{where}: unknown key{hint}")
 
 
+def check_entry(where: str, entry: Any, required: tuple[str, ...], known: tuple[str, ...], needs: str) -> None:
+    """One list entry (a node, a partition, a GRES): a map holding every key
+    of ``required`` and no key outside ``known``."""
+    if not isinstance(entry, dict) or any(k not in entry for k in required):
+        raise ConfigError(f"{where}: needs {needs}")
+    for k in entry:
+        if k not in known:
+            raise unknown_key(f"{where}.{k}", k, known)
+
+
 def _typed(key: str, value: Any, typ: type) -> Any:
     if typ is bool:
         if isinstance(value, bool):
@@ -201,11 +211,8 @@ def parse_gres(key: str, value: Any) -> list[GpuDevice]:
     seen_paths: set[str] = set()
     for i, entry in enumerate(value):
         where = f"{key}[{i}]"
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ConfigError(f"{where}: needs name and count or DeviceFileList")
-        for k in entry:
-            if k not in ("name", "type", "count", "DeviceFileList"):
-                raise unknown_key(f"{where}.{k}", k, ("name", "type", "count", "DeviceFileList"))
+        check_entry(where, entry, ("name",), ("name", "type", "count", "DeviceFileList"),
+                    "name and count or DeviceFileList")  # fmt: skip
         name = entry["name"]
         if name not in GRES_NAMES:
             raise ConfigError(f"{where}.name: unknown generic resource {name!r} (known: {', '.join(GRES_NAMES)})")
@@ -282,11 +289,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
 
     for i, item in enumerate(raw.get("Nodes") or []):
         where = f"Nodes[{i}]"
-        if not isinstance(item, dict) or "name" not in item:
-            raise ConfigError(f"{where}: needs name, cpu and memory")
-        for k in item:
-            if k not in ("name", "cpu", "memory", "gres"):
-                raise unknown_key(f"{where}.{k}", k, ("name", "cpu", "memory", "gres"))
+        check_entry(where, item, ("name",), ("name", "cpu", "memory", "gres"), "name, cpu and memory")
         try:
             names = expand_nodes(str(item["name"]))
         except ValueError as e:
@@ -306,11 +309,8 @@ def parse(raw: Any, path: str = "<config>") -> Config:
 
     for i, item in enumerate(raw.get("Partitions") or []):
         where = f"Partitions[{i}]"
-        if not isinstance(item, dict) or "name" not in item or "nodes" not in item:
-            raise ConfigError(f"{where}: needs name and nodes")
-        for k in item:
-            if k not in ("name", "nodes", "priority", "GraceTime", "PreemptMode"):
-                raise unknown_key(f"{where}.{k}", k, ("name", "nodes", "priority", "GraceTime", "PreemptMode"))
+        check_entry(where, item, ("name", "nodes"), ("name", "nodes", "priority", "GraceTime", "PreemptMode"),
+                    "name and nodes")  # fmt: skip
         try:
             members = expand_nodes(str(item["nodes"]))
         except ValueError as e:

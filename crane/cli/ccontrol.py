@@ -11,6 +11,7 @@ release, requeue, suspend and resume jobs (SPEC §7), like scontrol::
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -318,17 +319,7 @@ def update_job(cfg: Any, kv: dict[str, str]) -> int:
 
     ids = parse_job_ids(kv["jobid"])
     fields = job_update_fields(kv)
-    code = 0
-    for job_id in ids:
-        try:
-            call(cfg, m.Control("update_job", {"job_id": job_id, **fields}))
-        except CliError as e:
-            text = str(e) if str(job_id) in str(e) else f"Job {job_id}: {e}"
-            if len(ids) == 1:
-                raise CliError(text, e.code) from None
-            print(safe(f"{PROG}: error: {text}"), file=sys.stderr)
-            code = code or e.code
-    return code
+    return each_job(cfg, ids, lambda job_id: m.Control("update_job", {"job_id": job_id, **fields}))
 
 
 def job_action(cfg: Any, action: str, args: list[str]) -> int:
@@ -336,11 +327,16 @@ def job_action(cfg: Any, action: str, args: list[str]) -> int:
 
     if len(args) != 1:
         raise CliError(f"{action}: give one comma-separated list of job ids", EXIT_ARGS)
-    ids = parse_job_ids(args[0])
+    return each_job(cfg, parse_job_ids(args[0]), lambda job_id: m.Control(action, {"job_id": job_id}))
+
+
+def each_job(cfg: Any, ids: list[int], request: Callable[[int], Any]) -> int:
+    """One request per job: a single job's error is the command's error;
+    with several, each failure is a line and the first one's code is the exit code."""
     code = 0
     for job_id in ids:
         try:
-            call(cfg, m.Control(action, {"job_id": job_id}))
+            call(cfg, request(job_id))
         except CliError as e:
             text = str(e) if str(job_id) in str(e) else f"Job {job_id}: {e}"
             if len(ids) == 1:

@@ -5,6 +5,7 @@ id (``Traced``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,24 @@ class Traced:
     (the job actor logs it)."""
 
     cause: int = field(default=0, kw_only=True)
+
+
+Handler = Callable[..., list[Any]]  # (machine, event, ...) -> actions
+
+
+def handler_table() -> tuple[dict[type, Handler], Callable[[type], Callable[[Handler], Handler]]]:
+    """A pure machine's table of one handler per event type (its ``handle``
+    is a dict lookup), and the ``@on(EventType)`` decorator that fills it."""
+    table: dict[type, Handler] = {}
+
+    def on(event_type: type) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            table[event_type] = fn
+            return fn
+
+        return register
+
+    return table, on
 
 
 # ------------------------------------------------------------------ events to a job

@@ -15,7 +15,6 @@ Life of a job::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from crane.core import events as ev
@@ -49,15 +48,7 @@ PENDING_ONLY = ("partition", "qos", "priority")  # fields of a pending job only 
 RESCHEDULE = PENDING_ONLY  # what the scheduler's request holds of these
 UPDATE_NAMES = {"partition": "Partition", "qos": "QOS", "priority": "Priority"}
 
-_HANDLERS: dict[type, Callable[..., list[Any]]] = {}
-
-
-def on(event_type: type) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:
-    def register(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
+_HANDLERS, on = ev.handler_table()  # one handler per event type, filled by @on
 
 
 class JobMachine:

@@ -21,7 +21,7 @@ victims are told to end, SUSPEND victims lend their cpus and memory at once
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,15 +221,7 @@ class Held:
     ending: bool = False  # cancelled or completing: not a candidate any more
 
 
-_HANDLERS: dict[type, Callable[..., list[Any]]] = {}
-
-
-def on(event_type: type) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:
-    def register(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
+_HANDLERS, on = ev.handler_table()  # one handler per event type, filled by @on
 
 
 class SchedulingMachine:
