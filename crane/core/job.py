@@ -128,6 +128,16 @@ class Job:
     # read back when the job is launched: queued jobs stay small.
     launch: dict[str, Any] | None = None
     launch_id: int = 0  # the row holding it: the first job of a --repeat submission
+    # Slurm-compatible submission options (issue 14)
+    array_job_id: int = 0  # an array task: the array's id (its first task's job id); 0: not an array task
+    array_task_id: int | None = None  # an array task: its index
+    array_limit: int = 0  # --array ...%N: at most N tasks of the array run at once (0: no limit)
+    dependency: str = ""  # --dependency, as accepted (afterok:12:13,singleton, ...)
+    signal: str = ""  # --signal [B:]SIG@SECS: signal the job SECS before its time limit
+    open_mode: str = ""  # --open-mode append|truncate ("": append)
+    comment: str = ""  # --comment
+    ntasks: int = 0  # -n/--ntasks (0: one task per node)
+    ntasks_per_node: int = 0  # --ntasks-per-node (0: from ntasks)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored record: plain data (steps and cancel as dicts)."""

@@ -23,6 +23,8 @@ SPEC_KEYS = {
     "nnodes": int, "nodelist": list, "exclusive": bool, "time_limit": int, "script": str,
     "argv": list, "cwd": str, "env": dict, "stdout": str, "stderr": str, "hold": bool,
     "gpus_per_node": int, "gpu_type": str, "stream": list,
+    "array": str, "dependency": str, "signal": str, "open_mode": str, "comment": str,
+    "ntasks": int, "ntasks_per_node": int,
 }  # fmt: skip
 MAX_GPUS_ASKED = 2**31 - 1  # per node (more than any node has is refused by fits_gpus, naming what nodes have)
 MAX_TIME_LIMIT = 2**31 - 1  # seconds: what every timer downstream can hold
@@ -57,6 +59,9 @@ def handle(port: RequestPort, caller: Caller, msg: m.SubmitJob, rid: str, reply:
         gpus_per_node=spec.get("gpus_per_node") or 0, gpu_type=spec.get("gpu_type") or "",
         cwd=spec.get("cwd") or "/", priority=port.qos_priority(qos),
         submit_time=time.time(), held=bool(spec.get("hold")),
+        dependency=spec.get("dependency") or "", signal=spec.get("signal") or "",
+        open_mode=spec.get("open_mode") or "", comment=spec.get("comment") or "",
+        ntasks=spec.get("ntasks") or 0, ntasks_per_node=spec.get("ntasks_per_node") or 0,
     )  # fmt: skip
     launch = {"script": spec.get("script") or "", "argv": spec.get("argv") or [],
               "env": spec.get("env") or {}, "stream": spec.get("stream") or []}  # fmt: skip
