@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from crane.core import patterns
+from crane.core import arrays, patterns
 from crane.core.ids import compress_nodes
 from crane.core.ledger import Request
+from crane.core.slurm_env import slurm_env
 from crane.core.states import JobState
 
 _STEP_OPTIONAL = ("pid", "cancelled", "end", "exit_code", "signal", "reason")  # in the order they are set
@@ -169,6 +170,8 @@ class Job:
             ids = ",".join(map(str, gpus))
             full_env.update(CUDA_VISIBLE_DEVICES=ids, CRANE_GPUS=ids, GPU_DEVICE_ORDINAL=ids)
         full_env.update(self.job_env(step_id, cpus))
+        full_env.update(arrays.array_env(self))
+        full_env.update(slurm_env(full_env, self))
         return {
             "uid": self.uid,
             "gid": self.gid,
