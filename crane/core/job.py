@@ -186,6 +186,8 @@ class Job:
             "cpus": cpus,
             "memory": self.memory,
             "time_limit": self.time_limit if step_id == 1 else None,
+            "signal": self.signal if step_id == 1 else "",  # --signal [B:]SIG@SECS, armed with the time limit
+            "open_mode": self.open_mode,
             "attempt": self.requeue_count,  # a requeued job runs again on a node that released it
             "gpus": gpus,
         }
