@@ -75,6 +75,7 @@ class Config:
     max_submit_jobs_per_user: int = 10_000  # active (pending, running, ...) jobs of one user
     max_waits_per_user: int = 64  # WaitJobs/WaitStep requests one user may have pending
     max_step_count: int = 40_000  # steps of one job (Slurm's MaxStepCount)
+    max_array_size: int = 1001  # --array indices are 0..MaxArraySize-1 (Slurm's MaxArraySize)
     # after a user's last job on a host ends, the agent kills that user's
     # processes outside any job (crane/agent/sweep.py), except these users'
     sweep_strays: bool = True
@@ -134,10 +135,11 @@ _KEYS = {
     "MaxSubmitJobsPerUser": ("max_submit_jobs_per_user", int),
     "MaxWaitsPerUser": ("max_waits_per_user", int),
     "MaxStepCount": ("max_step_count", int),
+    "MaxArraySize": ("max_array_size", int),
     "SweepStrays": ("sweep_strays", bool),
     "SweepMinUid": ("sweep_min_uid", int),
 }
-_AT_LEAST_ONE = ("MaxJobCount", "MaxSubmitJobsPerUser", "MaxWaitsPerUser", "MaxStepCount")
+_AT_LEAST_ONE = ("MaxJobCount", "MaxSubmitJobsPerUser", "MaxWaitsPerUser", "MaxStepCount", "MaxArraySize")
 _STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth", "ExemptUsers"}
 PREEMPT_TYPES = ("none", "qos", "partition")
 PREEMPT_MODES = tuple(m.value for m in PreemptMode)  # OFF, CANCEL, REQUEUE, SUSPEND

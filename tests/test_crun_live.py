@@ -243,7 +243,8 @@ def _clean(cluster: Cluster) -> Any:
 
 def test_relay_keeps_nothing_and_counts_what_it_drops() -> None:
     """crane.actors.streams: a chunk goes to the subscriber at once or is
-    counted as lost; no subscriber, dropped; the count ends with the step."""
+    counted as lost; no subscriber yet, held (bounded) and sent to the next
+    subscriber first; the count ends with the step."""
     from crane.actors.streams import Relay
     from crane.core import messages as m
 
@@ -264,14 +265,42 @@ def test_relay_keeps_nothing_and_counts_what_it_drops() -> None:
 
     ep, relay = Endpoint(), Relay()
     relay.relay(m.StepOutput(1, 2, 1, b"nobody", 0))
-    assert relay.dropped == 6 and not ep.sent
+    assert relay.dropped == 0 and not ep.sent and relay.held_bytes == 6
     relay.subscribe((1, 2), Replier(ep, 7))
     relay.relay(m.StepOutput(1, 2, 1, b"abc", 1))
     ep.full = True
     relay.relay(m.StepOutput(1, 2, 2, b"defg", 0))
     relay.subscribe((1, 2), Replier(ep, 8))  # crun asked again: the count carries over
-    assert [(r, x.data) for _, x, r in ep.sent] == [(7, b"abc")]  # type: ignore[attr-defined]
-    assert relay.end((1, 2)) == 4 and relay.end((1, 2)) == 0 and not relay.subs
+    assert [(r, x.data) for _, x, r in ep.sent] == [(7, b"nobody"), (7, b"abc")]  # type: ignore[attr-defined]
+    assert relay.end((1, 2)) == 4 and relay.end((1, 2)) == 0 and not relay.subs and relay.held_bytes == 0
+
+
+def test_relay_holds_a_bounded_amount_without_subscriber() -> None:
+    """Output of a step nobody listens to (yet): at most HOLD_STEP bytes are
+    held; the rest is counted as lost and told to the next subscriber."""
+    from crane.actors import streams
+    from crane.core import messages as m
+
+    class Endpoint:
+        def __init__(self) -> None:
+            self.sent: list[m.Message] = []
+
+        def send(self, identity: bytes, msg: m.Message, rid: int = 0) -> bool:
+            self.sent.append(msg)
+            return True
+
+    class Replier:
+        def __init__(self, ep: Endpoint) -> None:
+            self.endpoint, self.identity, self.rid = ep, b"crun", 1
+
+    relay, chunk = streams.Relay(), b"x" * 32768
+    n = streams.HOLD_STEP // len(chunk)
+    for i in range(n + 3):
+        relay.relay(m.StepOutput(4, 2, 1, chunk, i))
+    assert relay.held_bytes == streams.HOLD_STEP
+    ep = Endpoint()
+    relay.subscribe((4, 2), Replier(ep))
+    assert len(ep.sent) == n and relay.lost((4, 2)) == 3 * len(chunk) and relay.held_bytes == 0
 
 
 def test_agent_pipe_pauses_while_the_link_refuses() -> None:

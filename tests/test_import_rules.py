@@ -6,6 +6,9 @@ those inside functions):
 - a CLI imports only the wire client, the configuration, the core and the
   shared CLI modules, never another command's module, the controller, the
   actors, the store or the agent (``crane local`` alone starts daemons);
+- the Slurm-named commands (crane/slurm) import only what a CLI may, the
+  CLI modules (the Crane commands they translate onto) and crane.slurm;
+  no Crane CLI imports crane.slurm (the translation sits on top);
 - the controller side never imports a CLI; the agent never imports the
   controller side.
 """
@@ -110,6 +113,20 @@ def test_a_cli_imports_only_the_wire_client_and_the_core(path: pathlib.Path) -> 
     bad = [n for n in crane_imports(path)
            if n not in ("crane", "crane.cli") and n != me and not is_under(n, allowed) and n not in CLI_SHARED]  # fmt: skip
     assert not bad, f"{me} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", sources("slurm"), ids=lambda p: p.name)
+def test_the_slurm_layer_imports_only_the_cli_side(path: pathlib.Path) -> None:
+    me = module_name(path)
+    bad = [n for n in crane_imports(path)
+           if n != "crane" and not is_under(n, CLI_ALLOWED + ("crane.cli", "crane.slurm"))]  # fmt: skip
+    assert not bad, f"{me} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", sources("cli"), ids=lambda p: p.name)
+def test_no_cli_imports_the_slurm_layer(path: pathlib.Path) -> None:
+    got = [n for n in crane_imports(path) if is_under(n, ("crane.slurm",))]
+    assert not got, f"{module_name(path)} imports {got}"
 
 
 @pytest.mark.parametrize("path", sources("") , ids=lambda p: module_name(p))

@@ -57,7 +57,7 @@ class AgentGate:
             # StepEnded on the same link, so its crun gets it before the end
             job = self.table.get(msg.job_id)
             if job is not None and name in job.nodes:
-                self.table.streams.relay(msg)
+                self.table.streams.relay(msg, job.uid)  # held output bounded per user too
         else:
             node.tell(FromAgent(peer.identity, msg))
 

@@ -1,4 +1,5 @@
-"""Ending steps early: a ``KillJob``, a time limit.
+"""Ending steps early: a ``KillJob``, a time limit (and the ``--signal``
+sent before it).
 
 A kill of one step (``kill_step``): thaw it if suspended, SIGCONT, then
 SIGTERM and a grace period (``KillJob.grace``: the controller's ``KillWait``,
@@ -22,9 +23,12 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+import psutil
+
 from crane.agent import as_user, cleanup
 from crane.agent.steprun import StepRun, path_problem
 from crane.core import messages as m
+from crane.core.signals import JobSignal, job_signal
 from crane.core.states import KillReason, StepEnd
 
 if TYPE_CHECKING:
@@ -92,8 +96,97 @@ async def kill_step(sm: StepManager, run: StepRun, grace: float, reason: StepEnd
     return empty
 
 
+def arm_timer(sm: StepManager, run: StepRun) -> None:
+    """(Re-)arm the step's one timer from its spec: the ``--signal`` warning
+    (``spec["signal"]``, SECS before the limit, unless already sent) and
+    then the time limit (``spec["time_limit"]``, from the step's start). A
+    time already passed fires at once. Needs a running loop."""
+    if run.timer is not None:
+        run.timer.cancel()
+        run.timer = None
+    spec = run.spec
+    limit = spec.get("time_limit")
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit < float("inf"):
+        return
+    loop = asyncio.get_running_loop()
+    end = (run.start or time.time()) + limit
+    warning = None if spec.get("signal_sent") else job_signal(spec.get("signal"))
+    if warning is not None:
+        run.timer = loop.call_later(max(0.0, end - warning.secs - time.time()), on_signal_time, sm, run)
+    else:
+        run.timer = loop.call_later(max(0.0, end - time.time()), on_time_limit, sm, run)
+
+
+def on_signal_time(sm: StepManager, run: StepRun) -> None:
+    """``--signal``'s time (the batch step's timer, armed by ``arm_timer``):
+    send it once (the record keeps that it was sent, for an agent restart;
+    a requeued job's new run sends it again), then wait for the limit."""
+    run.timer = None
+    if run.reported or run.killing:
+        return
+    warning = job_signal(run.spec.get("signal"))
+    if warning is not None:
+        send_job_signal(sm, run, warning)
+    run.spec["signal_sent"] = True
+    _save(sm, run, "signal sent")
+    arm_timer(sm, run)
+
+
+def send_job_signal(sm: StepManager, run: StepRun, warning: JobSignal) -> None:
+    """Send the job's ``--signal`` as Slurm does: with ``B:`` to the batch
+    shell only (the script's process, not its children); without it to every
+    other step of the job on this node (every process of each), not to the
+    batch shell."""
+    if warning.batch_only:
+        shells = batch_shell(run)
+        for pid in shells:
+            try:
+                os.kill(pid, warning.signal)
+            except (ProcessLookupError, PermissionError):
+                pass
+        log.info("job %d: signal %d sent to the batch shell (%s)", run.job_id, warning.signal,
+                 ",".join(map(str, shells)) or "gone")  # fmt: skip
+        return
+    steps = [r for r in sm.of_job(run.job_id) if r.step_id != run.step_id and not r.reported]
+    for r in steps:
+        r.cg.signal(warning.signal)
+    log.info("job %d: signal %d sent to %d step(s)", run.job_id, warning.signal, len(steps))
+
+
+def batch_shell(run: StepRun) -> list[int]:
+    """The process(es) the step's wrapper runs (``launch.WRAPPER``'s child:
+    the batch script's shell), found in the step's cgroup. The wrapper is
+    our child, or after an agent restart the step's process started as
+    ``crane-step``."""
+    procs: dict[int, psutil.Process] = {}
+    for pid in run.cg.pids():
+        try:
+            procs[pid] = psutil.Process(pid)
+        except psutil.Error:
+            continue
+    wrapper = run.pid if run.pid and run.status is None else 0
+    if not wrapper:
+        for pid, p in procs.items():
+            try:
+                argv = p.cmdline()
+            except psutil.Error:
+                continue
+            if len(argv) > 3 and argv[1] == "-c" and argv[3] == "crane-step":
+                wrapper = pid
+                break
+    out = []
+    for pid, p in procs.items():
+        try:
+            if wrapper and pid != wrapper and p.ppid() == wrapper:
+                out.append(pid)
+        except psutil.Error:
+            continue
+    return sorted(out)
+
+
 def on_time_limit(sm: StepManager, run: StepRun) -> None:
-    """The step's timer (armed by ``launch``)."""
+    """The step's timer (armed by ``arm_timer``)."""
+    run.timer = None
     if not run.reported and not run.killing:
         log.info("step %d.%d exceeded its time limit", run.job_id, run.step_id)
         sm.background(time_out(sm, run))
@@ -101,25 +194,25 @@ def on_time_limit(sm: StepManager, run: StepRun) -> None:
 
 def set_time_limit(sm: StepManager, msg: m.SetTimeLimit) -> None:
     """The job's time limit changed (``ccontrol update``): re-arm its batch
-    step's timer, ``msg.seconds`` after the step's start (0: no limit). A
-    limit already passed ends the step at once."""
+    step's timer, ``msg.seconds`` after the step's start (0: no limit), and
+    its ``--signal`` warning if not sent yet. A time already passed fires at
+    once."""
     for run in sm.of_job(msg.job_id, 1):
         if run.reported or run.killing:
             continue
-        if run.timer is not None:
-            run.timer.cancel()
-            run.timer = None
         run.spec["time_limit"] = msg.seconds or None
-        from crane.agent.launch import save_record  # (launch imports this module)
-
-        try:
-            save_record(sm, run)  # the new limit holds after a restart of the agent too
-        except OSError as e:
-            log.warning("step %d.%d: new time limit not saved: %s", run.job_id, run.step_id, e)
-        if msg.seconds > 0:
-            left = max(0.0, run.start + msg.seconds - time.time()) if run.start else float(msg.seconds)
-            run.timer = asyncio.get_running_loop().call_later(left, on_time_limit, sm, run)
+        _save(sm, run, "new time limit")  # the new limit holds after a restart of the agent too
+        arm_timer(sm, run)
         log.info("step %d.%d: time limit now %s", run.job_id, run.step_id, msg.seconds or "unlimited")
+
+
+def _save(sm: StepManager, run: StepRun, what: str) -> None:
+    from crane.agent.launch import save_record  # (launch imports this module)
+
+    try:
+        save_record(sm, run)
+    except OSError as e:
+        log.warning("step %d.%d: %s not saved: %s", run.job_id, run.step_id, what, e)
 
 
 async def time_out(sm: StepManager, run: StepRun) -> None:

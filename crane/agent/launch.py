@@ -5,7 +5,8 @@ cgroup (memory limit, device rules), write the batch script, the step's
 record and an empty exit-status file, then fork the wrapper into the cgroup
 as the job's user (``launcher.spawn``). The agent answers ``StepStarted``,
 or ``StepEnded(LAUNCH_FAILED)`` when any of this fails. A time limit arms a
-timer that ends in ``kill.time_out``.
+timer (``kill.arm_timer``) that sends the job's ``--signal`` before it and
+ends in ``kill.time_out``.
 
 ``adopt`` is the restart path: every step whose cgroup still exists is taken
 back from its record and watched until its cgroup empties
@@ -23,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from crane.agent import cgroup as cgmod
-from crane.agent import cleanup, devices, kill, statedir
+from crane.agent import cleanup, devices, kill, statedir, tasks
 from crane.agent import stream as streams
 from crane.agent.launcher import spawn
 from crane.agent.steprun import (
@@ -56,7 +57,13 @@ INTERNAL_ENV = frozenset({"CRANE_RC_FILE", "CRANE_SCOPE"})
 # file's path is the wrapper's first argument, kept in a shell variable that
 # is not exported: nothing of the agent's own reaches the job's environment.
 _CATCH = " ".join(str(s) for s in range(1, 65) if s not in (9, 17, 18, 19))
-WRAPPER = f'__crane_rc=$1; shift; trap : {_CATCH}; "$@"; rc=$?; echo $rc > "$__crane_rc"; exit $rc'
+# A streamed step's stdout/stderr pipes: the wrapper keeps a read end of each
+# (fds 8, 9; not the command's) so that an agent's death does not kill the
+# step by SIGPIPE, and a restarted agent reads on (crane.agent.stream.reattach).
+# (silently: not a pipe, or no /proc; fd 7 is the stream while fd 2 is /dev/null)
+_HOLD = "".join(f"{{ [ -p /proc/self/fd/7 ] && command exec {h}</proc/self/fd/7; }} 7>&{s} 2>/dev/null; "
+                for s, h in ((1, 8), (2, 9)))  # fmt: skip
+WRAPPER = f'__crane_rc=$1; shift; trap : {_CATCH}; {_HOLD}"$@" 8<&- 9<&-; rc=$?; echo $rc > "$__crane_rc"; exit $rc'
 
 
 
@@ -80,8 +87,7 @@ def launch(sm: StepManager, msg: m.LaunchStep) -> None:
     sm.children[run.pid] = lambda status, r=run: cleanup.main_exited(sm, r, status)
     sm.send(m.StepStarted(msg.job_id, msg.step_id, run.pid))
     if spec.get("time_limit"):
-        loop = asyncio.get_running_loop()
-        run.timer = loop.call_later(float(spec["time_limit"]), kill.on_time_limit, sm, run)
+        kill.arm_timer(sm, run)  # the time limit, and the --signal warning before it
 
 
 def _start(sm: StepManager, run: StepRun) -> int:
@@ -96,15 +102,19 @@ def _start(sm: StepManager, run: StepRun) -> int:
     argv = list(spec.get("argv") or [])
     if spec.get("script"):
         argv = [_write_script(sm, run.job_id, spec)]
-    save_record(sm, run)
+    argv = tasks.runner_argv(spec, argv)  # several tasks here, or -l: the fan-out runner (crane.agent.tasks)
     rc_file = _new_rc_file(sm, run.job_id, run.step_id, int(spec["uid"]), int(spec["gid"]))
     env = {k: v for k, v in dict(spec.get("env") or {}).items() if k not in INTERNAL_ENV}
+    env.update(node_env(sm))
     flags = spec.get("stream") or []
     tty = streams.PTY in flags
     which = [s for s in (streams.STDIN, streams.STDOUT, streams.STDERR) if s in flags and not tty]
-    fds = streams.open_pipes(run.job_id, run.step_id, which)
+    fds = streams.open_pipes(run.job_id, run.step_id, which, (int(spec["uid"]), int(spec["gid"])))
     if tty:
         fds[streams.PTY] = _open_pty(int(spec["uid"]))
+    # which pipes are the step's: reattach reopens only these (never what a user's process holds instead)
+    spec["pipe_ids"] = streams.pipe_ids(fds)
+    save_record(sm, run)
     # the child's reason if it fails before exec (an output file it cannot
     # open, ...): close-on-exec, so end of file means the exec happened
     err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -113,7 +123,7 @@ def _start(sm: StepManager, run: StepRun) -> int:
             cg, ["/bin/sh", "-c", WRAPPER, "crane-step", rc_file, *argv], uid=int(spec["uid"]),
             gid=int(spec["gid"]), user=str(spec["user"]), cwd=str(spec.get("cwd") or "/"), env=env,
             stdout=str(spec.get("stdout") or "/dev/null"), stderr=str(spec.get("stderr") or spec.get("stdout") or "/dev/null"),
-            pipes=_child_ends(fds), error_fd=err_w, tty=tty,
+            pipes=_child_ends(fds), error_fd=err_w, tty=tty, truncate=truncates_output(spec, run.step_id),
         )  # fmt: skip
     except BaseException:
         streams.close_all(fds)
@@ -132,8 +142,26 @@ def _start(sm: StepManager, run: StepRun) -> int:
         if s == streams.PTY:  # the master: output as stream 1, input through a dup of it
             run.pipes.append(streams.Input(run.job_id, run.step_id, os.dup(r), sm.try_send, tty=True))
             s = streams.STDOUT
-        run.pipes.append(streams.Pipe(run.job_id, run.step_id, s, r, sm.try_send))
+        run.pipes.append(streams.Pipe(run.job_id, run.step_id, s, r, sm.try_send, int(spec.get("node_index") or 0)))
     return pid
+
+
+def node_env(sm: StepManager) -> dict[str, str]:
+    """What only the node knows: its name and its cluster's (Slurm's
+    SLURMD_NODENAME and SLURM_CLUSTER_NAME beside Crane's names)."""
+    prefix, suffix = "crane/", "/" + sm.node
+    cluster = sm.scope[len(prefix) : -len(suffix)] if sm.scope.startswith(prefix) and sm.scope.endswith(suffix) else ""
+    env = {"CRANE_NODENAME": sm.node, "SLURMD_NODENAME": sm.node}
+    if cluster:
+        env.update(CRANE_CLUSTER_NAME=cluster, SLURM_CLUSTER_NAME=cluster)
+    return env
+
+
+def truncates_output(spec: dict[str, Any], step_id: int) -> bool:
+    """``--open-mode=truncate``: the batch step's output files are emptied
+    when the job's first run opens them; a requeued job's next runs append
+    (as Slurm), and so do crun steps (they may share the job's files)."""
+    return spec.get("open_mode") == "truncate" and step_id == 1 and not int(spec.get("attempt") or 0)
 
 
 def _open_pty(uid: int) -> tuple[int, int]:
@@ -215,11 +243,10 @@ def adopt(sm: StepManager) -> None:
         run = StepRun(job_id, step_id, spec, cg, start=start, adopted=True)
         sm.add(run)
         log.info("adopted step %d.%d (%d processes)", job_id, step_id, len(cg.pids()))
-        limit = spec.get("time_limit")
-        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 and start > 0:
-            try:  # its time limit still holds (nothing else ends it): what is left of it
-                left = max(0.0, start + limit - time.time())
-                run.timer = asyncio.get_running_loop().call_later(left, kill.on_time_limit, sm, run)
+        streams.reattach(run, sm.try_send)  # a crun step's output pipes, kept by its wrapper
+        if start > 0:
+            try:  # its time limit (and --signal, unless sent) still holds: what is left of it
+                kill.arm_timer(sm, run)
             except RuntimeError:
                 pass  # no loop here (a direct call)
         sm.background(cleanup.watch_adopted(sm, run))

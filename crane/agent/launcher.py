@@ -63,6 +63,7 @@ def spawn(
     pipes: dict[int, int] | None = None,
     error_fd: int = -1,
     tty: bool = False,
+    truncate: bool = False,
 ) -> int:
     """Start ``argv`` in its own session inside ``cg``; returns the pid (== pgid).
 
@@ -76,6 +77,8 @@ def spawn(
     ``pipes[0]``: the read end of the step's stdin pipe (else /dev/null).
     ``tty``: ``pipes`` 0, 1 and 2 are the slave of the step's pseudo-terminal,
     made the step's controlling terminal (its session is new).
+    ``truncate``: the output files are emptied when opened (``--open-mode
+    truncate``; else output is appended).
     """
     if not argv:
         raise ValueError("empty argv")
@@ -112,6 +115,7 @@ def spawn(
             pipes or {},
             error_fd,
             tty,
+            _OUT_FLAGS | os.O_TRUNC if truncate else _OUT_FLAGS,
         )
     cg.pgid = pid
     # The child attaches itself too, but only once it is scheduled: attach it
@@ -156,6 +160,7 @@ def _child(
     pipes: dict[int, int],
     error_fd: int,
     tty: bool = False,
+    out_flags: int = _OUT_FLAGS,
 ) -> None:
     err_fd = 2
     what = "cannot start the step"  # what failed, for error_fd
@@ -171,12 +176,12 @@ def _child(
         os.umask(JOB_UMASK)
         # the output files are opened only now, with the owner's rights
         what = f"cannot open output file {out_path}"
-        out_fd = pipes[1] if 1 in pipes else os.open(out_path, _OUT_FLAGS, 0o644)
+        out_fd = pipes[1] if 1 in pipes else os.open(out_path, out_flags, 0o644)
         what = f"cannot open error file {err_path}"
         if 2 in pipes:
             err_fd = pipes[2]
         elif err_path != out_path or 1 in pipes:
-            err_fd = os.open(err_path, _OUT_FLAGS, 0o644)
+            err_fd = os.open(err_path, out_flags, 0o644)
         else:
             err_fd = out_fd
         what = "cannot set up the step's standard streams"

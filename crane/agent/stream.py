@@ -28,6 +28,7 @@ import os
 import struct
 import termios
 from collections.abc import Callable
+from typing import Any
 
 from crane.core import messages as m
 
@@ -42,8 +43,9 @@ class Pipe:
     """One stream of one step: the read end of its pipe."""
 
     def __init__(self, job_id: int, step_id: int, stream: int, fd: int,
-                 send: Callable[[m.Message], bool]) -> None:  # fmt: skip
+                 send: Callable[[m.Message], bool], node: int = 0) -> None:  # fmt: skip
         self.job_id, self.step_id, self.stream = job_id, step_id, stream
+        self.node = node  # this node's index among the step's (crun keeps lines of each node whole)
         self.fd = fd
         self.send = send
         self.seq = 0
@@ -67,7 +69,7 @@ class Pipe:
             self.reading = False
 
     def _push(self, data: bytes) -> bool:
-        if self.send(m.StepOutput(self.job_id, self.step_id, self.stream, data, self.seq)):
+        if self.send(m.StepOutput(self.job_id, self.step_id, self.stream, data, self.seq, self.node)):
             self.seq += 1
             return True
         self.pending = data
@@ -230,13 +232,130 @@ def on_input(msg: m.StepInput | m.StepResize) -> None:
         inp.resize(msg)
 
 
-def open_pipes(job_id: int, step_id: int, which: list[int]) -> dict[int, tuple[int, int]]:
+# the wrapper's own ends of the step's pipes: opened read-only through /proc they give a new read end
+WRAPPER_FDS = {STDOUT: 1, STDERR: 2}
+INPUT_CLOSED = -1  # StepOutput(stream=STDIN, seq=INPUT_CLOSED): the step's input is gone (crun stops sending)
+
+
+def reattach(run: Any, send: Callable[[m.Message], bool]) -> None:
+    """An adopted step (the agent restarted) that streamed to a crun: read
+    its stdout/stderr again: the wrapper keeps a read end of each (see
+    ``launch.WRAPPER``), so the step was not killed by SIGPIPE,
+    its writes blocked while the pipes were full, and its output goes on to
+    crun (a new read end is opened through the wrapper's fds 1 and 2). Its stdin cannot come back (the old agent held the only write
+    end: the step read end of file) nor can a terminal (the master closed:
+    the step got SIGHUP): crun is told its input is closed."""
+    flags = run.spec.get("stream") or []
+    if not flags:
+        return
+    node = int(run.spec.get("node_index") or 0)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # a direct call (no loop): nothing to read with
+    if STDIN in flags or PTY in flags:  # once the link is up (after our Register on it)
+        notice = m.StepOutput(run.job_id, run.step_id, STDIN, b"", INPUT_CLOSED, node)
+        loop.call_soon(_send_until_taken, loop, send, notice, 600)
+    if PTY in flags:
+        return
+    wrapper = _wrapper_of(run.cg.pids())
+    if wrapper is None:
+        log.warning("step %d.%d: its wrapper is gone: its live output is lost", run.job_id, run.step_id)
+        return
+    for stream, held in WRAPPER_FDS.items():
+        if stream not in flags:
+            continue
+        fd = _reopen_pipe(wrapper, held, _recorded_id(run.spec, stream))
+        if fd < 0:
+            log.warning("step %d.%d: stream %d cannot be read again", run.job_id, run.step_id, stream)
+            continue
+        run.pipes.append(Pipe(run.job_id, run.step_id, stream, fd, send, node))
+        log.info("step %d.%d: stream %d read again", run.job_id, run.step_id, stream)
+
+
+def _send_until_taken(loop: asyncio.AbstractEventLoop, send: Callable[[m.Message], bool], msg: m.Message,
+                      tries: int) -> None:  # fmt: skip
+    if not send(msg) and tries > 1:
+        loop.call_later(0.1, _send_until_taken, loop, send, msg, tries - 1)
+
+
+def _wrapper_of(pids: set[int]) -> int | None:
+    """The step's wrapper among ``pids``: ``/bin/sh -c WRAPPER crane-step ...``."""
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 3 and argv[1] == b"-c" and argv[3] == b"crane-step":
+            return pid
+    return None
+
+
+def pipe_ids(fds: dict[int, tuple[int, int]]) -> dict[str, list[int]]:
+    """``{stream: [st_dev, st_ino]}`` of the step's output pipes (saved with
+    the step's record): the only pipes ``reattach`` opens again."""
+    out: dict[str, list[int]] = {}
+    for s, (r, _w) in fds.items():
+        if s in (STDOUT, STDERR):
+            st = os.fstat(r)
+            out[str(s)] = [st.st_dev, st.st_ino]
+    return out
+
+
+def _recorded_id(spec: dict[str, Any], stream: int) -> tuple[int, int] | None:
+    ids = spec.get("pipe_ids")
+    v = ids.get(str(stream)) if isinstance(ids, dict) else None
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return int(v[0]), int(v[1])
+    return None
+
+
+def _reopen_pipe(pid: int, fdnum: int, expected: tuple[int, int] | None = None) -> int:
+    """A new read end of the pipe ``pid`` has as ``fdnum``, or -1. The
+    link is a user process's (any process of the step may pose as its
+    wrapper, holding any pipe or FIFO it could open for writing): looked at
+    through O_PATH (no open side effect) and opened only if it is the very
+    pipe the agent made for the step (``expected``: its device and inode,
+    from the step's record; without it, nothing is opened)."""
+    import stat
+
+    if expected is None:
+        return -1
+    link = f"/proc/{pid}/fd/{fdnum}"
+    try:
+        ref = os.open(link, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        # an anonymous pipe only ("pipe:[inode]", as the agent made it): a
+        # named FIFO the user holds through O_PATH (a root daemon's 0600
+        # FIFO, say) is never opened by root on their behalf; and only the
+        # step's own (another user's pipe a process of the step holds is not)
+        target = os.readlink(f"/proc/self/fd/{ref}")
+        st = os.fstat(ref)
+        if not stat.S_ISFIFO(st.st_mode) or not target.startswith("pipe:[") or (st.st_dev, st.st_ino) != expected:
+            return -1
+        return os.open(f"/proc/self/fd/{ref}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    finally:
+        os.close(ref)
+
+
+def open_pipes(job_id: int, step_id: int, which: list[int],
+               owner: tuple[int, int] | None = None) -> dict[int, tuple[int, int]]:  # fmt: skip
     """``{stream: (read_fd, write_fd)}`` for the streams in ``which``; both
-    ends close-on-exec (the child dup2s the write end onto 1 or 2)."""
+    ends close-on-exec (the child dup2s the write end onto 1 or 2). The
+    output pipes belong to ``owner`` (uid, gid): the step's wrapper, the
+    user, opens a read end of each through /proc to keep them open (see
+    ``reattach``), which a root-owned pipe (mode 0600) refuses."""
     out: dict[int, tuple[int, int]] = {}
     try:
         for s in which:
             out[s] = os.pipe()
+            if owner is not None and s != STDIN and os.geteuid() == 0:
+                os.fchown(out[s][0], *owner)
     except OSError:
         close_all(out)
         raise

@@ -27,6 +27,7 @@ from crane.cli.format import (
     fmt_time,
     is_named_format,
     job_elapsed,
+    job_label,
     memory,
     nodelist,
     parse_format,
@@ -106,8 +107,11 @@ ACCT_FIELDS: dict[str, tuple[str, Getter]] = {
 NAMED_FIELDS: dict[str, tuple[str, Getter]] = {
     k.lower(): (k, g)
     for k, g in {
-        "JobID": _v("job_id"),
+        "JobID": job_label,  # A_T for an array task (as sacct)
         "JobIDRaw": _v("job_id"),
+        "ArrayJobID": lambda j, now: str(j.get("array_job_id") or ""),
+        "ArrayTaskID": lambda j, now: "" if j.get("array_task_id") is None else str(j["array_task_id"]),
+        "Comment": _v("comment"),
         "JobName": _v("name"),
         "User": _v("user"),
         "UID": _v("uid"),
@@ -138,7 +142,7 @@ NAMED_FIELDS: dict[str, tuple[str, Getter]] = {
 def acct_columns(long: bool, full_state: bool) -> list[tuple[str, Getter]]:
     state = ("STATE", acct_state if full_state else acct_state_short)
     cols: list[tuple[str, Getter]] = [
-        ("JOBID", _v("job_id")),
+        ("JOBID", job_label),
         ("JOBNAME", _v("name")),
         ("PARTITION", _v("partition")),
         ("ACCOUNT", _v("account")),
@@ -233,6 +237,7 @@ def step_record(j: Job, s: dict[str, Any]) -> Job:
     node = s.get("node")
     return {
         "is_step": True, "job_id": f"{j['job_id']}.{s['step_id']}", "name": step_name(j, s),
+        "job_label": f"{job_label(j)}.{s['step_id']}",
         "user": j.get("user"), "uid": j.get("uid"), "account": j.get("account"),
         "partition": j.get("partition"), "qos": j.get("qos"), "state": s.get("state") or "",
         "exit_code": s.get("exit_code"), "exit_signal": s.get("signal"),
@@ -242,16 +247,18 @@ def step_record(j: Job, s: dict[str, Any]) -> Job:
     }  # fmt: skip
 
 
-def with_steps(jobs: list[Job], whole: set[int] | None, steps: set[tuple[int, int]], all_steps: bool) -> list[Job]:
+def with_steps(jobs: list[Job], whole: set[Any] | None, steps: set[tuple[Any, int]], all_steps: bool) -> list[Job]:
     """The rows: each job (when wanted whole) followed by its steps (all of
-    them with ``--steps``, else those named with ``-j J.S``)."""
+    them with ``--steps``, else those named with ``-j J.S``). ``whole``:
+    job ids, array ids (every task) and ``A_T`` labels."""
     out: list[Job] = []
     for j in jobs:
-        show_job = whole is None or j["job_id"] in whole
+        show_job = whole is None or j["job_id"] in whole or job_label(j) in whole or j.get("array_job_id") in whole
         if show_job:
             out.append(j)
         for s in j.get("steps") or []:
-            if (show_job and all_steps) or (j["job_id"], s.get("step_id")) in steps:
+            sid = s.get("step_id")
+            if (show_job and all_steps) or (j["job_id"], sid) in steps or (job_label(j), sid) in steps:
                 out.append(step_record(j, s))
     return out
 
@@ -283,13 +290,13 @@ def command(**o: Any) -> int:
     space of a name or reason is shown as "_".
     """
     from crane.core import messages as m
-    from crane.core.ids import ACTIVE, TERMINAL, JobState, parse_id_list
+    from crane.core.ids import ACTIVE, TERMINAL, JobState, parse_job_refs
 
     now = time.time()
     filters, steps = build_filters(o, sorted(TERMINAL | ACTIVE) if o["all_jobs"] else sorted(TERMINAL))
     whole: set[int] | None = None
     if o["job"] is not None:
-        whole = {j for j, s in parse_id_list(o["job"]) if s is None}
+        whole = {j if t is None else f"{j}_{t}" for j, s, t in parse_job_refs(o["job"]) if s is None}
     start = parse_when(o["starttime"], now) if o["starttime"] is not None else None
     end = parse_when(o["endtime"], now) if o["endtime"] is not None else None
     if start is None and o["job"] is None:

@@ -7,6 +7,10 @@ allocation N`` / ``calloc: Granted job allocation N`` on stderr), then starts
 ``CRANE_JOB_NODELIST`` and ``CRANE_JOB_NUM_NODES`` set, so that ``crun``
 inside runs steps of the allocation (they share the job's CPUs).
 
+calloc learns of its job's start and end as crun does (a WaitStep with
+live output on the job's batch step, whose holder prints one line when it
+starts: see Subscription), pushed by the controller, not polled.
+
 When the command exits, calloc ends the job as COMPLETED (a cancel with end
 state FINISHED, like salloc's shell leaving normally), prints ``calloc:
 Relinquishing job allocation N`` and exits with the command's exit code
@@ -36,10 +40,11 @@ from crane.core.states import JobState
 from crane.core.text import safe
 
 PROG = "calloc"
-POLL = float(os.environ.get("CALLOC_POLL", "1"))  # s between looks at the job's state
+REASK = float(os.environ.get("CALLOC_REASK", "5"))  # s without a word from the controller: subscribe again
 KILL_AFTER = 5.0  # s between SIGHUP and SIGKILL to a revoked command
-# the batch step: wait until killed (POSIX sleep only, no GNU `sleep infinity`)
-HOLD = ["/bin/sh", "-c", "while :; do sleep 86400; done"]
+# the batch step: one line to calloc when it starts (live output, see
+# Subscription), then wait until killed (POSIX sleep only, no GNU `sleep infinity`)
+HOLD = ["/bin/sh", "-c", "echo; while :; do sleep 86400; done"]
 LIVE = (JobState.RUNNING, JobState.SUSPENDED)
 
 
@@ -69,9 +74,78 @@ def command(config: str | None, argv: tuple[str, ...], **opts: Any) -> int:
     argv = tuple(argv) or (os.environ.get("SHELL") or "/bin/sh",)
     spec = build_spec(opts, None, None, argv=HOLD)
     spec["name"] = opts.get("job_name") or "calloc"
-    spec["stdout"] = spec["stderr"] = os.devnull  # nothing to keep: the holder prints nothing
+    spec["stdout"] = spec["stderr"] = os.devnull  # nothing to keep
+    spec["stream"] = [1]  # the holder's start line comes to calloc (Subscription)
     job_id = int(call(cfg, m.SubmitJob(spec), timeout=120)["job_ids"][0])
     return Allocation(cfg, job_id).run(list(argv))
+
+
+class Subscription:
+    """calloc's wait on its job, pushed by the controller (no polling): a
+    WaitStep with ``stream`` on the job's batch step, as crun's. The holder
+    prints one line when it starts (the allocation is granted); the
+    WaitStep's answer comes when the step ends (the job ended: cancelled,
+    preempted, timed out). The controller probes the connection every
+    second; after REASK seconds without a word (a controller restart)
+    calloc subscribes again. Like a crun, a calloc killed outright has its
+    job cancelled by the controller (its connection gone)."""
+
+    def __init__(self, cfg: Any, job_id: int) -> None:
+        self.cfg, self.job_id = cfg, job_id
+        self.client: Any = None
+        self.rid = 0
+        self.heard = 0.0
+        self.started = False
+        self.ended: dict[str, Any] | None = None
+
+    def _connect(self) -> bool:
+        from crane.cli.common import connect_timeout
+        from crane.client import Client, Unreachable
+        from crane.core import messages as m
+
+        try:
+            client = Client(self.cfg.cli_address, REASK, munge=self.cfg.auth_type == "munge",
+                            connect_timeout=connect_timeout(self.cfg))  # fmt: skip
+            self.rid = client.send(m.WaitStep(self.job_id, 1, True))
+        except Unreachable:
+            return False
+        if self.client is not None:
+            self.client.close()
+        self.client, self.heard = client, time.monotonic()
+        return True
+
+    def wait(self, timeout: float) -> None:
+        """Take what came within ``timeout`` seconds (sets started/ended)."""
+        import zmq
+
+        from crane.client import MAX_REPLY
+        from crane.core import messages as m
+
+        if self.client is None or time.monotonic() - self.heard > REASK:
+            if not self._connect():
+                time.sleep(timeout)  # the controller is away: try again on the next call
+                return
+        if not self.client.sock.poll(int(timeout * 1000), zmq.POLLIN):
+            return
+        while self.client.sock.poll(0, zmq.POLLIN):
+            try:
+                msg, rid = m.decode(self.client.sock.recv(), MAX_REPLY)
+            except m.BadMessage:
+                continue
+            self.heard = time.monotonic()
+            if rid != self.rid:
+                continue  # a liveness probe
+            if isinstance(msg, m.StepOutput) and msg.stream == 1:
+                self.started = True
+            elif isinstance(msg, m.Ok):
+                self.started, self.ended = True, msg.data or {}
+            elif isinstance(msg, m.Error):
+                self.ended = {"error": msg.message}
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
 
 class Allocation:
@@ -79,6 +153,7 @@ class Allocation:
         self.cfg, self.job_id = cfg, job_id
         self.signals: list[int] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.sub = Subscription(cfg, job_id)
 
     def _on_signal(self, signo: int, frame: Any) -> None:
         self.signals.append(signo)
@@ -108,6 +183,12 @@ class Allocation:
     def run(self, argv: list[str]) -> int:
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, self._on_signal)
+        try:
+            return self._run(argv)
+        finally:
+            self.sub.close()
+
+    def _run(self, argv: list[str]) -> int:
         job = self.granted()
         if job is None:
             return 1
@@ -136,32 +217,28 @@ class Allocation:
 
     def granted(self) -> dict[str, Any] | None:
         """Wait until the job runs; None when it ended first or calloc was told to stop."""
-        told = False
+        job = self.job()
+        if job is not None and job.get("state") == JobState.PENDING:
+            note(f"Pending job allocation {self.job_id}")
         while True:
             if self.signals:
                 note(f"Job allocation {self.job_id} has been revoked.")
                 self.end(JobState.CANCELLED)
                 return None
-            job = self.job()
-            state = job.get("state") if job else None
-            if state in LIVE and job:
-                return job
-            if state == JobState.PENDING and not told:
-                note(f"Pending job allocation {self.job_id}")
-                told = True
-            elif state is not None and state != JobState.PENDING:
-                reason = job.get("reason") if job else ""
+            self.sub.wait(0.2)  # a pushed start or end; the loop only looks at calloc's own signals
+            if self.sub.ended is not None:
+                job = self.job() or {}
+                reason = job.get("reason") or self.sub.ended.get("error") or ""
                 note(f"Job allocation {self.job_id} has been revoked." + (f" {reason}" if reason else ""))
                 return None
-            time.sleep(POLL / 2)  # pacing of the look at the job, not a wait for a condition
+            if self.sub.started:
+                job = self.job()
+                if job is not None and job.get("state") in LIVE:
+                    return job
 
     def watch(self, proc: subprocess.Popen[bytes]) -> int:
-        next_look = time.monotonic() + POLL
         while True:
-            try:
-                status = proc.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                status = None
+            status = proc.poll()
             if status is not None:
                 self.relinquish()
                 return status_code(status)
@@ -170,13 +247,11 @@ class Allocation:
                 self.stop(proc)
                 return 1
             self.signals.clear()
-            if time.monotonic() >= next_look:
-                job = self.job()
-                if job is not None and job.get("state") not in LIVE:
-                    note(f"Job allocation {self.job_id} has been revoked.")
-                    status = self.stop(proc)
-                    return status_code(status) or 1
-                next_look = time.monotonic() + POLL
+            self.sub.wait(0.2)  # the job's end is pushed (the WaitStep's answer)
+            if self.sub.ended is not None:
+                note(f"Job allocation {self.job_id} has been revoked.")
+                status = self.stop(proc)
+                return status_code(status) or 1
 
     def relinquish(self) -> None:
         note(f"Relinquishing job allocation {self.job_id}")

@@ -86,21 +86,27 @@ def parse_selection(ids: str | tuple[str, ...] | list[str] | None,
         CANCELLABLE,
         IdListError,
         expand_nodes,
-        parse_id_list,
+        parse_job_refs,
         parse_job_states,
     )
 
     parsed: list[list[int | None]] = []
-    seen: set[tuple[int, int | None]] = set()
+    tasks: list[list[int]] = []  # A_T[.S]: the array_tasks filter, [A, T(, S)]
+    seen: set[tuple[int, int | None, int | None]] = set()
     for word in id_arguments(ids) or []:
         try:
-            for j, s in parse_id_list(word):
-                if (j, s) not in seen:
-                    seen.add((j, s))
-                    parsed.append([j, s])
+            for j, s, t in parse_job_refs(word):  # J, J.S, A_T, A_T.S (an array id A: every task)
+                if (j, s, t) not in seen:
+                    seen.add((j, s, t))
+                    if t is None:
+                        parsed.append([j, s])
+                    else:
+                        tasks.append([j, t] if s is None else [j, t, s])
         except IdListError as e:
             raise CliError(str(e), EXIT_ARGS) from None
     filters: dict[str, Any] = {}
+    if tasks:
+        filters["array_tasks"] = tasks
     for key in ("name", "user", "account", "partition", "qos"):
         if o.get(key) is not None:
             filters[key] = o[key]
@@ -131,6 +137,11 @@ def check_combinations(o: dict[str, Any]) -> None:
     check_text("--message", o["message"])
     if o["grace"] is not None and o["force"]:
         raise CliError("--grace cannot be combined with --force")
+
+
+def _ref_text(ref: list[int | None]) -> str:
+    """``[12, 2]`` -> ``12.2``."""
+    return f"{ref[0]}.{ref[1]}" if ref[1] else str(ref[0])
 
 
 def format_result(res: dict[str, Any], quiet: bool, signal_name: str | None) -> list[str]:
@@ -274,6 +285,8 @@ def make_command() -> Any:
         "ccancel", callback=lambda job_ids, **o: cancel(job_ids, o),
         help="Cancel jobs or steps, by id and/or by filters.\n\n"
              "JOB_IDS: JOB_ID[.STEP_ID] words, comma- or space-separated (ccancel 22 23,24.1); "
+             "an array task is ARRAY_ID_INDEX[.STEP_ID] (ccancel 40_3), an array id alone every "
+             "task still active; "
              "- reads them from standard input, one per line or comma-separated, or the JSON "
              "of cqueue --json (cqueue -u alice --json | ccancel -). Filters select among the "
              "jobs not yet ended; an id given with filters must match them.",
@@ -315,7 +328,7 @@ def cancel(job_ids: str | tuple[str, ...] | None, o: dict[str, Any]) -> int:
         end_state=(o["end_state"] or EndState.CANCELLED).upper(), dry_run=o["dry_run"] or o["interactive"],
     )  # fmt: skip
     if verbose:
-        print(safe(f"ccancel: selecting ids={','.join(f'{j}.{st}' if st else str(j) for j, st in ids) or '-'} filters={filters}"), file=sys.stderr)
+        print(safe(f"ccancel: selecting ids={','.join(_ref_text(r) for r in ids) or '-'} filters={filters}"), file=sys.stderr)
     t0 = time.monotonic()
     res = call(cfg, req)
     if o["interactive"] and not o["dry_run"]:

@@ -19,6 +19,7 @@ import click
 from crane.cli.common import (
     EXIT_ARGS,
     EXIT_INTERNAL,
+    EXIT_PARTIAL,
     CliError,
     call,
     check_text,
@@ -97,6 +98,13 @@ def format_job(j: dict[str, Any], now: float) -> list[str]:
         f"StdOut={_v(j.get('stdout'))}",
         f"StdErr={_v(j.get('stderr'))}",
     ]
+    if j.get("array_job_id"):  # as scontrol: ArrayJobId=A ArrayTaskId=T
+        limit = f" ArrayTaskThrottle={j['array_limit']}" if j.get("array_limit") else ""
+        lines.insert(1, f"ArrayJobId={j['array_job_id']} ArrayTaskId={j.get('array_task_id')}{limit}")
+    if j.get("dependency"):
+        lines.append(f"Dependency={j['dependency']}")
+    if j.get("comment"):
+        lines.append(f"Comment={j['comment']}")
     if gres_text(j):
         lines.append(f"Gres={gres_text(j)} GpuAlloc={_v(alloc_text(j))}")
     if j.get("cancelled_by"):
@@ -163,19 +171,16 @@ def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
     from crane.core import messages as m
 
     if entity == "job":
-        filters: dict[str, Any] = {}
-        wanted: list[int] = []
-        if name is not None:
-            wanted = parse_job_ids(name)
-            filters["jobs"] = wanted
-        jobs = call(cfg, m.QueryJobs(filters, history=False))["jobs"]
+        wanted: list[Ref] = parse_job_ids(name) if name is not None else []
+        jobs = call(cfg, m.QueryJobs(ref_filters(wanted) if wanted else {}, history=False))["jobs"]
         if wanted:
-            found = {j["job_id"] for j in jobs}
-            rest = [i for i in wanted if i not in found]
+            rest = [r for r in wanted if not covers(jobs, r)]
             if rest:
-                jobs += call(cfg, m.QueryJobs({"jobs": rest}, history=True))["jobs"]
+                seen = {j["job_id"] for j in jobs}
+                jobs += [j for j in call(cfg, m.QueryJobs(ref_filters(rest), history=True))["jobs"]
+                         if j["job_id"] not in seen]  # fmt: skip
         jobs.sort(key=lambda j: j["job_id"])
-        missing = [i for i in wanted if i not in {j["job_id"] for j in jobs}]
+        missing = [ref_text(r) for r in wanted if not covers(jobs, r)]
         if as_json:
             print_json({"jobs": jobs})
         else:
@@ -222,16 +227,62 @@ def show(cfg: Any, entity: str, name: str | None, as_json: bool) -> int:
 # --------------------------------------------------------------------------- actions
 
 
-def parse_job_ids(text: str) -> list[int]:
-    from crane.core.ids import IdListError, parse_id_list
+Ref = tuple[int, int | None]  # (job or array id, array task index or None): J, A or A_T
+
+
+def parse_job_ids(text: str) -> list[Ref]:
+    """``12,7_3``: job ids, array ids (every task) and array tasks ``A_T``."""
+    from crane.core.ids import IdListError, parse_job_refs
 
     try:
-        ids = parse_id_list(text)
+        ids = parse_job_refs(text)
     except IdListError as e:
         raise CliError(str(e), EXIT_ARGS) from None
-    if any(s is not None for _, s in ids):
+    if any(s is not None for _, s, _ in ids):
         raise CliError(f'invalid job id list "{text}": step ids are not accepted here', EXIT_ARGS)
-    return [j for j, _ in ids]
+    return [(j, t) for j, _, t in ids]
+
+
+def ref_text(r: Ref) -> str:
+    return str(r[0]) if r[1] is None else f"{r[0]}_{r[1]}"
+
+
+def ref_filters(refs: list[Ref]) -> dict[str, Any]:
+    f: dict[str, Any] = {"jobs": [j for j, t in refs if t is None], "expand_arrays": True}
+    tasks = [[j, t] for j, t in refs if t is not None]
+    if tasks:
+        f["array_tasks"] = tasks
+    return f
+
+
+def covers(jobs: list[dict[str, Any]], r: Ref) -> bool:
+    """Is reference ``r`` answered by one of ``jobs``?"""
+    if r[1] is None:
+        return any(j["job_id"] == r[0] or j.get("array_job_id") == r[0] for j in jobs)
+    return any(j.get("array_job_id") == r[0] and j.get("array_task_id") == r[1] for j in jobs)
+
+
+def resolve_job_ids(cfg: Any, refs: list[Ref]) -> list[int | str]:
+    """The job ids an action applies to: an array id stands for each of its
+    active tasks, ``A_T`` for that task's job; a reference nothing answers
+    is kept (an id: the controller says why; ``A_T``: as text, not found)."""
+    from crane.core import messages as m
+
+    if all(t is None for _, t in refs) and len(refs) == 1:
+        jobs = call(cfg, m.QueryJobs(ref_filters(refs), history=False))["jobs"]
+        if not any(j.get("array_job_id") == refs[0][0] for j in jobs):
+            return [refs[0][0]]  # a plain job (the common case): as before
+    else:
+        jobs = call(cfg, m.QueryJobs(ref_filters(refs), history=False))["jobs"]
+    out: list[int | str] = []
+    for r in refs:
+        if r[1] is None:
+            tasks = [j["job_id"] for j in jobs if j.get("array_job_id") == r[0]]
+            out += tasks or [r[0]]
+        else:
+            hit = [j["job_id"] for j in jobs if j.get("array_job_id") == r[0] and j.get("array_task_id") == r[1]]
+            out += hit or [ref_text(r)]
+    return list(dict.fromkeys(out))
 
 
 def parse_kv(args: list[str]) -> dict[str, str]:
@@ -317,7 +368,7 @@ def job_update_fields(kv: dict[str, str]) -> dict[str, Any]:
 def update_job(cfg: Any, kv: dict[str, str]) -> int:
     from crane.core import messages as m
 
-    ids = parse_job_ids(kv["jobid"])
+    ids = resolve_job_ids(cfg, parse_job_ids(kv["jobid"]))
     fields = job_update_fields(kv)
     return each_job(cfg, ids, lambda job_id: m.Control("update_job", {"job_id": job_id, **fields}))
 
@@ -327,15 +378,19 @@ def job_action(cfg: Any, action: str, args: list[str]) -> int:
 
     if len(args) != 1:
         raise CliError(f"{action}: give one comma-separated list of job ids", EXIT_ARGS)
-    return each_job(cfg, parse_job_ids(args[0]), lambda job_id: m.Control(action, {"job_id": job_id}))
+    ids = resolve_job_ids(cfg, parse_job_ids(args[0]))
+    return each_job(cfg, ids, lambda job_id: m.Control(action, {"job_id": job_id}))
 
 
-def each_job(cfg: Any, ids: list[int], request: Callable[[int], Any]) -> int:
+def each_job(cfg: Any, ids: list[int | str], request: Callable[[int], Any]) -> int:
     """One request per job: a single job's error is the command's error;
-    with several, each failure is a line and the first one's code is the exit code."""
+    with several, each failure is a line and the first one's code is the exit code.
+    A text id is an array task ``A_T`` that no job answers."""
     code = 0
     for job_id in ids:
         try:
+            if isinstance(job_id, str):
+                raise CliError(f"Job {job_id} not found or not active", EXIT_PARTIAL)
             call(cfg, request(job_id))
         except CliError as e:
             text = str(e) if str(job_id) in str(e) else f"Job {job_id}: {e}"

@@ -22,6 +22,7 @@ from crane.cli.format import (
     duration,
     elapsed,
     job_elapsed,
+    job_label,
     nodelist_reason,
     parse_format,
     render,
@@ -37,7 +38,7 @@ PROG = "cqueue"
 __all__ = ["JOB_FIELDS", "QUEUE_COLUMNS", "STEP_FIELDS", "Field", "command", "main"]
 
 QUEUE_COLUMNS: list[tuple[str, Getter]] = [
-    ("JOBID", _s("job_id")),
+    ("JOBID", job_label),  # A_T for an array task
     ("PARTITION", _s("partition")),
     ("NAME", _s("name")),
     ("USER", _s("user")),
@@ -50,24 +51,25 @@ QUEUE_COLUMNS: list[tuple[str, Getter]] = [
     ("NODELIST(REASON)", nodelist_reason),
 ]
 
-#: ``-l``: the default columns plus CPUs, memory and GPUs (request and allocation)
+#: ``-l``: the default columns plus CPUs, memory and GPUs (request and allocation) and the dependency
 LONG_COLUMNS: list[tuple[str, Getter]] = [
-    *QUEUE_COLUMNS[:-1], JOB_FIELDS["C"], JOB_FIELDS["m"], JOB_FIELDS["b"], JOB_FIELDS["G"], QUEUE_COLUMNS[-1],
+    *QUEUE_COLUMNS[:-1], JOB_FIELDS["C"], JOB_FIELDS["m"], JOB_FIELDS["b"], JOB_FIELDS["G"], JOB_FIELDS["E"],
+    QUEUE_COLUMNS[-1],
 ]
 
 
-def step_rows(jobs: list[Job], wanted: set[tuple[int, int]], active_only: bool) -> list[Job]:
+def step_rows(jobs: list[Job], wanted: set[tuple[Any, int]], active_only: bool) -> list[Job]:
     """One flat dict per step (the job's fields the step table needs)."""
     from crane.core.ids import TERMINAL
 
     out = []
     for j in jobs:
         for s in j.get("steps") or []:
-            if wanted and (j["job_id"], s["step_id"]) not in wanted:
+            if wanted and (j["job_id"], s["step_id"]) not in wanted and (job_label(j), s["step_id"]) not in wanted:
                 continue
             if active_only and s.get("state") in TERMINAL:
                 continue
-            out.append({**s, "job_id": j["job_id"], "job_name": j["name"], "partition": j["partition"],
+            out.append({**s, "job_id": j["job_id"], "job_label": job_label(j), "job_name": j["name"], "partition": j["partition"],
                         "user": j["user"], "account": j["account"]})  # fmt: skip
     return out
 
@@ -84,7 +86,7 @@ def _step_time(s: Job, now: float) -> str:
 
 
 STEP_FIELDS: dict[str, tuple[str, Getter]] = {
-    "i": ("STEPID", lambda s, now: f"{s['job_id']}.{s['step_id']}"),
+    "i": ("STEPID", lambda s, now: f"{s.get('job_label') or s['job_id']}.{s['step_id']}"),
     "j": ("NAME", _step_name),
     "P": ("PARTITION", _s("partition")),
     "u": ("USER", _s("user")),
@@ -119,7 +121,7 @@ def my_name() -> str:
 @with_options(FILTER_OPTIONS)
 @click.option("-s", "--step", "--steps", "steps", is_flag=True, help="list the jobs' steps instead")
 @click.option("-l", "--long", "long", is_flag=True,
-              help="more columns: CPUS, MIN_MEMORY, GRES, GPU_ALLOC; names and reasons as they are")
+              help="more columns: CPUS, MIN_MEMORY, GRES, GPU_ALLOC, DEPENDENCY; names and reasons as they are")
 @click.option("--me", is_flag=True, help="only my jobs (the same as -u with my user name)")
 @click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
 def command(**o: Any) -> int:

@@ -18,8 +18,14 @@ agent reads the step's pipes, and stops reading while its link to the
 controller is full, which slows the writer down) and
 ``crane.actors.streams`` (the controller relays each chunk at once; a chunk
 this crun's connection cannot take is dropped and counted: crun then prints
-``crun: N bytes of output lost``). Not yet: ``-l``, multi-node tasks (the
-step runs on the job's first node).
+``crun: N bytes of output lost``).
+
+Tasks: the step runs on every node of the allocation, one task per node or
+``-n``/``--ntasks-per-node`` (block distribution, crane.core.job.task_layout;
+several tasks on a node under crane.agent.tasks). Each chunk says which node
+sent it: with several nodes (or ``-l``) crun writes whole lines per node, so
+lines never mix; ``-l`` prefixes ``RANK: `` (written by the node's runner,
+or here for crun's own job, one task per node).
 
 Input: crun's stdin reaches the step when it is a pipe, a file or a socket
 (a terminal only with ``--pty``), as ``StepInput`` chunks, one at a time and
@@ -55,9 +61,10 @@ from crane.core.states import JobState
 from crane.core.text import safe
 
 PROG = "crun"
-WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "10"))  # seconds without a word from the controller
+WAIT_REASK = float(os.environ.get("CRUN_WAIT_REASK", "5"))  # s without a word from the controller (it probes each second)
 DOUBLE_INT = float(os.environ.get("CRUN_INTERRUPT_WINDOW", "1"))  # s: a second Ctrl-C within this cancels
-STEP_ONLY = ("cpus_per_task", "output", "error", "chdir")  # the options a step in an allocation takes
+STEP_ONLY = ("cpus_per_task", "output", "error", "chdir", "ntasks", "ntasks_per_node", "nodes")  # a step's options
+LINE_MAX = 64 * 1024  # -l or several nodes: a longer line is written in pieces
 
 
 def write_step_output(fd: int, data: bytes) -> bool:
@@ -80,8 +87,10 @@ def write_step_output(fd: int, data: bytes) -> bool:
 @click.option("-j", "--jobid", type=int, help="the allocation (default: $CRANE_JOB_ID)")
 @click.option("-C", "--config", help="the config file (default: $CRANE_CONF, else /etc/crane/config.yaml)")
 @click.option("--pty", is_flag=True, help="run the command on a pseudo-terminal (an interactive shell, an editor)")
+@click.option("-l", "--label", is_flag=True, help="prefix each output line with its task's rank (RANK: )")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def command(jobid: int | None, config: str | None, pty: bool, argv: tuple[str, ...], **opts: Any) -> int:
+def command(jobid: int | None, config: str | None, pty: bool, label: bool, argv: tuple[str, ...],
+            **opts: Any) -> int:  # fmt: skip
     """Run COMMAND as a step of the current job, or in a new job."""
     from crane.core import messages as m
 
@@ -89,6 +98,10 @@ def command(jobid: int | None, config: str | None, pty: bool, argv: tuple[str, .
         raise CliError("--hold makes no sense for crun")
     if pty and (opts.get("output") or opts.get("error")):
         raise CliError("--pty takes no --output or --error: the terminal is the step's output")
+    if pty and label:
+        raise CliError("--pty takes no --label: the terminal is one task's")
+    if pty and ((opts.get("ntasks") or 1) > 1 or (opts.get("ntasks_per_node") or 1) > 1):
+        raise CliError("--pty runs one task")
     stdin = pty or forwards_stdin()
     job_id = jobid or int(os.environ.get("CRANE_JOB_ID", "0") or 0)
     cfg = load_config(config)
@@ -103,11 +116,16 @@ def command(jobid: int | None, config: str | None, pty: bool, argv: tuple[str, .
             check_text(what, value)
         env = dict(os.environ)
         req = m.StartStep(job_id, list(argv), opts.get("cpus_per_task") or 1, env, cwd, True, out, err,
-                          stdin=stdin and not pty, pty=pty)  # fmt: skip
+                          stdin=stdin and not pty, pty=pty, ntasks=opts.get("ntasks") or 0,
+                          ntasks_per_node=opts.get("ntasks_per_node") or 0, label=label,
+                          nnodes=opts.get("nodes") or 0)  # fmt: skip
         started: dict[str, Any] = call(cfg, req)
         step_id, own_job = int(started["step_id"]), False
+        lines = label or len(started.get("nodes") or []) > 1  # the agents' runner labels (crane.agent.tasks)
+        prefixes: list[bytes] = []
         if os.environ.get("CRUN_VERBOSE"):
-            print(safe(f"crun: step {job_id}.{step_id} started on {started.get('node')}"), file=sys.stderr)
+            where = ",".join(started.get("nodes") or [started.get("node") or ""])
+            print(safe(f"crun: step {job_id}.{step_id} started on {where}"), file=sys.stderr)
     else:
         spec = build_spec(opts, None, None, argv=list(argv))
         spec["stream"] = [s for s, k in ((1, "stdout"), (2, "stderr")) if k not in spec]
@@ -118,11 +136,13 @@ def command(jobid: int | None, config: str | None, pty: bool, argv: tuple[str, .
             spec["stream"] = [1, 3]  # the terminal: stdin, stdout, stderr
         elif stdin:
             spec["stream"].append(0)
+        prefixes = own_job_labels(opts) if label else []
+        lines = label or ((opts.get("nodes") or 1) > 1 and not pty)  # a terminal's output goes as it comes
         data = call(cfg, m.SubmitJob(spec), timeout=120)
         job_id, step_id, own_job = int(data["job_ids"][0]), 1, True
         if os.environ.get("CRUN_VERBOSE"):
             print(safe(f"crun: job {job_id} submitted"), file=sys.stderr)
-    follower = Follower(cfg, job_id, step_id, own_job, stdin=stdin, pty=pty)
+    follower = Follower(cfg, job_id, step_id, own_job, stdin=stdin, pty=pty, lines=lines, prefixes=prefixes)
     saved = None
     if pty and os.isatty(0):
         import termios
@@ -138,6 +158,21 @@ def command(jobid: int | None, config: str | None, pty: bool, argv: tuple[str, .
 
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
     return exit_code(job_id, step_id, done)
+
+
+def own_job_labels(opts: dict[str, Any]) -> list[bytes]:
+    """``crun -l`` outside an allocation: each node's prefix (its task's
+    rank), crun writing them itself (the job's batch step carries no
+    label). Several tasks on a node cannot be told apart here: refused."""
+    from crane.core.job import task_layout
+
+    nnodes = opts.get("nodes") or 1
+    layout = task_layout(["?"] * nnodes, 1 << 30, 1, opts.get("ntasks") or 0, opts.get("ntasks_per_node") or 0)
+    if isinstance(layout, str):
+        raise CliError(layout)
+    if any(c != 1 for c in layout):
+        raise CliError("--label with several tasks on a node: run crun -l inside an allocation (calloc)")
+    return [f"{rank}: ".encode() for rank in range(len(layout))]
 
 
 def forwards_stdin() -> bool:
@@ -168,6 +203,8 @@ def exit_code(job_id: int, step_id: int, done: dict[str, Any]) -> int:
     code, sig = int(st.get("exit_code") or 0), int(st.get("signal") or 0)
     if state == JobState.CANCELLED or st.get("cancelled"):
         print(safe(cancel_line(job_id, step_id, st)), file=sys.stderr)
+    elif state == JobState.FAILED and st.get("reason"):  # a node down, a launch failure
+        print(safe(f"crun: step {job_id}.{step_id} failed: {st['reason']}"), file=sys.stderr)
     if sig:
         return 128 + sig
     if state == JobState.CANCELLED:
@@ -194,8 +231,14 @@ class Follower:
     a SIGINT for the step or a cancel."""
 
     def __init__(self, cfg: Any, job_id: int, step_id: int, own_job: bool, stdin: bool = False,
-                 pty: bool = False) -> None:  # fmt: skip
+                 pty: bool = False, lines: bool = False, prefixes: list[bytes] | None = None) -> None:  # fmt: skip
         self.cfg, self.job_id, self.step_id, self.own_job = cfg, job_id, step_id, own_job
+        # several nodes (or -l): each node's output is written a whole line at
+        # a time, so that lines of different nodes never mix; ``prefixes``:
+        # crun labels the lines itself (by the sending node's index)
+        self.lines = lines
+        self.prefixes = prefixes or []
+        self.partial: dict[tuple[int, int], bytearray] = {}  # (node, fd) -> the start of a line
         self.input = Input(job_id, step_id, pty) if stdin else None
         self.pty = pty
         self.signals: list[tuple[int, float]] = []  # (signal, when it arrived)
@@ -220,6 +263,7 @@ class Follower:
                 client = self._subscribe(client)
                 done = self._follow(client)
                 if done is not None:
+                    self._flush_lines()
                     return done
         finally:
             if client is not None:
@@ -279,13 +323,16 @@ class Follower:
                 continue
             if rid != self.rid:
                 continue  # a liveness probe, or the answer to an earlier subscription
-            if isinstance(msg, m.StepOutput) and msg.stream == 0:
+            if isinstance(msg, m.StepOutput) and msg.stream == 0 and msg.seq < 0:
+                if inp is not None and inp.open:  # a restarted agent took the step back without its input
+                    print(safe(f"crun: step {self.job_id}.{self.step_id}: its input is closed "
+                               "(the agent on its node restarted)"), file=sys.stderr)  # fmt: skip
+                    inp.close()
+            elif isinstance(msg, m.StepOutput) and msg.stream == 0:
                 if inp is not None:  # the agent's credit: bytes written into the step's stdin
                     inp.acked = max(inp.acked, msg.seq)
             elif isinstance(msg, m.StepOutput):
-                fd = 1 if msg.stream == 1 else 2
-                if self.open[fd]:
-                    self.open[fd] = write_step_output(fd, msg.data)
+                self._output(1 if msg.stream == 1 else 2, msg.node, msg.data)
             elif isinstance(msg, m.Ok):
                 return msg.data
             elif isinstance(msg, m.Error):
@@ -294,6 +341,38 @@ class Follower:
                     if done is not None:
                         return done
                 raise CliError(msg.message, msg.code if 1 <= msg.code <= 5 else 1)
+
+    def _output(self, fd: int, node: int, data: bytes) -> None:
+        if not self.lines:
+            if self.open[fd]:
+                self.open[fd] = write_step_output(fd, data)
+            return
+        buf = self.partial.setdefault((node, fd), bytearray())
+        buf += data
+        end = buf.rfind(b"\n")
+        whole = b""
+        if end >= 0:
+            whole = bytes(buf[: end + 1])
+            del buf[: end + 1]
+        if len(buf) >= LINE_MAX:  # a line without end: in pieces
+            whole += bytes(buf) + b"\n"
+            buf.clear()
+        self._write_lines(fd, node, whole)
+
+    def _write_lines(self, fd: int, node: int, whole: bytes) -> None:
+        if not whole or not self.open[fd]:
+            return
+        if 0 <= node < len(self.prefixes):
+            label, parts = self.prefixes[node], whole.split(b"\n")  # lines end at \n only (a \r is a line's)
+            whole = b"".join(label + p + b"\n" for p in parts[:-1]) + (label + parts[-1] if parts[-1] else b"")
+        self.open[fd] = write_step_output(fd, whole)
+
+    def _flush_lines(self) -> None:
+        """The step ended: what is left of each node's last line."""
+        for (node, fd), buf in sorted(self.partial.items()):
+            if buf:
+                self._write_lines(fd, node, bytes(buf) + (b"\n" if self.prefixes else b""))
+                buf.clear()
 
     def _from_history(self) -> dict[str, Any] | None:
         """The step's end from the finished jobs (its answer did not reach
@@ -364,6 +443,12 @@ class Input:
         self.sent = 0  # bytes read from stdin
         self.acked = 0  # bytes the agent wrote into the step's stdin
         self.open = True
+
+    def close(self) -> None:
+        """The step takes no more input: nothing more is read or sent."""
+        self.open = False
+        self.outbox.clear()
+        self.inflight = None
 
     def wants_read(self) -> bool:
         from crane.core import messages as m

@@ -63,23 +63,30 @@ def parse_states(text: str, all_states: Sequence[str]) -> list[str]:
 
 def build_filters(
     o: dict[str, Any], all_states: Sequence[str]
-) -> tuple[dict[str, Any], set[tuple[int, int]]]:
+) -> tuple[dict[str, Any], set[tuple[Any, int]]]:
     """The QueryJobs filter map from the common options, plus the step ids
-    named with ``-j J.S`` (used by ``--step``)."""
-    from crane.core.ids import IdListError, expand_nodes, parse_id_list
+    named with ``-j J.S`` or ``-j A_T.S`` (used by ``--step``: keys
+    ``(job id, step)`` or ``("A_T", step)``). ``-j A`` with an array id
+    selects every task of the array; ``A_T`` one task (``array_tasks``)."""
+    from crane.core.ids import IdListError, expand_nodes, parse_job_refs
 
     filters: dict[str, Any] = {}
-    steps: set[tuple[int, int]] = set()
+    steps: set[tuple[Any, int]] = set()
     for key in ("name", "user", "account", "partition", "qos"):
         if o.get(key) is not None:
             filters[key] = o[key]
     if o.get("job") is not None:
         try:
-            ids = parse_id_list(o["job"])
+            refs = parse_job_refs(o["job"])
         except IdListError as e:
             raise CliError(str(e), EXIT_ARGS) from None
-        filters["jobs"] = sorted({j for j, _ in ids})
-        steps = {(j, s) for j, s in ids if s is not None}
+        jobs = sorted({j for j, _, t in refs if t is None})
+        tasks = sorted({(j, t) for j, _, t in refs if t is not None})
+        filters["jobs"] = jobs
+        filters["expand_arrays"] = True  # -j A: every task of array A (as squeue/sacct)
+        if tasks:
+            filters["array_tasks"] = [[a, t] for a, t in tasks]
+        steps = {(j if t is None else f"{j}_{t}", s) for j, s, t in refs if s is not None}
     if o.get("state") is not None:
         filters["states"] = parse_states(o["state"], all_states)
     if o.get("nodelist") is not None:
@@ -168,6 +175,11 @@ def memory(j: Job, now: float) -> str:
     return format_memory(int(j.get("memory") or 0))
 
 
+def job_label(j: Job, now: float = 0.0) -> str:
+    """A job's id as users name it: ``A_T`` for an array task, else the id."""
+    return str(j.get("job_label") or j["job_id"])
+
+
 def _s(key: str, default: str = "") -> Getter:
     def get(j: Job, now: float) -> str:
         v = j.get(key)
@@ -178,8 +190,12 @@ def _s(key: str, default: str = "") -> Getter:
 
 #: ``-o`` letters (Slurm's squeue where they exist): letter -> (header, getter)
 JOB_FIELDS: dict[str, tuple[str, Getter]] = {
-    "i": ("JOBID", _s("job_id")),
-    "A": ("JOBID", _s("job_id")),
+    "i": ("JOBID", job_label),  # A_T for an array task (as squeue's %i)
+    "A": ("JOBID", _s("job_id")),  # the job's own id, also for an array task (squeue's %A)
+    "F": ("ARRAY_JOB_ID", lambda j, now: str(j.get("array_job_id") or j["job_id"])),
+    "K": ("ARRAY_TASK_ID", lambda j, now: "N/A" if j.get("array_task_id") is None else str(j["array_task_id"])),
+    "E": ("DEPENDENCY", lambda j, now: str(j.get("dependency") or "(null)")),
+    "k": ("COMMENT", lambda j, now: str(j.get("comment") or "(null)")),
     "j": ("NAME", _s("name")),
     "u": ("USER", _s("user")),
     "U": ("UID", _s("uid")),
@@ -373,13 +389,14 @@ def render_parsable(
 
 # --------------------------------------------------------------------------- options
 
-JOB_FORMAT_HELP = "Slurm-like format: %i %j %u %a %P %q %T %t %M %l %D %R %r %b (GRES) %G (GPUs) ..."
+JOB_FORMAT_HELP = ("Slurm-like format: %i (A_T for an array task) %A (job id) %F %K (array id, index) %j %u %a "
+                   "%P %q %T %t %M %l %D %R %r %E (dependency) %b (GRES) %G (GPUs) ...")
 
 
 def filter_options(format_help: str = JOB_FORMAT_HELP) -> list[Any]:
     """The options cqueue and cacct share (job selection, output form)."""
     return [
-        click.option("-j", "--job", "--jobs", "job", help="comma list of job ids (JOB or JOB.STEP)"),
+        click.option("-j", "--job", "--jobs", "job", help="comma list of job ids (JOB, JOB.STEP, array task A_T or A_T.STEP; an array id A: every task)"),
         click.option("-n", "--name", help="job name"),
         click.option("-u", "--user", help="job owner (name or uid)"),
         click.option("-A", "--account", help="account name"),

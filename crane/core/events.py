@@ -112,6 +112,10 @@ class NewStepEv(Traced):
     stream: list[int] = field(default_factory=list)  # 1 stdout, 2 stderr: live to crun
     stdout: str = ""  # a file instead of the job's (absolute)
     stderr: str = ""
+    ntasks: int = 0  # crun -n (0: one task per node, or from ntasks_per_node)
+    ntasks_per_node: int = 0
+    label: bool = False  # crun -l
+    nnodes: int = 0  # crun -N (0: every node of the job)
 
 
 @dataclass(slots=True)

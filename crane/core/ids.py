@@ -31,6 +31,7 @@ __all__ = [
     "format_memory",
     "parse_bool",
     "parse_id_list",
+    "parse_job_refs",
     "parse_job_states",
     "parse_memory",
     "parse_signal",
@@ -98,6 +99,46 @@ def parse_id_list(text: str) -> list[tuple[int, int | None]]:
             if step is None:
                 raise IdListError(text)
         key = (job, step)
+        if key not in seen:
+            seen.add(key)
+            result.append(key)
+    return result
+
+
+#: ``A_T[.S]``: task T of array A (T may be 0), optionally one of its steps
+_REF_ITEM_RE = re.compile(rf"({_POS_INT})(?:_(0|{_POS_INT}))?(?:\.({_POS_INT}))?", re.ASCII)
+
+JobRef = tuple[int, int | None, int | None]  # (job or array id, step or None, array task index or None)
+
+
+def parse_job_refs(text: str) -> list[JobRef]:
+    """Like :func:`parse_id_list`, also accepting Slurm's array task ids:
+    ``"12,7_3,7_4.2"`` -> ``[(12, None, None), (7, None, 3), (7, 2, 4)]``
+    (job or array id, step, task index). ``A`` alone is returned as
+    ``(A, None, None)``: the controller knows whether it is an array (every
+    task) or a job. Duplicates are dropped, keeping the first."""
+    if not text:
+        raise IdListError(text)
+    result: list[JobRef] = []
+    seen: set[JobRef] = set()
+    for item in text.split(","):
+        m = _REF_ITEM_RE.fullmatch(item)
+        if m is None:
+            raise IdListError(text)
+        job = _bounded_id(m.group(1))
+        task: int | None = None
+        step: int | None = None
+        if m.group(2) is not None:
+            task = 0 if m.group(2) == "0" else _bounded_id(m.group(2))
+            if task is None:
+                raise IdListError(text)
+        if m.group(3) is not None:
+            step = _bounded_id(m.group(3))
+            if step is None:
+                raise IdListError(text)
+        if job is None:
+            raise IdListError(text)
+        key = (job, step, task)
         if key not in seen:
             seen.add(key)
             result.append(key)

@@ -19,6 +19,7 @@ from typing import Any
 
 from crane.core import events as ev
 from crane.core import messages as m
+from crane.core import patterns
 from crane.core.ids import compress_nodes
 from crane.core.job import (
     CancelIntent,
@@ -28,6 +29,7 @@ from crane.core.job import (
     _prune_ended_steps,
     cancel_banner,
     request_of,
+    task_layout,
 )
 from crane.core.states import (
     ACTIVE,
@@ -48,6 +50,8 @@ PENDING_ONLY = ("partition", "qos", "priority")  # fields of a pending job only 
 RESCHEDULE = PENDING_ONLY  # what the scheduler's request holds of these
 UPDATE_NAMES = {"partition": "Partition", "qos": "QOS", "priority": "Priority"}
 
+FAILED_PART = (StepEnd.LOST, StepEnd.LAUNCH_FAILED)  # a node's part of a step that failed there
+STDIN, PTY = 0, 3  # NewStepEv.stream members (crane.agent.stream): crun's stdin, a terminal
 _HANDLERS, on = ev.handler_table()  # one handler per event type, filled by @on
 
 
@@ -98,10 +102,37 @@ class JobMachine:
         j.next_step, j.end_reason, j.exit_code, j.exit_signal = 2, "", 0, 0
         launch = j.launch or {}
         j.launch = None  # a requeue reads it from the store again
+        stream = list(launch.get("stream") or [])
+        if stream:  # crun's own job: its command runs on every node (one task per node, or -n)
+            return self._crun_job(launch, stream, now)
         spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, e.cpus,
                            launch.get("script") or "", j.nodes[0])  # fmt: skip
-        spec["stream"] = list(launch.get("stream") or [])  # crun's job: live output
+        spec["stream"] = stream
         return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
+
+    def _crun_job(self, launch: dict[str, Any], stream: list[int], now: float) -> list[Any]:
+        """The batch step of crun's own job: the command on each node (its
+        tasks as task_layout places them: the job's cpus per node already
+        hold its tasks, see crane.cli.job_options.build_spec)."""
+        j = self.job
+        layout = [1] if PTY in stream else task_layout(j.nodes, j.cpus, 1, j.ntasks, j.ntasks_per_node)
+        if isinstance(layout, str):
+            layout = [1] * len(j.nodes)
+        nodes = j.nodes[: len(layout)]
+        st = j.steps[1]
+        if len(nodes) > 1 or layout != [1]:
+            st.nodes, st.tasks = list(nodes), list(layout)
+        actions: list[Any] = []
+        rank = 0
+        for index, (node, count) in enumerate(zip(nodes, layout, strict=True)):
+            task = {"rank": rank, "count": count, "index": index, "ntasks": sum(layout), "nodes": nodes,
+                    "counts": layout, "label": False}  # fmt: skip
+            rank += count
+            spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, j.cpus,
+                               launch.get("script") or "", node, task)  # fmt: skip
+            spec["stream"] = [s for s in stream if index == 0 or s != STDIN]
+            actions.append(ev.ToNode(node, m.LaunchStep(j.id, 1, spec)))
+        return actions + [ev.Persist()]
 
     @on(ev.NewStepEv)
     def _on_NewStepEv(self, e: ev.NewStepEv, now: float) -> list[Any]:
@@ -112,25 +143,56 @@ class JobMachine:
             return [ev.Reply(e.reply, m.Error(4, f"Job {j.id} is being cancelled: no new steps"))]
         if e.cpus > j.cpus:
             return [ev.Reply(e.reply, m.Error(2, f"step asks {e.cpus} cpus, the job has {j.cpus}"))]
+        # one task per node of the job unless -n/--ntasks-per-node say otherwise
+        # (a terminal step runs one task, on the first node)
+        if e.nnodes > len(j.nodes):
+            return [ev.Reply(e.reply, m.Error(2, f"step asks {e.nnodes} nodes, the job has {len(j.nodes)}"))]
+        pool = j.nodes[: e.nnodes] if e.nnodes else j.nodes
+        pty = PTY in e.stream
+        layout = [1] if pty and not (e.ntasks or e.ntasks_per_node) else task_layout(
+            pool, j.cpus, e.cpus, e.ntasks, e.ntasks_per_node)  # fmt: skip
+        if isinstance(layout, str):
+            return [ev.Reply(e.reply, m.Error(2, layout))]
+        if pty and sum(layout) != 1:
+            return [ev.Reply(e.reply, m.Error(2, "--pty runs one task"))]
+        nodes = j.nodes[: len(layout)]
         # steps share the allocation (the batch step, 1, is the job's shell, as
-        # in Slurm): the running ones together fit in the job's CPUs
-        busy = sum(int(st.cpus or 0) for sid, st in j.steps.items() if sid != 1 and st.state == S.RUNNING)
-        if busy + e.cpus > j.cpus:
-            free = max(j.cpus - busy, 0)
-            return [ev.Reply(e.reply, m.Error(4, f"step asks {e.cpus} cpus, {free} of the job's {j.cpus} are free (running steps hold the rest)"))]
+        # in Slurm): the running ones together fit in the job's CPUs on each node
+        for node, count in zip(nodes, layout, strict=True):
+            busy = sum(int(st.cpus or 0) * st.tasks_on(node) for sid, st in j.steps.items()
+                       if sid != 1 and st.state == S.RUNNING)  # fmt: skip
+            want = e.cpus * count
+            if busy + want > j.cpus:
+                free = max(j.cpus - busy, 0)
+                where = f" on {node}" if len(j.nodes) > 1 else ""
+                return [ev.Reply(e.reply, m.Error(4, f"step asks {want} cpus{where}, {free} of the job's {j.cpus} are free (running steps hold the rest)"))]
         sid = j.next_step
         j.next_step += 1
         shown = _argv_summary(e.argv)  # the record keeps a bounded summary
         _prune_ended_steps(j.steps)
-        j.steps[sid] = Step(S.RUNNING, j.nodes[0], now, e.cpus, shown)
-        spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus, node=j.nodes[0])
-        spec["stream"] = list(e.stream)
-        spec.update({k: j.output_path(v, j.nodes[0]) for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v})
-        return [
-            ev.ToNode(j.nodes[0], m.LaunchStep(j.id, sid, spec)),
-            ev.Persist(),
-            ev.Reply(e.reply, m.Ok({"step_id": sid, "node": j.nodes[0]})),
-        ]
+        st = Step(S.RUNNING, nodes[0], now, e.cpus, shown)
+        if len(nodes) > 1 or layout != [1]:
+            st.nodes, st.tasks = list(nodes), list(layout)
+        j.steps[sid] = st
+        ntasks = sum(layout)
+        actions: list[Any] = []
+        rank = 0
+        for index, (node, count) in enumerate(zip(nodes, layout, strict=True)):
+            task = {"rank": rank, "count": count, "index": index, "ntasks": ntasks, "nodes": nodes,
+                    "counts": layout, "label": e.label}  # fmt: skip
+            rank += count
+            spec = j.step_spec(sid, e.argv, e.env, e.cwd, e.cpus, node=node, task=task)
+            # crun's stdin reaches the first task only (as srun's default)
+            spec["stream"] = [s for s in e.stream if index == 0 or s != STDIN]
+            triple = (sid - 2, task["rank"], index)
+            spec.update({k: patterns.expand(v, j.id, j.name, j.user, node, task=triple)
+                         for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v})  # fmt: skip
+            j.task_files(spec, {k: v for k, v in (("stdout", e.stdout), ("stderr", e.stderr)) if v}, node, sid - 2, task)
+            actions.append(ev.ToNode(node, m.LaunchStep(j.id, sid, spec)))
+        answer: dict[str, Any] = {"step_id": sid, "node": nodes[0]}
+        if st.nodes:
+            answer.update(nodes=list(nodes), tasks=list(layout))
+        return actions + [ev.Persist(), ev.Reply(e.reply, m.Ok(answer))]
 
     @on(ev.StepStartedEv)
     def _on_StepStartedEv(self, e: ev.StepStartedEv, now: float) -> list[Any]:
@@ -145,6 +207,24 @@ class JobMachine:
         st = j.steps.get(e.step_id)
         if st is None or st.state != S.RUNNING:
             return []  # duplicate report (e.g. after a re-registration)
+        if len(st.nodes) > 1:  # a multi-node step ends when every node reported
+            if e.node not in st.nodes or e.node in st.ended:
+                return []
+            first_failure = not any(x[2] in FAILED_PART for x in st.ended.values())
+            st.ended[e.node] = [e.exit_code, e.signal, e.reason, e.detail]
+            actions: list[Any] = []
+            if e.reason in FAILED_PART and first_failure and not st.cancelled:
+                # its part failed: the rest of the step is killed (as srun does), the node named
+                kill = m.KillJob(j.id, e.step_id, 0.0, True, KillReason.CANCELLED, "")
+                actions += [ev.ToNode(n, kill) for n in st.nodes if n not in st.ended and n not in j.released]
+            if len(st.ended) < len(st.nodes):
+                return actions + [ev.Persist()]
+            e, failed = _combined(e, st)
+            return actions + self._step_end(e, st, now, failed)
+        return self._step_end(e, st, now, None)
+
+    def _step_end(self, e: ev.StepEndedEv, st: Step, now: float, reason: str | None) -> list[Any]:
+        j = self.job
         st.end, st.exit_code, st.signal = now, e.exit_code, e.signal
         if st.cancelled:
             st.state = S.CANCELLED
@@ -156,6 +236,8 @@ class JobMachine:
             st.reason = "Node re-registered but step lost"
         elif e.reason == StepEnd.LAUNCH_FAILED:
             st.reason = "Launch failed: " + e.detail if e.detail else "Launch failed"
+        if reason:  # which node of a multi-node step failed
+            st.reason = f"{st.reason} on {reason}" if st.reason else f"Failed on {reason}"
         actions: list[Any] = [ev.Persist(), ev.StepDone(e.step_id, st)]
         if e.step_id == 1 and j.state in (S.RUNNING, S.SUSPENDED):
             j.exit_code, j.exit_signal = e.exit_code, e.signal
@@ -224,7 +306,7 @@ class JobMachine:
         if e.step_id is None:
             return [ev.ToNode(n, m.SignalJob(j.id, None, e.signal)) for n in j.nodes if n not in j.released]
         st = j.steps[e.step_id]
-        return [ev.ToNode(st.node, m.SignalJob(j.id, e.step_id, e.signal))]
+        return [ev.ToNode(n, m.SignalJob(j.id, e.step_id, e.signal)) for n in _live_nodes(j, st)]
 
     def _cancel_step(self, e: ev.CancelEv) -> list[Any]:
         j = self.job
@@ -237,7 +319,7 @@ class JobMachine:
             f"JOB {j.id}", f"STEP {j.id}.{e.step_id}"
         )
         kill = m.KillJob(j.id, e.step_id, grace, e.force, KillReason.CANCELLED, banner)
-        return [ev.ToNode(st.node, kill), ev.Persist()]
+        return [ev.ToNode(n, kill) for n in _live_nodes(j, st)] + [ev.Persist()]
 
     @on(ev.ControlEv)
     def _on_ControlEv(self, e: ev.ControlEv, now: float) -> list[Any]:
@@ -310,12 +392,13 @@ class JobMachine:
         j = self.job
         if e.node not in j.nodes or e.node in j.released or j.state not in ACTIVE:
             return []
-        for st in j.steps.values():
-            if st.node == e.node and st.state == S.RUNNING:
-                st.state, st.end, st.reason = S.FAILED, now, "Node down"
+        actions: list[Any] = []
+        for sid, st in j.steps.items():
+            if e.node in st.all_nodes() and st.state == S.RUNNING:
+                st.state, st.end, st.reason = S.FAILED, now, f"Node {e.node} down"
+                actions.append(ev.StepDone(sid, st))  # its crun learns it at once
         if not j.cancel:
             j.end_reason, j.reason = EndReason.NODE_FAIL, f"Node {e.node} down"
-        actions: list[Any] = []
         if j.state != S.COMPLETING:
             actions += self._kill_nodes(j.cancel, cleanup=True)
         return actions + self.handle(ev.ReleasedEv(e.node), now)
@@ -329,8 +412,9 @@ class JobMachine:
         actions: list[Any] = []
         if j.state == S.COMPLETING:  # deliver the kill that may have been lost
             return self._kill_nodes(j.cancel, cleanup=not j.cancel, only=e.node)
-        for sid, st in j.steps.items():
-            if st.node == e.node and st.state == S.RUNNING and sid not in e.steps:
+        for sid, st in list(j.steps.items()):
+            if (e.node in st.all_nodes() and e.node not in st.ended and st.state == S.RUNNING
+                    and sid not in e.steps):  # fmt: skip
                 actions += self.handle(ev.StepEndedEv(e.node, sid, -1, 0, StepEnd.LOST), now)
         return actions
 
@@ -393,3 +477,23 @@ class JobMachine:
         if j.state == S.TIMEOUT:
             j.reason = PendingReason.EXCEED_TIME_LIMIT
         return [ev.Persist(), ev.Terminal()]
+
+
+def _live_nodes(j: Job, st: Step) -> list[str]:
+    """The nodes where ``st`` may still run (not ended there, not released)."""
+    return [n for n in st.all_nodes() if n not in st.ended and n not in j.released]
+
+
+def _combined(e: ev.StepEndedEv, st: Step) -> tuple[ev.StepEndedEv, str | None]:
+    """One end for a multi-node step from its nodes' ends: the largest exit
+    code, a signal-ended task winning (as srun); a node's failure reason
+    (lost, launch failed) over a plain end."""
+    ends = list(st.ended.values())
+    signals = [int(x[1]) for x in ends if int(x[1] or 0)]
+    code = max(int(x[0]) for x in ends)
+    failed = [(n, x) for n, x in st.ended.items() if x[2] in FAILED_PART]
+    others = [(n, x) for n, x in st.ended.items() if x[2]]
+    node, first = (failed or others or [(None, None)])[0]
+    end = ev.StepEndedEv(e.node, e.step_id, code, max(signals) if signals else 0,
+                         first[2] if first else "", first[3] if first else "")  # fmt: skip
+    return end, node if failed else None

@@ -234,6 +234,11 @@ class StartStep(Message):
     stderr: str = ""
     stdin: bool = False  # crun's stdin reaches the step (StepInput); needs stream
     pty: bool = False  # the step runs on a pseudo-terminal (stdin, stdout, stderr); needs stream
+    # tasks (crun -n, --ntasks-per-node): 0 = one task per node of the job
+    ntasks: int = 0
+    ntasks_per_node: int = 0
+    label: bool = False  # crun -l: each output line prefixed with its task's rank ("RANK: ")
+    nnodes: int = 0  # crun -N: the step on the job's first N nodes (0: all of them)
 
 
 # the bytes of a step's input that may be on their way (sent by crun, not yet
@@ -344,6 +349,7 @@ class StepOutput(Message):
     stream: int
     data: bytes
     seq: int = 0
+    node: int = 0  # the index of the sending node among the step's nodes (seq counts per node)
 
 
 @dataclass(slots=True)

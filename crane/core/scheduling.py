@@ -137,6 +137,34 @@ class Reconfigure(ev.Traced):
     nodes: dict[str, NodeShape]
 
 
+@dataclass(slots=True)
+class Gate(ev.Traced):
+    """Sent by the job table: keep the job out of passes while ``reason``
+    (a PendingReason: Dependency, DependencyNeverSatisfied) holds; "" lifts
+    the gate. A gate outlives the job's place in the queue (a hold, an
+    update) until lifted or ``Forget``."""
+
+    job_id: int
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class ArrayTask(ev.Traced):
+    """The job is a task of array ``array_id`` whose tasks run at most
+    ``limit`` at once (``--array ...%limit``)."""
+
+    job_id: int
+    array_id: int
+    limit: int
+
+
+@dataclass(slots=True)
+class Forget(ev.Traced):
+    """The job ended: drop its gate and array membership."""
+
+    job_id: int
+
+
 # ------------------------------------------------------------------ actions
 
 
@@ -242,6 +270,8 @@ class SchedulingMachine:
         self.pass_wanted = False
         self._order: list[Request] | None = None  # pending in priority order; None = re-sort
         self._fresh: set[int] = set()  # placed during the current pass: not candidates yet
+        self.gates: dict[int, PendingReason] = {}  # job -> why it may not run (its dependency)
+        self.arrays: dict[int, tuple[int, int]] = {}  # array task with a limit -> (array id, limit)
 
     def handle(self, event: Any) -> list[Any]:
         fn = _HANDLERS.get(type(event))
@@ -260,7 +290,7 @@ class SchedulingMachine:
             return []
         self.pending[req.job_id] = req
         self.causes[req.job_id] = e.cause
-        self.reasons[req.job_id] = PendingReason.PRIORITY
+        self.reasons[req.job_id] = self.gates.get(req.job_id, PendingReason.PRIORITY)
         self._order = None
         self.pass_wanted = True
         return []
@@ -279,6 +309,30 @@ class SchedulingMachine:
             actions += self._resume_lent(e.job_id, e.cause)  # it never started: its suspended victims go on
             self.pass_wanted = True
         return actions
+
+    @on(Gate)
+    def _on_Gate(self, e: Gate) -> list[Any]:
+        if e.reason:
+            self.gates[e.job_id] = PendingReason(e.reason)
+            if e.job_id in self.pending:
+                self.reasons[e.job_id] = self.gates[e.job_id]
+        elif self.gates.pop(e.job_id, None) is not None and e.job_id in self.pending:
+            self.reasons[e.job_id] = PendingReason.PRIORITY
+            self.pass_wanted = True
+        return []
+
+    @on(ArrayTask)
+    def _on_ArrayTask(self, e: ArrayTask) -> list[Any]:
+        if e.limit > 0:
+            self.arrays[e.job_id] = (e.array_id, e.limit)
+        return []
+
+    @on(Forget)
+    def _on_Forget(self, e: Forget) -> list[Any]:
+        self.gates.pop(e.job_id, None)
+        if self.arrays.pop(e.job_id, None) is not None:
+            self.pass_wanted = True  # one task fewer of its array: another may start
+        return []
 
     # ---------------------------------------------------------- nodes and jobs holding them
 
@@ -421,7 +475,20 @@ class SchedulingMachine:
         if limits:
             for h in self.held.values():
                 running[(h.uid, h.qos)] = running.get((h.uid, h.qos), 0) + 1
+        gates, arrays = self.gates, self.arrays
+        array_running: dict[int, int] = {}
+        if arrays:  # tasks of limited arrays holding resources, per array
+            for jid, (aid, _lim) in arrays.items():
+                if jid in self.held:
+                    array_running[aid] = array_running.get(aid, 0) + 1
         for req in order:
+            if gates and req.job_id in gates:
+                reasons[req.job_id] = gates[req.job_id]
+                continue
+            arr = arrays.get(req.job_id) if arrays else None
+            if arr is not None and array_running.get(arr[0], 0) >= arr[1]:
+                reasons[req.job_id] = PendingReason.ARRAY_TASK_LIMIT
+                continue
             lim = limits.get(req.qos) if limits else None
             if lim is not None and running.get((req.uid, req.qos), 0) >= lim:
                 reasons[req.job_id] = PendingReason.QOS_MAX_JOBS_PER_USER
@@ -431,6 +498,8 @@ class SchedulingMachine:
                 nodes = place(req, self.ledgers, rnodes)
                 if nodes is not None:
                     actions.append(self._allocate(req, nodes, now))
+                    if arr is not None:
+                        array_running[arr[0]] = array_running.get(arr[0], 0) + 1
                     continue
                 if not all(self._victim_gone(v) for v in victims):
                     reasons[req.job_id] = PendingReason.WAITING_FOR_PREEMPTION
@@ -454,11 +523,15 @@ class SchedulingMachine:
                         nodes = place(req, self.ledgers, self.reserved[req.job_id][0])
                         if nodes is not None:
                             actions.append(self._allocate(req, nodes, now))
+                            if arr is not None:
+                                array_running[arr[0]] = array_running.get(arr[0], 0) + 1
                 else:
                     reasons[req.job_id] = PendingReason.RESOURCES
                 continue
             actions.append(self._allocate(req, nodes, now))
             free_cpus -= req.cpus * len(nodes)
+            if arr is not None:
+                array_running[arr[0]] = array_running.get(arr[0], 0) + 1
             if lim is not None:
                 running[(req.uid, req.qos)] = running.get((req.uid, req.qos), 0) + 1
         self._fresh = set()

@@ -11,7 +11,13 @@ from crane.core.ids import CANCELLABLE
 from crane.core.job import Job
 from crane.core.states import JobState
 
-FILTER_KEYS = ("name", "user", "account", "partition", "qos", "states", "nodes", "jobs", "ended_after")
+FILTER_KEYS = ("name", "user", "account", "partition", "qos", "states", "nodes", "jobs", "ended_after", "array_tasks",
+               "expand_arrays")
+MAX_ARRAY_REFS = 10_000  # [A, T] pairs in one array_tasks filter
+MAX_PAIRS = 100_000  # (job, step) pairs a list of references may name, arrays expanded
+
+#: what resolving an array id needs of a job: (array_job_id, array_task_id, array_task_count, active)
+ArrayInfo = tuple[int, int | None, int, bool]
 
 
 def check_filters(filters: dict[str, Any]) -> str | None:
@@ -22,6 +28,12 @@ def check_filters(filters: dict[str, Any]) -> str | None:
         if k in ("states", "nodes", "jobs"):
             if not isinstance(v, list):
                 return f"filter {k} must be a list"
+        elif k == "expand_arrays":  # cqueue/cacct -j A: an array id stands for every task
+            if not isinstance(v, bool):
+                return f"filter {k} must be true or false"
+        elif k == "array_tasks":  # -j A_T: [[A, T], ...]; ccancel A_T.S: [A, T, S]
+            if not isinstance(v, list) or len(v) > MAX_ARRAY_REFS or not all(_array_ref(p) for p in v):
+                return f"filter {k} must be a list of [array id, task index(, step id)] (at most {MAX_ARRAY_REFS})"
         elif k == "ended_after":  # cacct -S: finished at or after this time (seconds since the epoch)
             if not isinstance(v, int | float) or isinstance(v, bool) or v != v:
                 return f"filter {k} must be a number"
@@ -30,7 +42,18 @@ def check_filters(filters: dict[str, Any]) -> str | None:
     return None
 
 
+def _array_ref(p: Any) -> bool:
+    """``[A, T]`` or ``[A, T, S]``: A and S positive, T not negative."""
+    if not isinstance(p, list) or len(p) not in (2, 3):
+        return False
+    if any(not isinstance(x, int) or isinstance(x, bool) for x in p):
+        return False
+    return bool(p[0] > 0 and p[1] >= 0 and (len(p) == 2 or p[2] > 0))
+
+
 def matches(job: Job, f: dict[str, Any]) -> bool:
+    """Does ``job`` pass every filter (``array_tasks`` and ``expand_arrays``
+    are resolved into ``jobs`` by the query before)."""
     if "jobs" in f and job.id not in f["jobs"]:
         return False
     if "ended_after" in f and job.end_time is not None and job.end_time < f["ended_after"]:
@@ -54,6 +77,77 @@ def matches(job: Job, f: dict[str, Any]) -> bool:
         if not wanted.intersection(job.nodes):
             return False
     return True
+
+
+def array_tasks(array_id: int, info: Callable[[int], ArrayInfo | None]) -> list[int] | None:
+    """The job ids of every task of array ``array_id`` (consecutive from
+    it), or None when ``array_id`` is not an array's id."""
+    inf = info(array_id)
+    if inf is None or inf[0] != array_id or inf[2] <= 1:
+        return None
+    return list(range(array_id, array_id + inf[2]))
+
+
+def find_task(array_id: int, task: int, info: Callable[[int], ArrayInfo | None]) -> int | None:
+    """The job id of task ``task`` of array ``array_id`` (``A_T``), or None."""
+    inf = info(array_id)
+    if inf is None or inf[0] != array_id:
+        return None
+    for jid in range(array_id, array_id + max(inf[2], 1)):  # indices ascend with the ids
+        t = info(jid)
+        if t is not None and t[0] == array_id and t[1] == task:
+            return jid
+    return None
+
+
+def expand_refs(refs: Iterable[tuple[int, int | None, int | None]], info: Callable[[int], ArrayInfo | None],
+                active_only: bool = True) -> tuple[list[tuple[int, int | None]], list[tuple[str, int | None, str]]]:  # fmt: skip
+    """Job references (``J``, ``J.S``, ``A``, ``A_T``, ``A_T.S``) -> (job id,
+    step) pairs, and those not found (label, step, reason). An array id
+    alone stands for each of its tasks (only the active ones with
+    ``active_only``, if any is active: a cancel of a partly finished array
+    cancels the rest)."""
+    out: dict[tuple[int, int | None], None] = {}  # in order, each pair once
+    missing: list[tuple[str, int | None, str]] = []
+    # bounded work per request: each job is looked up once (``info`` may read
+    # the history on disk), each array's tasks indexed once, a reference
+    # repeated is resolved once (10,000 ``A_T`` of one big finished array once
+    # cost 10 million lookups; an array id repeated, millions of pairs)
+    memo: dict[int, ArrayInfo | None] = {}
+
+    def known(i: int) -> ArrayInfo | None:
+        if i not in memo:
+            memo[i] = info(i)
+        return memo[i]
+
+    index: dict[int, dict[int, int]] = {}  # array id -> {task index: job id}
+    for job, step, task in dict.fromkeys(refs):
+        if len(out) >= MAX_PAIRS:  # at most what a jobs filter may list
+            missing.append((str(job), step, f"more than {MAX_PAIRS} jobs named"))
+            break
+        if task is not None:
+            if job not in index:
+                index[job] = {}
+                inf = known(job)
+                for j in range(job, job + max(inf[2], 1)) if inf is not None and inf[0] == job else ():
+                    t = known(j)
+                    if t is not None and t[0] == job and t[1] is not None:
+                        index[job].setdefault(t[1], j)
+            jid = index[job].get(task)
+            if jid is None:
+                missing.append((f"{job}_{task}", step, "Job not found"))
+            else:
+                out[jid, step] = None
+            continue
+        tasks = array_tasks(job, known)
+        if tasks is None:
+            out[job, step] = None
+            continue
+        if active_only:
+            live = [t for t in tasks if (i := known(t)) is not None and i[3]]
+            tasks = live or [job]
+        out.update(((t, step), None) for t in tasks[: MAX_PAIRS - len(out)])
+    return list(out), missing
 
 
 @dataclass(slots=True)

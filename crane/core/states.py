@@ -105,6 +105,9 @@ class PendingReason(enum.StrEnum):
     HELD_ADMIN = "JobHeldAdmin"
     EXCEED_TIME_LIMIT = "ExceedTimeLimit"  # shown on a job its time limit ended
     CANCEL_PENDING_GRACEFUL = "CancelPending(graceful)"  # running steps finish, no new ones start
+    DEPENDENCY = "Dependency"  # --dependency not met yet
+    DEPENDENCY_NEVER_SATISFIED = "DependencyNeverSatisfied"  # --dependency can no longer be met (cancel it)
+    ARRAY_TASK_LIMIT = "JobArrayTaskLimit"  # --array ...%N: N tasks of its array run already
 
 
 class EndReason(enum.StrEnum):

@@ -12,10 +12,11 @@ from crane.core import events as ev
 from crane.core import messages as m
 from crane.core import untrusted
 from crane.core.job import Job
-from crane.core.selection import check_filters, select
+from crane.core.selection import Selection, check_filters, expand_refs, select
 from crane.core.states import AdminLevel, CancelPath, EndState, JobState
 from crane.permissions import Caller
 from crane.requests.port import ARGS, REFUSED, Reply, RequestPort
+from crane.requests.query import array_info
 
 MAX_MESSAGE = 320
 SIGNALLABLE = (JobState.RUNNING, JobState.SUSPENDED)
@@ -28,8 +29,14 @@ def handle(port: RequestPort, caller: Caller, req: m.Cancel, rid: str, reply: Re
     if err:
         reply(m.Error(ARGS, err))
         return
-    ids = [(int(a), b) for a, b in req.ids]  # type: ignore[arg-type]
-    sel = select(
+    # ids [job, step]; filter array_tasks [array, task(, step)] (A_T[.S]); an array id alone: each active task
+    filters = dict(filters)
+    tasks = filters.pop("array_tasks", None) or []
+    refs = [(int(a), b, None) for a, b in req.ids]  # type: ignore[arg-type]
+    refs += [(t[0], t[2] if len(t) == 3 else None, t[1]) for t in tasks]
+    ids, missing = expand_refs(refs, array_info(port)) if refs else ([], [])
+    # ids that all named nothing select nothing (never every job the filters allow)
+    sel = Selection() if refs and not ids else select(
         ids,
         filters,
         active=port.job,
@@ -37,8 +44,9 @@ def handle(port: RequestPort, caller: Caller, req: m.Cancel, rid: str, reply: Re
         finished_state=port.finished_state,
         may_act=lambda job: port.may_act(caller, job),
         sees_all=caller.admin_level != AdminLevel.NONE,
-    )
-    refused = [{"job_id": j, "step_id": s, "reason": r} for j, s, r in sel.refused]
+    )  # fmt: skip
+    refused: list[dict[str, Any]] = [{"job_id": j, "step_id": s, "reason": r} for j, s, r in missing]
+    refused += [{"job_id": j, "step_id": s, "reason": r} for j, s, r in sel.refused]
     if req.dry_run:
         reply(m.Ok({
             "dry_run": True,

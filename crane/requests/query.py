@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from crane.core import messages as m
 from crane.core import untrusted
 from crane.core.job import Job, Step
-from crane.core.selection import check_filters, matches
+from crane.core.selection import ArrayInfo, check_filters, expand_refs, matches
 from crane.core.states import JobState
 from crane.permissions import Caller
 from crane.requests.port import ARGS, Reply, RequestPort
@@ -22,6 +23,14 @@ def handle_jobs(port: RequestPort, caller: Caller, msg: m.QueryJobs, rid: str, r
     if err:
         reply(m.Error(ARGS, err))
         return
+    if "jobs" in f or "array_tasks" in f:  # array ids stand for their tasks; A_T for one task
+        refs = [(j, None, None) for j in f.get("jobs") or ()]
+        refs += [(t[0], None, t[1]) for t in f.get("array_tasks") or ()]
+        if not f.get("expand_arrays"):  # an id alone is that job only (what scripts and Cluster.job ask)
+            refs = [r for r in refs if r[2] is not None]
+        pairs, _missing = expand_refs(refs, array_info(port), active_only=False)
+        f = {k: v for k, v in f.items() if k not in ("array_tasks", "expand_arrays")}
+        f["jobs"] = frozenset(j for j, _ in pairs) | frozenset(f.get("jobs") or ())
     if not msg.history:
         reasons = port.pending_reasons()
         reply(m.Ok({"jobs": [job_view(j, scheduler_reason(j, reasons)) for j in port.active_jobs() if matches(j, f)]}))
@@ -33,6 +42,21 @@ def handle_jobs(port: RequestPort, caller: Caller, msg: m.QueryJobs, rid: str, r
 
     read_anyway = reply.guard(read)  # a failed write before it: the history on disk is still whole
     port.store.barrier(read_anyway, lambda _reason: read_anyway())
+
+
+def array_info(port: RequestPort) -> Callable[[int], ArrayInfo | None]:
+    """What an array reference needs of job ``i``: active or in the history."""
+
+    def info(i: int) -> ArrayInfo | None:
+        job = port.job(i)
+        if job is not None:
+            return job.array_job_id, job.array_task_id, job.array_task_count, True
+        rec = port.store.get_job(i) if 0 < i < 2**63 else None
+        if rec is None:
+            return None
+        return int(rec.get("array_job_id") or 0), rec.get("array_task_id"), int(rec.get("array_task_count") or 0), False
+
+    return info
 
 
 def scheduler_reason(job: Job, reasons: Any) -> str | None:
@@ -67,6 +91,11 @@ def job_view(job: Job, reason: str | None = None) -> dict[str, Any]:
         "gres": gres_request(job.gpus_per_node, job.gpu_type),
         "gpu_alloc": {n: list(ix) for n, ix in job.gpu_alloc.items()},
         "stdout": job.stdout, "stderr": job.stderr, "work_dir": job.cwd,
+        "array_job_id": job.array_job_id or None, "array_task_id": job.array_task_id,
+        "job_label": f"{job.array_job_id}_{job.array_task_id}" if job.array_job_id else None,  # A_T of a task
+        "array_limit": job.array_limit or None, "dependency": job.dependency, "comment": job.comment,
+        "ntasks": job.ntasks, "ntasks_per_node": job.ntasks_per_node, "open_mode": job.open_mode,
+        "signal": job.signal,
     }  # fmt: skip
 
 

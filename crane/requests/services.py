@@ -94,6 +94,9 @@ class RequestServices:
         job = self.table.get(job_id)
         return len(job.steps) if job is not None else 0
 
+    def dependency_refs(self, uid: int) -> int:
+        return self.table.deps.user_refs[uid]
+
     def take_job_ids(self, n: int) -> range:
         return self.ids.take(n)
 

@@ -50,7 +50,11 @@ def handle_start(port: RequestPort, caller: Caller, msg: m.StartStep, rid: str, 
         stream = [STDOUT, PTY]
     elif msg.stdin:
         stream.append(STDIN)
-    step = ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, None, stream, msg.stdout, msg.stderr, cause=reply.cause)
+    if not all(0 <= v <= 1_000_000 for v in (msg.ntasks, msg.ntasks_per_node, msg.nnodes)):
+        reply(m.Error(ARGS, "--ntasks, --ntasks-per-node and --nodes must be from 1 to 1000000"))
+        return
+    step = ev.NewStepEv(msg.argv, msg.cpus, msg.env, msg.cwd, None, stream, msg.stdout, msg.stderr,
+                        msg.ntasks, msg.ntasks_per_node, msg.label, msg.nnodes, cause=reply.cause)  # fmt: skip
 
     def answered(result: m.Message) -> None:
         if isinstance(result, m.Error):  # refused: nothing was written
@@ -84,10 +88,16 @@ def handle_wait(port: RequestPort, caller: Caller, msg: m.WaitStep, rid: str, re
     if st is None and not pending:  # never started: waiting would never end
         reply(m.Error(REFUSED, f"Step {msg.job_id}.{msg.step_id} not found"))
         return
-    if st is not None and st.state != JobState.RUNNING:
-        reply(m.Ok({"step": step_answer(job, st), "lost": st.output_lost}))
-        return
     replier = reply.send if msg.stream and isinstance(reply.send, transport.Replier) else None
+    if st is not None and st.state != JobState.RUNNING:
+        answer = m.Ok({"step": step_answer(job, st), "lost": st.output_lost})
+        if replier is None:
+            reply(answer)
+        else:  # output it wrote before this WaitStep came (held by the relay) first
+            port.subscribe_stream(msg.job_id, msg.step_id, replier)
+            reply.answered = True
+            deliver(port, replier, answer, time.monotonic() + FINAL_RETRY)
+        return
 
     def done(step: dict[str, Any]) -> None:
         answer = m.Ok({"step": step, "lost": step.get("output_lost", 0)})

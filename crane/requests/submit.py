@@ -9,14 +9,17 @@ import pwd
 import time
 from typing import Any
 
+from crane.core import dependency as dp
 from crane.core import messages as m
 from crane.core import untrusted
+from crane.core.arrays import ArraySpec, parse_array
 from crane.core.ids import MAX_ID
 from crane.core.job import Job
 from crane.core.patterns import expand, expand_known, short_node
+from crane.core.signals import check_signal
 from crane.permissions import Caller
 from crane.requests.port import ARGS, Reply, RequestPort
-from crane.requests.query import gres_request
+from crane.requests.query import array_info, gres_request
 
 SPEC_KEYS = {
     "name": str, "partition": str, "qos": str, "account": str, "cpus": int, "memory": int,
@@ -37,13 +40,18 @@ def handle(port: RequestPort, caller: Caller, msg: m.SubmitJob, rid: str, reply:
         reply(m.Error(ARGS, f"--repeat must be between 1 and {MAX_REPEAT}"))
         return
     err = check_spec(spec, cfg)
+    array: ArraySpec | None = None
+    if not err and spec.get("array"):
+        array, err = check_array(spec, cfg, msg.repeat)
+    count = array.count if array is not None else msg.repeat
     part = spec.get("partition") or cfg.default_partition
-    err = err or fits_partition(spec, cfg, part) or check_limits(port, caller, msg.repeat)
+    err = err or check_dependency(port, spec.get("dependency") or "", caller if caller.uid != 0 else None, count)
+    err = err or fits_partition(spec, cfg, part) or check_limits(port, caller, count)
     if err:
         reply(m.Error(ARGS, err))
         return
     try:
-        account, qos = port.accounts_check_submit(caller, spec, part, msg.repeat)
+        account, qos = port.accounts_check_submit(caller, spec, part, count)
     except ValueError as e:
         reply(m.Error(ARGS, str(e)))
         return
@@ -71,15 +79,23 @@ def handle(port: RequestPort, caller: Caller, msg: m.SubmitJob, rid: str, reply:
     if err:
         reply(m.Error(ARGS, err))
         return
-    ids = port.take_job_ids(msg.repeat)
-    port.store.put_launch(ids[0], port.store.pack(launch))  # once, shared by every repeat
+    ids = port.take_job_ids(count)
+    port.store.put_launch(ids[0], port.store.pack(launch))  # once, shared by every repeat (and array task)
     proto_rec = proto.to_dict()
     proto_rec["launch_id"] = ids[0]
-    for job_id in ids:
+    if array is not None:  # one job per index, consecutive ids; the array's id is the first task's
+        proto_rec.update(array_job_id=ids[0], array_limit=array.limit, array_task_count=array.count,
+                         array_task_min=array.indices[0], array_task_max=array.indices[-1],
+                         array_task_step=array.step)  # fmt: skip
+    for n, job_id in enumerate(ids):
         proto_rec["id"] = job_id
         job = Job.from_dict(proto_rec)
-        job.stdout = expand_known(out, job_id, job.name, job.user)  # %N (and %%) at launch: Job.step_spec
-        job.stderr = expand_known(err_out, job_id, job.name, job.user)
+        tag = None
+        if array is not None:
+            job.array_task_id = array.indices[n]
+            tag = (ids[0], array.indices[n])
+        job.stdout = expand_known(out, job_id, job.name, job.user, tag)  # %N (and %%) at launch: Job.step_spec
+        job.stderr = expand_known(err_out, job_id, job.name, job.user, tag)
         job.launch = launch
         port.add_job(job)
     port.store.put_next_id(ids.stop)
@@ -88,13 +104,57 @@ def handle(port: RequestPort, caller: Caller, msg: m.SubmitJob, rid: str, reply:
     def committed() -> None:
         for job_id in ids:  # on disk now: queued jobs need not hold their script and env
             port.launch_saved(job_id, launch)
-        reply(m.Ok({"job_ids": list(ids)}))
+        answer: dict[str, Any] = {"job_ids": list(ids)}
+        if array is not None:  # the tasks' ids are job_ids, in the order of array_task_ids
+            answer.update(array_job_id=ids[0], array_task_ids=list(array.indices))
+        reply(m.Ok(answer))
 
     what = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}-{ids[-1]}"
     port.store.barrier(reply.guard(committed), reply.unsaved(what))
 
 
 # ---------------------------------------------------------------- checks, in the order above
+
+
+def check_array(spec: dict[str, Any], cfg: Any, repeat: int) -> tuple[ArraySpec | None, str | None]:
+    """``--array``: batch jobs only (not crun's or calloc's own job), not
+    with ``--repeat``; the indices within MaxArraySize."""
+    if spec.get("argv") or spec.get("stream"):
+        return None, "--array is for batch jobs only (cbatch), not crun or calloc"
+    if repeat != 1:
+        return None, "--array and --repeat cannot be used together"
+    try:
+        return parse_array(spec["array"], cfg.max_array_size), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def check_dependency(port: RequestPort, text: str, caller: Caller | None = None, count: int = 1) -> str | None:
+    """``--dependency``: well formed, and every job it names known to the
+    controller (active, or in its history: the store keeps every finished
+    job's record, so a job that ended long ago still counts by how it ended)."""
+    if not text:
+        return None
+    try:
+        dep = dp.parse(text)
+    except ValueError as e:
+        return str(e)
+    for job_id in dep.ids:
+        if port.job(job_id) is None and port.finished_state(job_id) is None:
+            return f"invalid dependency: job {job_id} not found"
+    info = array_info(port)
+
+    def tasks_of(job_id: int) -> int:  # an array id stands for each of its tasks
+        inf = info(job_id)
+        return max(inf[2], 1) if inf is not None and inf[0] == job_id else 1
+
+    work = dp.work(dep, tasks_of)
+    if work > dp.MAX_DEPENDENCY_TASKS:
+        return f"invalid dependency: it names more than {dp.MAX_DEPENDENCY_TASKS} jobs (array tasks counted)"
+    if caller is not None and port.dependency_refs(caller.uid) + work * count > dp.MAX_USER_DEPENDENCY_REFS:
+        return (f"invalid dependency: your waiting jobs' dependencies would name more than "
+                f"{dp.MAX_USER_DEPENDENCY_REFS} jobs in all (cancel some, or depend on an array id)")  # fmt: skip
+    return None
 
 
 def expanded_path_problem(out: str, err_out: str, proto: Job, cfg: Any) -> str | None:
@@ -121,6 +181,15 @@ def check_spec(spec: dict[str, Any], cfg: Any) -> str | None:
     err = untrusted.check_spec(spec)  # first: the errors below echo names back
     if err:
         return err
+    if spec.get("comment"):  # shown to every user (cqueue %k, ccontrol show job, squeue, sacct)
+        err = untrusted.check_text("comment", spec["comment"])
+        if err:
+            return err
+    err = check_signal(spec.get("signal") or "")
+    if err:
+        return err
+    if spec.get("open_mode") not in (None, "", "append", "truncate"):
+        return "--open-mode must be append or truncate"
     if spec.get("partition") and spec["partition"] not in cfg.partitions:
         return f"invalid partition: {spec['partition']}"
     for k in ("cpus", "nnodes"):
