@@ -1,7 +1,7 @@
 """Issue 14: the Slurm-named query and admin commands (squeue, sacct, sinfo,
 scontrol, sacctmgr) print what Slurm's clients parse.
 
-Unit tests of crane/slurm/formats.py first (pure), then the commands on a
+Unit tests of the pure format modules of crane/slurm first, then the commands on a
 real cluster as real users."""
 
 from __future__ import annotations
@@ -14,7 +14,20 @@ from typing import Any
 import pytest
 
 from crane.core.states import JobState
-from crane.slurm import formats as F
+from crane.slurm.layout import FormatError, parse_percent, render
+from crane.slurm.records import record, scontrol_job
+from crane.slurm.refs import SlurmId, jobs_for_ids, parse_ids, select
+from crane.slurm.sacct_fields import (
+    SACCT_DEFAULT,
+    acct_rows,
+    parse_sacct_format,
+    render_sacct,
+    sacct_fields,
+)
+from crane.slurm.sinfo_fields import SINFO_DEFAULT, parse_sinfo_format, sinfo_groups
+from crane.slurm.squeue_fields import SQUEUE_DEFAULT, SQUEUE_FIELDS, parse_squeue_names
+from crane.slurm.states import PREEMPTED, acct_state, job_state, parse_state_list, state_code
+from crane.slurm.times import clock, mem_text, parse_when, squeue_time
 from tests.conftest import BIN, Cluster, clear, wait_for
 
 # --------------------------------------------------------------------------- formats (pure)
@@ -34,37 +47,37 @@ def job(**kw: Any) -> dict[str, Any]:
 
 
 def test_times_as_each_command_prints_them() -> None:
-    assert F.squeue_time(5) == "0:05"
-    assert F.squeue_time(65) == "1:05"
-    assert F.squeue_time(3723) == "1:02:03"
-    assert F.squeue_time(2 * 86400 + 3723) == "2-01:02:03"
-    assert F.squeue_time(None) == "UNLIMITED"
-    assert F.clock(5) == "00:00:05"
-    assert F.clock(86400 + 5) == "1-00:00:05"
-    assert F.clock(None) == "UNLIMITED"
-    assert F.mem_text(0) == "0"
-    assert F.mem_text(4 << 30) == "4G"
-    assert F.mem_text(1000 << 20) == "1000M"
+    assert squeue_time(5) == "0:05"
+    assert squeue_time(65) == "1:05"
+    assert squeue_time(3723) == "1:02:03"
+    assert squeue_time(2 * 86400 + 3723) == "2-01:02:03"
+    assert squeue_time(None) == "UNLIMITED"
+    assert clock(5) == "00:00:05"
+    assert clock(86400 + 5) == "1-00:00:05"
+    assert clock(None) == "UNLIMITED"
+    assert mem_text(0) == "0"
+    assert mem_text(4 << 30) == "4G"
+    assert mem_text(1000 << 20) == "1000M"
 
 
 def test_slurm_state_names() -> None:
-    assert F.job_state(job(state=JobState.CANCELLED, cancel_path="preemption")) == F.PREEMPTED
-    assert F.job_state(job(state=JobState.FAILED, reason="Node crane02 down")) == "NODE_FAIL"
-    assert F.job_state(job(state=JobState.FAILED, reason="")) == JobState.FAILED
+    assert job_state(job(state=JobState.CANCELLED, cancel_path="preemption")) == PREEMPTED
+    assert job_state(job(state=JobState.FAILED, reason="Node crane02 down")) == "NODE_FAIL"
+    assert job_state(job(state=JobState.FAILED, reason="")) == JobState.FAILED
     cancelled = job(state=JobState.CANCELLED, cancelled_by="bob")
-    assert F.acct_state(cancelled, {"bob": 1002}.get) == "CANCELLED by 1002"
-    assert F.acct_state({**cancelled, "cancelled_by_uid": 7}, {"bob": 1002}.get) == "CANCELLED by 7"
-    assert F.acct_state(job(state=JobState.CANCELLED), {}.get) == JobState.CANCELLED
-    assert F.state_code(JobState.PENDING) == "PD" and F.state_code(F.PREEMPTED) == "PR"
-    assert F.parse_state_list("pd,R,cd") == {JobState.PENDING, JobState.RUNNING, JobState.COMPLETED}
-    assert F.PREEMPTED in F.parse_state_list("all")
+    assert acct_state(cancelled, {"bob": 1002}.get) == "CANCELLED by 1002"
+    assert acct_state({**cancelled, "cancelled_by_uid": 7}, {"bob": 1002}.get) == "CANCELLED by 7"
+    assert acct_state(job(state=JobState.CANCELLED), {}.get) == JobState.CANCELLED
+    assert state_code(JobState.PENDING) == "PD" and state_code(PREEMPTED) == "PR"
+    assert parse_state_list("pd,R,cd") == {JobState.PENDING, JobState.RUNNING, JobState.COMPLETED}
+    assert PREEMPTED in parse_state_list("all")
     with pytest.raises(ValueError):
-        F.parse_state_list("bogus")
+        parse_state_list("bogus")
 
 
 def test_squeue_default_format_is_slurms() -> None:
-    layout = F.parse_percent(F.SQUEUE_DEFAULT, F.SQUEUE_FIELDS)
-    lines = F.render(layout, [job(), job(job_id=13, state=JobState.PENDING, nodes=[], reason="Resources",
+    layout = parse_percent(SQUEUE_DEFAULT, SQUEUE_FIELDS)
+    lines = render(layout, [job(), job(job_id=13, state=JobState.PENDING, nodes=[], reason="Resources",
                                       start_time=None, name="a-very-long-name")], header=True, now=NOW)  # fmt: skip
     assert lines == [
         "             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)",
@@ -74,29 +87,29 @@ def test_squeue_default_format_is_slurms() -> None:
 
 
 def test_squeue_fields_without_width_are_unpadded() -> None:
-    layout = F.parse_percent("%i %j %T %u %t %M %l %D %R %a %P %q %C", F.SQUEUE_FIELDS)
-    assert F.render(layout, [job()], header=False, now=NOW) == [
+    layout = parse_percent("%i %j %T %u %t %M %l %D %R %a %P %q %C", SQUEUE_FIELDS)
+    assert render(layout, [job()], header=False, now=NOW) == [
         "12 train RUNNING alice R 1:05 1:00:00 1 crane01 phys CPU normal 2"
     ]
     task = job(job_id=40, array_job_id=38, array_task_id=2)
-    layout = F.parse_percent("%i|%A|%F|%K|%10j|%.4D|%%", F.SQUEUE_FIELDS)
-    assert F.render(layout, [task, job()], header=True, now=NOW) == [
+    layout = parse_percent("%i|%A|%F|%K|%10j|%.4D|%%", SQUEUE_FIELDS)
+    assert render(layout, [task, job()], header=True, now=NOW) == [
         "JOBID|JOBID|ARRAY_JOB_ID|ARRAY_TASK_ID|NAME      |NODE|%",
         "38_2|40|38|2|train     |   1|%",
         "12|12|12|N/A|train     |   1|%",
     ]
-    with pytest.raises(F.FormatError):
-        F.parse_percent("%i %s", F.SQUEUE_FIELDS)
+    with pytest.raises(FormatError):
+        parse_percent("%i %s", SQUEUE_FIELDS)
 
 
 def test_squeue_named_fields() -> None:
-    layout = F.parse_squeue_names("jobid,name:10,state:.9,username")
-    assert F.render(layout, [job()], header=True, now=NOW) == [
+    layout = parse_squeue_names("jobid,name:10,state:.9,username")
+    assert render(layout, [job()], header=True, now=NOW) == [
         "JOBID               NAME          STATEUSER                ",
         "12                  train       RUNNINGalice               ",
     ]
-    with pytest.raises(F.FormatError):
-        F.parse_squeue_names("jobid,nosuch")
+    with pytest.raises(FormatError):
+        parse_squeue_names("jobid,nosuch")
 
 
 def test_sacct_table_parsable_and_step_rows() -> None:
@@ -106,46 +119,46 @@ def test_sacct_table_parsable_and_step_rows() -> None:
              {"step_id": 2, "state": JobState.COMPLETED, "node": "crane01", "cpus": 1, "start": NOW - 50,
               "end": NOW - 40, "exit_code": 0, "argv": ["/bin/hostname"]}]  # fmt: skip
     j = job(state=JobState.CANCELLED, cancelled_by="bob", exit_signal=9, end_time=NOW, steps=steps)
-    rows = F.acct_rows([j], steps=True)
+    rows = acct_rows([j], steps=True)
     assert [r["slurm_id"] for r in rows] == ["12", "12.batch", "12.0"]
-    fields = F.sacct_fields(uid_of)
-    layout = F.parse_sacct_format(F.SACCT_DEFAULT, fields)
-    assert F.render_sacct(layout, rows, header=True, now=NOW) == [
+    fields = sacct_fields(uid_of)
+    layout = parse_sacct_format(SACCT_DEFAULT, fields)
+    assert render_sacct(layout, rows, header=True, now=NOW) == [
         "JobID           JobName  Partition    Account  AllocCPUS      State ExitCode ",
         "------------ ---------- ---------- ---------- ---------- ---------- -------- ",
         "12                train        CPU       phys          2 CANCELLED+      0:9 ",
         "12.batch          batch                  phys          2  CANCELLED      0:9 ",
         "12.0           hostname                  phys          1  COMPLETED      0:0 ",
     ]
-    layout = F.parse_sacct_format("JobID,State,ExitCode,Elapsed,NodeList", fields)
-    assert F.render_sacct(layout, rows[:1], header=True, now=NOW, parsable="|") == [
+    layout = parse_sacct_format("JobID,State,ExitCode,Elapsed,NodeList", fields)
+    assert render_sacct(layout, rows[:1], header=True, now=NOW, parsable="|") == [
         "JobID|State|ExitCode|Elapsed|NodeList",
         "12|CANCELLED by 1002|0:9|00:01:05|crane01",
     ]
-    assert F.render_sacct(layout, rows[2:], header=False, now=NOW, parsable="|", trailing=True) == [
+    assert render_sacct(layout, rows[2:], header=False, now=NOW, parsable="|", trailing=True) == [
         "12.0|COMPLETED|0:0|00:00:10|crane01|",
     ]
-    layout = F.parse_sacct_format("jobname%-4,state%20", fields)
-    assert F.render_sacct(layout, rows[:1], header=False, now=NOW) == ["tra+    CANCELLED by 1002 "]
-    with pytest.raises(F.FormatError):
-        F.parse_sacct_format("JobID,Nosuch", fields)
+    layout = parse_sacct_format("jobname%-4,state%20", fields)
+    assert render_sacct(layout, rows[:1], header=False, now=NOW) == ["tra+    CANCELLED by 1002 "]
+    with pytest.raises(FormatError):
+        parse_sacct_format("JobID,Nosuch", fields)
     task = job(job_id=40, array_job_id=38, array_task_id=2, steps=steps[:1])
-    assert [r["slurm_id"] for r in F.acct_rows([task], steps=True)] == ["38_2", "38_2.batch"]
-    assert [r["raw_id"] for r in F.acct_rows([task], steps=True)] == ["40", "40.batch"]
+    assert [r["slurm_id"] for r in acct_rows([task], steps=True)] == ["38_2", "38_2.batch"]
+    assert [r["raw_id"] for r in acct_rows([task], steps=True)] == ["40", "40.batch"]
 
 
 def test_slurm_ids_name_jobs_tasks_and_steps() -> None:
-    ids = F.parse_ids("12,38_2 40.batch 41.0")
-    assert ids == [F.SlurmId(12), F.SlurmId(38, 2), F.SlurmId(40, None, "batch"), F.SlurmId(41, None, "0")]
-    assert F.parse_ids("16_[1-3,5]") == [F.SlurmId(16, t) for t in (1, 2, 3, 5)]
+    ids = parse_ids("12,38_2 40.batch 41.0")
+    assert ids == [SlurmId(12), SlurmId(38, 2), SlurmId(40, None, "batch"), SlurmId(41, None, "0")]
+    assert parse_ids("16_[1-3,5]") == [SlurmId(16, t) for t in (1, 2, 3, 5)]
     for bad in ("12x", "16_[3-1]", "16_[a]", "", "12,,x"):
         with pytest.raises(ValueError):
-            F.parse_ids(bad)
+            parse_ids(bad)
     jobs = [job(job_id=12), job(job_id=38, array_job_id=38, array_task_id=0),
             job(job_id=39, array_job_id=38, array_task_id=1), job(job_id=41)]  # fmt: skip
-    picked, pairs = F.select(jobs, F.parse_ids("38"))
+    picked, pairs = select(jobs, parse_ids("38"))
     assert [j["job_id"] for j in picked] == [38, 39]  # an array's id: every task
-    picked, pairs = F.select(jobs, F.parse_ids("38_1,41.0,12.batch"))
+    picked, pairs = select(jobs, parse_ids("38_1,41.0,12.batch"))
     assert [j["job_id"] for j in picked] == [12, 39, 41]
     assert pairs == {(39, 0), (41, 2), (12, 1)}
 
@@ -160,23 +173,23 @@ def test_jobs_for_ids_asks_for_the_array_tasks() -> None:
         asked.append(f)
         return [store[i] for i in f.get("jobs", store) if i in store]
 
-    picked, _ = F.jobs_for_ids(ask, F.parse_ids("38_2"), (False,))
+    picked, _ = jobs_for_ids(ask, parse_ids("38_2"), (False,))
     assert [j["job_id"] for j in picked] == [40]
     assert asked == [{"jobs": [38]}, {"jobs": [38, 39, 40]}]
 
 
 def test_key_value_records() -> None:
-    lines = F.scontrol_job(job(comment="note"), NOW, "alice", 1001, "/w/job.sh")
-    text = F.record(lines, oneliner=False)
+    lines = scontrol_job(job(comment="note"), NOW, "alice", 1001, "/w/job.sh")
+    text = record(lines, oneliner=False)
     first, *rest = text.split("\n")
     assert first == "JobId=12 JobName=train"
     assert all(r.startswith("   ") for r in rest)
-    kv = dict(w.split("=", 1) for w in F.record(lines, oneliner=True).split(" ") if "=" in w)
+    kv = dict(w.split("=", 1) for w in record(lines, oneliner=True).split(" ") if "=" in w)
     assert kv["UserId"] == "alice(1001)" and kv["GroupId"] == "alice(1001)"
     assert kv["JobState"] == "RUNNING" and kv["Reason"] == "None" and kv["NumCPUs"] == "2"
     assert kv["TimeLimit"] == "01:00:00" and kv["RunTime"] == "00:01:05" and kv["NodeList"] == "crane01"
     assert kv["Command"] == "/w/job.sh" and kv["Comment"] == "note" and kv["Dependency"] == "(null)"
-    task = F.record(F.scontrol_job(job(job_id=40, array_job_id=38, array_task_id=2), NOW, "g", 5, "x"), True)
+    task = record(scontrol_job(job(job_id=40, array_job_id=38, array_task_id=2), NOW, "g", 5, "x"), True)
     assert task.startswith("JobId=40 ArrayJobId=38 ArrayTaskId=2 JobName=train ")
 
 
@@ -184,9 +197,9 @@ def test_sinfo_groups_and_auto_width() -> None:
     parts = [{"name": "CPU", "nodes": ["a1", "a2", "a3"], "default": True}, {"name": "LONGNAME", "nodes": ["b1"]}]
     nodes = {"a1": {"name": "a1", "state": "IDLE", "cpus": 4}, "a2": {"name": "a2", "state": "IDLE", "cpus": 4},
              "a3": {"name": "a3", "state": "MIX", "cpus": 4}, "b1": {"name": "b1", "state": "DOWN", "cpus": 4}}
-    layout = F.parse_sinfo_format(F.SINFO_DEFAULT)
-    groups = F.sinfo_groups(layout, parts, nodes, per_node=False)
-    assert F.render(layout, groups, header=True, now=NOW) == [
+    layout = parse_sinfo_format(SINFO_DEFAULT)
+    groups = sinfo_groups(layout, parts, nodes, per_node=False)
+    assert render(layout, groups, header=True, now=NOW) == [
         "PARTITION AVAIL  TIMELIMIT  NODES  STATE NODELIST",
         "CPU*         up   infinite      2   idle a[1-2]",
         "CPU*         up   infinite      1    mix a3",
@@ -195,13 +208,13 @@ def test_sinfo_groups_and_auto_width() -> None:
 
 
 def test_time_specifications() -> None:
-    midnight = F.parse_when("midnight", NOW)
+    midnight = parse_when("midnight", NOW)
     assert time.localtime(midnight)[3:6] == (0, 0, 0) and NOW - 86400 < midnight <= NOW
-    assert F.parse_when("now-2hours", NOW) == NOW - 7200
-    assert F.parse_when("now-30minutes", NOW) == NOW - 1800
-    assert F.parse_when("2026-01-02T03:04:05", NOW) == time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
+    assert parse_when("now-2hours", NOW) == NOW - 7200
+    assert parse_when("now-30minutes", NOW) == NOW - 1800
+    assert parse_when("2026-01-02T03:04:05", NOW) == time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
     with pytest.raises(ValueError):
-        F.parse_when("someday", NOW)
+        parse_when("someday", NOW)
 
 
 def test_sacctmgr_words_to_cacctmgr() -> None:
@@ -215,9 +228,9 @@ def test_sacctmgr_words_to_cacctmgr() -> None:
     assert split_where(["where", "name=q", "format=Name,Priority"]) == (None, {"name": "q"}, [], ["format=Name,Priority"])
     rows = [{"name": "alice", "default_account": "physics", "admin_level": "admin"}]
     layout = layout_for("user", None)
-    assert F.render_sacct(layout, rows, header=True, now=0.0) == [
+    assert render_sacct(layout, rows, header=True, now=0.0) == [
         "      User   Def Acct     Admin ", "---------- ---------- --------- ", "     alice    physics Administ+ "]
-    assert F.render_sacct(layout_for("user", "user,defaultaccount%-12"), rows, header=False, now=0.0,
+    assert render_sacct(layout_for("user", "user,defaultaccount%-12"), rows, header=False, now=0.0,
                           parsable="|") == ["alice|physics"]  # fmt: skip
 
 

@@ -23,7 +23,19 @@ import click
 from crane.cli.common import CliError, call, click_main, load_config, print_json
 from crane.core.states import JobState
 from crane.core.text import safe
-from crane.slurm import formats as F
+from crane.slurm.job_values import nodes_text, reason_text
+from crane.slurm.refs import jobs_for_ids, parse_ids
+from crane.slurm.sacct_fields import (
+    SACCT_BRIEF,
+    SACCT_DEFAULT,
+    SACCT_LONG,
+    acct_rows,
+    parse_sacct_format,
+    render_sacct,
+    sacct_fields,
+)
+from crane.slurm.states import job_state, parse_state_list
+from crane.slurm.times import elapsed, parse_when
 from crane.slurm.translate import VERSION
 
 EPILOG = "Exit codes: 0, or 1 on any error (as Slurm's). Crane's own command: cacct."
@@ -80,28 +92,28 @@ def json_job(j: dict[str, Any], rows: list[dict[str, Any]], now: float) -> dict[
         return {"status": status, "return_code": rc, "signal": {"signal_id": sig}}
 
     def times(r: dict[str, Any]) -> dict[str, Any]:
-        return {"elapsed": int(F.elapsed(r, now)), "start": int(r.get("start_time") or 0),
+        return {"elapsed": int(elapsed(r, now)), "start": int(r.get("start_time") or 0),
                 "end": int(r.get("end_time") or 0), "submission": int(r.get("submit_time") or 0),
                 "limit": None if r.get("time_limit") is None else int(r["time_limit"]) // 60}  # fmt: skip
 
-    state = F.job_state(j)
+    state = job_state(j)
     return {
         "job_id": int(j["job_id"]), "name": j.get("name") or "", "user": j.get("user") or "",
         "account": j.get("account") or "", "partition": j.get("partition") or "", "qos": j.get("qos") or "",
-        "nodes": F.nodes_text(j) or "None assigned", "allocation_nodes": len(j.get("nodes") or []),
+        "nodes": nodes_text(j) or "None assigned", "allocation_nodes": len(j.get("nodes") or []),
         "array": {"job_id": int(j.get("array_job_id") or 0),
                   "task_id": j.get("array_task_id") if j.get("array_job_id") else None},
-        "state": {"current": state, "reason": F.reason_text(j)},
+        "state": {"current": state, "reason": reason_text(j)},
         "exit_code": code(j), "derived_exit_code": code(j), "time": times(j),
         "comment": {"job": j.get("comment") or ""}, "working_directory": j.get("work_dir") or "",
         "steps": [{"step": {"id": r["slurm_id"], "name": r.get("name") or ""}, "state": r.get("state") or "",
-                   "exit_code": code(r), "nodes": {"range": F.nodes_text(r)}, "time": times(r)}
+                   "exit_code": code(r), "nodes": {"range": nodes_text(r)}, "time": times(r)}
                   for r in rows if r.get("is_step") and str(r["raw_id"]).split(".")[0] == str(j["job_id"])],
     }  # fmt: skip
 
 
 def help_format() -> str:
-    names = sorted(name for name, _w, _g in F.sacct_fields(uid_of).values())
+    names = sorted(name for name, _w, _g in sacct_fields(uid_of).values())
     lines = [" ".join(f"{n:<18}" for n in names[i : i + 4]).rstrip() for i in range(0, len(names), 4)]
     return "\n".join(lines)
 
@@ -150,20 +162,20 @@ def command(**o: Any) -> int:
     if o["helpformat"]:
         print(help_format())
         return 0
-    fields = F.sacct_fields(uid_of)
+    fields = sacct_fields(uid_of)
     spec = o["fmt"] or os.environ.get("SACCT_FORMAT") or (
-        F.SACCT_BRIEF if o["brief"] else F.SACCT_LONG if o["long"] else F.SACCT_DEFAULT
+        SACCT_BRIEF if o["brief"] else SACCT_LONG if o["long"] else SACCT_DEFAULT
     )
     try:
-        layout = F.parse_sacct_format(spec, fields)
-        states = F.parse_state_list(o["states"]) if o["states"] is not None else None
-        ids = F.parse_ids(",".join(o["job_ids"])) if o["job_ids"] else None
-        start = F.parse_when(o["starttime"], now) if o["starttime"] is not None else None
-        end = F.parse_when(o["endtime"], now) if o["endtime"] is not None else None
+        layout = parse_sacct_format(spec, fields)
+        states = parse_state_list(o["states"]) if o["states"] is not None else None
+        ids = parse_ids(",".join(o["job_ids"])) if o["job_ids"] else None
+        start = parse_when(o["starttime"], now) if o["starttime"] is not None else None
+        end = parse_when(o["endtime"], now) if o["endtime"] is not None else None
     except ValueError as e:
         raise CliError(str(e), 1) from None
     if start is None and ids is None:
-        start = F.parse_when("midnight", now)
+        start = parse_when("midnight", now)
     users = csv(o["user"])
     if users is None and not o["allusers"] and os.getuid() != 0 and ids is None:
         users = {my_name()}
@@ -181,7 +193,7 @@ def command(**o: Any) -> int:
         base["user"] = next(iter(users))
     wanted_steps: set[tuple[int, int]] | None = None
     if ids is not None:
-        jobs, wanted_steps = F.jobs_for_ids(lambda f, h: ask(cfg, f, h), ids, (False, True), base)
+        jobs, wanted_steps = jobs_for_ids(lambda f, h: ask(cfg, f, h), ids, (False, True), base)
     else:
         hist = ask(cfg, {**base, **({"ended_after": start} if start is not None else {})}, True)
         seen = {j["job_id"] for j in hist}
@@ -197,7 +209,7 @@ def command(**o: Any) -> int:
                           ("qos", csv(o["qos"])), ("name", csv(o["name"]))):  # fmt: skip
             if want is not None and str(j.get(key) or "") not in want:
                 return False
-        if states is not None and F.job_state(j) not in states and str(j.get("state")) not in states:
+        if states is not None and job_state(j) not in states and str(j.get("state")) not in states:
             return False
         if states is not None and end is not None and j.get("end_time") and float(j["end_time"]) > end:
             return False  # with -s, an ended job is in the window when it ended in it (sacct's rule)
@@ -205,7 +217,7 @@ def command(**o: Any) -> int:
 
     cluster = str(getattr(cfg, "cluster", "") or "")
     jobs = [{**j, "cluster": cluster} for j in jobs if keep(j)]
-    rows = F.acct_rows(jobs, steps=not o["allocations"] or wanted_steps is not None, wanted_steps=wanted_steps)
+    rows = acct_rows(jobs, steps=not o["allocations"] or wanted_steps is not None, wanted_steps=wanted_steps)
     if o["allocations"]:
         rows = [r for r in rows if not r.get("is_step")]
     if o["as_json"]:
@@ -213,7 +225,7 @@ def command(**o: Any) -> int:
                     "errors": [], "jobs": [json_job(j, rows, now) for j in jobs]})  # fmt: skip
         return 0
     parsable = None if not (o["parsable"] or o["parsable2"]) else (o["delimiter"] or "|")
-    lines = F.render_sacct(layout, rows, header=not o["noheader"], now=now, parsable=parsable,
+    lines = render_sacct(layout, rows, header=not o["noheader"], now=now, parsable=parsable,
                            trailing=o["parsable"], escape=safe)  # fmt: skip
     for line in lines:
         print(line)

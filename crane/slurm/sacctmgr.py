@@ -20,7 +20,9 @@ from typing import Any
 
 from crane.cli.common import CliError, call, load_config, run
 from crane.core.text import safe, safe_lines
-from crane.slurm import formats as F
+from crane.slurm.layout import MAX_WIDTH, Col, Getter, Layout
+from crane.slurm.sacct_fields import render_sacct
+from crane.slurm.times import clock
 from crane.slurm.translate import VERSION
 
 PROG = "sacctmgr"
@@ -121,11 +123,11 @@ def _lst(v: Any) -> str:
     return ",".join(str(x) for x in v) if v else ""
 
 
-def _v(key: str) -> F.Getter:
+def _v(key: str) -> Getter:
     return lambda r, now: "" if r.get(key) is None else str(r.get(key))
 
 
-SHOW: dict[str, dict[str, tuple[str, int, F.Getter]]] = {
+SHOW: dict[str, dict[str, tuple[str, int, Getter]]] = {
     "user": {
         "user": ("User", 10, _v("name")), "name": ("User", 10, _v("name")),
         "defaultaccount": ("Def Acct", 10, _v("default_account")),
@@ -146,16 +148,16 @@ SHOW: dict[str, dict[str, tuple[str, int, F.Getter]]] = {
     },
     "qos": {
         "name": ("Name", 10, _v("name")), "priority": ("Priority", 10, lambda r, now: str(r.get("priority") or 0)),
-        "gracetime": ("GraceTime", 10, lambda r, now: F.clock(r.get("grace_time") or 0)),
+        "gracetime": ("GraceTime", 10, lambda r, now: clock(r.get("grace_time") or 0)),
         "preempt": ("Preempt", 10, lambda r, now: _lst(r.get("preempt"))),
         "preemptexempttime": ("PreemptExemptTime", 19,
                               lambda r, now: "" if r.get("preempt_exempt_time") is None
-                              else F.clock(r["preempt_exempt_time"])),
+                              else clock(r["preempt_exempt_time"])),
         "preemptmode": ("PreemptMode", 11, lambda r, now: str(r.get("preempt_mode") or "cluster").lower()),
         "flags": ("Flags", 10, lambda r, now: ""), "usagethres": ("UsageThres", 10, lambda r, now: ""),
         "usagefactor": ("UsageFactor", 11, lambda r, now: "1.000000"),
         "maxwall": ("MaxWall", 11, lambda r, now: "" if r.get("max_time_limit_per_job") is None
-                    else F.clock(r["max_time_limit_per_job"])),
+                    else clock(r["max_time_limit_per_job"])),
         "maxjobspu": ("MaxJobsPU", 9, lambda r, now: "" if r.get("max_jobs_per_user") is None
                       else str(r["max_jobs_per_user"])),
         "maxsubmitpu": ("MaxSubmitPU", 11, lambda r, now: "" if r.get("max_submit_jobs_per_user") is None
@@ -186,10 +188,10 @@ ALIASES = {"def acct": "defaultaccount", "defacct": "defaultaccount", "defaultac
            "maxtimelimitperjob": "maxwall"}  # fmt: skip
 
 
-def layout_for(entity: str, fmt: str | None) -> F.Layout:
+def layout_for(entity: str, fmt: str | None) -> Layout:
     table = SHOW[entity]
     names = [x.strip() for x in fmt.split(",") if x.strip()] if fmt else DEFAULT_SHOW[entity]
-    out: F.Layout = []
+    out: Layout = []
     for item in names:
         name, _, size = item.partition("%")
         key = name.lower()
@@ -198,10 +200,10 @@ def layout_for(entity: str, fmt: str | None) -> F.Layout:
             raise fail(f'Unknown field "{name}"')
         header, width, get = table[key]
         if size:
-            if not size.lstrip("-").isdigit() or abs(int(size)) > F.MAX_WIDTH:
+            if not size.lstrip("-").isdigit() or abs(int(size)) > MAX_WIDTH:
                 raise fail(f'Unknown field "{item}"')
             width = abs(int(size))
-        out.append(F.Col(header, get, width, right=not size.startswith("-"), plus=True))
+        out.append(Col(header, get, width, right=not size.startswith("-"), plus=True))
     return out
 
 
@@ -263,7 +265,7 @@ def show(cfg_path: str | None, entity: str, rest: list[str]) -> int:
             return bool(wanted.intersection(vals))
 
         records = [r for r in records if hit(r)]
-    lines = F.render_sacct(layout, records, header=not Opts.noheader, now=0.0, parsable=Opts.parsable,
+    lines = render_sacct(layout, records, header=not Opts.noheader, now=0.0, parsable=Opts.parsable,
                            trailing=Opts.trailing, escape=safe)  # fmt: skip
     for line in lines:
         print(line)

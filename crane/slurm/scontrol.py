@@ -24,7 +24,15 @@ from typing import Any
 from crane.cli.common import CliError, call, load_config, run
 from crane.core.states import ControlAction, NodeReason, NodeState
 from crane.core.text import safe, safe_lines
-from crane.slurm import formats as F
+from crane.slurm.records import (
+    node_not_responding,
+    record,
+    scontrol_job,
+    scontrol_node,
+    scontrol_partition,
+)
+from crane.slurm.refs import id_matches, jobs_for_ids, parse_ids
+from crane.slurm.squeue_fields import command_text
 from crane.slurm.translate import VERSION
 
 PROG = "scontrol"
@@ -114,17 +122,17 @@ def show_jobs(cfg: Any, name: str | None) -> int:
             return 0
     else:
         try:
-            ids = F.parse_ids(name)
+            ids = parse_ids(name)
         except ValueError:
             raise fail(INVALID_JOB) from None
-        jobs, _ = F.jobs_for_ids(lambda f, h: jobs_query(cfg, f, h), ids, (False, True))
+        jobs, _ = jobs_for_ids(lambda f, h: jobs_query(cfg, f, h), ids, (False, True))
         if not jobs:
             raise fail(INVALID_JOB)
     out = []
     for j in jobs:
         group, gid = group_of(j)
-        cmd = F._command(j, now)
-        out.append(F.record(F.scontrol_job(j, now, group, gid, cmd), Opts.oneliner))
+        cmd = command_text(j, now)
+        out.append(record(scontrol_job(j, now, group, gid, cmd), Opts.oneliner))
     emit(out)
     return 0
 
@@ -146,15 +154,15 @@ def show_nodes_or_parts(cfg: Any, entity: str, name: str | None) -> int:
             if missing:
                 raise fail(f"Node {missing[0]} not found")
             nodes = [by_name[x] for x in names]
-        emit([F.record(F.scontrol_node(n, [p["name"] for p in parts if n["name"] in p["nodes"]],
-                                       n.get("reason") or (NodeReason.NOT_RESPONDING.value if F.node_not_responding(n) else "")),
+        emit([record(scontrol_node(n, [p["name"] for p in parts if n["name"] in p["nodes"]],
+                                       n.get("reason") or (NodeReason.NOT_RESPONDING.value if node_not_responding(n) else "")),
                        Opts.oneliner) for n in nodes])  # fmt: skip
         return 0
     if name is not None:
         parts = [p for p in parts if p["name"] == name]
         if not parts:
             raise fail(f"Partition {name} not found")
-    emit([F.record(F.scontrol_partition(p, by_name), Opts.oneliner) for p in parts])
+    emit([record(scontrol_partition(p, by_name), Opts.oneliner) for p in parts])
     return 0
 
 
@@ -215,14 +223,14 @@ def resolve(cfg: Any, text: str) -> list[int]:
     """Slurm job ids (``J``, ``A_T``, ``A``) -> Crane job ids; a plain id
     that is not an array's is sent as it is (the controller says if unknown)."""
     try:
-        ids = F.parse_ids(text)
+        ids = parse_ids(text)
     except ValueError:
         raise fail(f"Invalid job id specified: {text}") from None
     if any(s.step is not None for s in ids):
         raise fail(f"Invalid job id specified: {text}")
-    jobs, _ = F.jobs_for_ids(lambda f, h: jobs_query(cfg, f, h), ids, (False,))
+    jobs, _ = jobs_for_ids(lambda f, h: jobs_query(cfg, f, h), ids, (False,))
     found = sorted(int(j["job_id"]) for j in jobs)
-    rest = [s.job for s in ids if s.task is None and not any(F.id_matches(j, s) for j in jobs)]
+    rest = [s.job for s in ids if s.task is None and not any(id_matches(j, s) for j in jobs)]
     if not found and not rest:
         raise fail(f"Invalid job id specified: {text}")
     return sorted(set(found + rest))

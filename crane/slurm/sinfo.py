@@ -19,7 +19,19 @@ from crane.cli.common import CliError, call, click_main, load_config, print_json
 from crane.core.ids import compress_nodes
 from crane.core.states import NodeState
 from crane.core.text import safe
-from crane.slurm import formats as F
+from crane.slurm.layout import render
+from crane.slurm.records import NODE_LONG, NODE_STATE_NAMES, node_not_responding
+from crane.slurm.sinfo_fields import (
+    SINFO_DEFAULT,
+    SINFO_FIELDS,
+    SINFO_LONG,
+    SINFO_NODE,
+    SINFO_NODE_LONG,
+    SINFO_SUMMARIZE,
+    parse_sinfo_format,
+    sinfo_groups,
+)
+from crane.slurm.times import mb
 from crane.slurm.translate import VERSION
 
 EPILOG = "Exit codes: 0, or 1 on any error (as Slurm's). Crane's own command: cinfo."
@@ -33,9 +45,9 @@ def parse_states(text: str) -> set[str]:
         if not key:
             continue
         if key == "ALL":
-            out |= {s for v in F.NODE_STATE_NAMES.values() for s in v}
-        elif key in F.NODE_STATE_NAMES:
-            out |= F.NODE_STATE_NAMES[key]
+            out |= {s for v in NODE_STATE_NAMES.values() for s in v}
+        elif key in NODE_STATE_NAMES:
+            out |= NODE_STATE_NAMES[key]
         else:
             raise CliError(f"Invalid node state specified: {item.strip()}", 1)
     return out
@@ -46,10 +58,10 @@ def json_view(parts: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> 
     out_nodes = []
     for name, n in nodes.items():
         cpus, alloc = int(n.get("cpus") or 0), int(n.get("cpus_alloc") or 0)
-        total, free = F.mb(n.get("memory")), F.mb(n.get("mem_free"))
+        total, free = mb(n.get("memory")), mb(n.get("mem_free"))
         out_nodes.append({
-            "name": name, "hostname": name, "address": name, "state": F.NODE_LONG.get(n.get("state"), ""),
-            "state_flags": ["NOT_RESPONDING"] if F.node_not_responding(n) else
+            "name": name, "hostname": name, "address": name, "state": NODE_LONG.get(n.get("state"), ""),
+            "state_flags": ["NOT_RESPONDING"] if node_not_responding(n) else
                            ([NodeState.DRAIN.value] if n.get("state") in (NodeState.DRAIN, NodeState.DRAINING) else []),
             "cpus": cpus, "alloc_cpus": alloc, "idle_cpus": cpus - alloc, "real_memory": total,
             "free_memory": free, "alloc_memory": max(0, total - free), "gres": n.get("gres") or "",
@@ -94,13 +106,13 @@ def command(**o: Any) -> int:
     elif o["list_reasons"]:
         fmt = "%20E %N"
     elif o["summarize"]:
-        fmt = F.SINFO_SUMMARIZE
+        fmt = SINFO_SUMMARIZE
     elif o["node_oriented"]:
-        fmt = F.SINFO_NODE_LONG if o["long"] else F.SINFO_NODE
+        fmt = SINFO_NODE_LONG if o["long"] else SINFO_NODE
     else:
-        fmt = F.SINFO_LONG if o["long"] else F.SINFO_DEFAULT
+        fmt = SINFO_LONG if o["long"] else SINFO_DEFAULT
     try:
-        layout = F.parse_sinfo_format(fmt)
+        layout = parse_sinfo_format(fmt)
     except ValueError as e:
         raise CliError(str(e).replace("job format", "node format"), 1) from None
     states = parse_states(o["states"]) if o["states"] is not None else None
@@ -128,17 +140,17 @@ def command(**o: Any) -> int:
             continue
         if states is not None and n["state"] not in states:
             continue
-        if o["responding"] and F.node_not_responding(n):
+        if o["responding"] and node_not_responding(n):
             continue
-        if o["dead"] and not F.node_not_responding(n):
+        if o["dead"] and not node_not_responding(n):
             continue
-        if o["list_reasons"] and not (n.get("reason") or F.node_not_responding(n)):
+        if o["list_reasons"] and not (n.get("reason") or node_not_responding(n)):
             continue
         nodes[n["name"]] = n
     if o["as_json"]:
         print_json(json_view(parts, nodes))
         return 0
-    groups = F.sinfo_groups(layout, parts, nodes, per_node=o["node_oriented"] and not o["summarize"])
+    groups = sinfo_groups(layout, parts, nodes, per_node=o["node_oriented"] and not o["summarize"])
     if o["summarize"]:
         groups = [{"part": p, "members": [nodes[x] for x in p["nodes"] if x in nodes]} for p in parts]
         groups = [g for g in groups if g["members"]]
@@ -146,14 +158,14 @@ def command(**o: Any) -> int:
         merged: dict[str, dict[str, Any]] = {}
         for g in groups:
             for n in g["members"]:
-                key = F.SINFO_FIELDS["E"][1]({"part": g["part"], "members": [n]}, 0.0)
+                key = SINFO_FIELDS["E"][1]({"part": g["part"], "members": [n]}, 0.0)
                 entry = merged.setdefault(key, {"part": g["part"], "members": []})
                 if n not in entry["members"]:
                     entry["members"].append(n)
         groups = list(merged.values())
     if o["long"] and not o["noheader"]:
         print(time.strftime("%a %b %d %H:%M:%S %Y"))
-    for line in F.render(layout, groups, header=not o["noheader"], now=time.time(), escape=safe):
+    for line in render(layout, groups, header=not o["noheader"], now=time.time(), escape=safe):
         print(line)
     return 0
 

@@ -18,7 +18,20 @@ import click
 from crane.cli.common import CliError, call, click_main, load_config, print_json
 from crane.core.states import JobState
 from crane.core.text import safe
-from crane.slurm import formats as F
+from crane.slurm.job_values import nodes_text, reason_text, total_cpus
+from crane.slurm.layout import Getter, getter, parse_percent, render
+from crane.slurm.refs import jobs_for_ids, parse_ids
+from crane.slurm.sacct_fields import acct_rows
+from crane.slurm.squeue_fields import (
+    SQUEUE_DEFAULT,
+    SQUEUE_FIELDS,
+    SQUEUE_LONG,
+    SQUEUE_STEPS,
+    command_text,
+    parse_squeue_names,
+)
+from crane.slurm.states import STATE_CODES, job_state, parse_state_list
+from crane.slurm.times import elapsed, mb, squeue_time
 from crane.slurm.translate import VERSION
 
 EPILOG = "Exit codes: 0, or 1 on any error (as Slurm's). Crane's own command: cqueue."
@@ -72,7 +85,7 @@ def keep(j: dict[str, Any], o: dict[str, Any], states: set[str] | None, nodes: s
     users = csv(o["user"])
     if users is not None and str(j.get("user")) not in users and str(j.get("uid")) not in users:
         return False
-    st = F.job_state(j)
+    st = job_state(j)
     if states is not None and st not in states and str(j.get("state")) not in states:
         return False
     return not (nodes is not None and not nodes.intersection(j.get("nodes") or []))
@@ -91,16 +104,16 @@ def json_job(j: dict[str, Any], now: float) -> dict[str, Any]:
     return {
         "account": j.get("account") or "", "array_job_id": array,
         "array_task_id": task if array else None, "array_task_string": str(task) if array else "",
-        "command": F._command(j, now) if j.get("command") else "", "comment": j.get("comment") or "",
-        "cpus": F.total_cpus(j), "cpus_per_task": j.get("cpus") or 1,
+        "command": command_text(j, now) if j.get("command") else "", "comment": j.get("comment") or "",
+        "cpus": total_cpus(j), "cpus_per_task": j.get("cpus") or 1,
         "current_working_directory": j.get("work_dir") or "", "dependency": j.get("dependency") or "",
         "end_time": int(j.get("end_time") or 0), "exit_code": int(j.get("exit_code") or 0),
-        "group_id": j.get("gid"), "job_id": int(j["job_id"]), "job_state": F.job_state(j),
-        "memory_per_node": F.mb(j.get("memory")), "name": j.get("name") or "", "node_count": j.get("num_nodes") or 1,
-        "nodes": F.nodes_text(j), "partition": j.get("partition") or "", "priority": int(j.get("priority") or 0),
+        "group_id": j.get("gid"), "job_id": int(j["job_id"]), "job_state": job_state(j),
+        "memory_per_node": mb(j.get("memory")), "name": j.get("name") or "", "node_count": j.get("num_nodes") or 1,
+        "nodes": nodes_text(j), "partition": j.get("partition") or "", "priority": int(j.get("priority") or 0),
         "qos": j.get("qos") or "", "standard_error": j.get("stderr") or j.get("stdout") or "",
         "standard_output": j.get("stdout") or "", "start_time": int(j.get("start_time") or 0),
-        "state_reason": F.reason_text(j), "submit_time": int(j.get("submit_time") or 0),
+        "state_reason": reason_text(j), "submit_time": int(j.get("submit_time") or 0),
         "tasks": j.get("ntasks") or j.get("num_nodes") or 1,
         "time_limit": None if j.get("time_limit") is None else int(j["time_limit"]) // 60,
         "user_id": j.get("uid"), "user_name": j.get("user") or "",
@@ -108,14 +121,14 @@ def json_job(j: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 #: squeue -s: step letters
-STEP_FIELDS: dict[str, tuple[str, F.Getter]] = {
+STEP_FIELDS: dict[str, tuple[str, Getter]] = {
     "i": ("STEPID", lambda s, now: str(s["slurm_id"])),
-    "j": ("NAME", F._g("name")),
-    "P": ("PARTITION", F._g("partition")),
-    "u": ("USER", F._g("user")),
-    "M": ("TIME", lambda s, now: F.squeue_time(F.elapsed(s, now))),
-    "N": ("NODELIST", lambda s, now: F.nodes_text(s)),
-    "T": ("STATE", lambda s, now: F.job_state(s)),
+    "j": ("NAME", getter("name")),
+    "P": ("PARTITION", getter("partition")),
+    "u": ("USER", getter("user")),
+    "M": ("TIME", lambda s, now: squeue_time(elapsed(s, now))),
+    "N": ("NODELIST", lambda s, now: nodes_text(s)),
+    "T": ("STATE", lambda s, now: job_state(s)),
     "A": ("JOBID", lambda s, now: str(s["raw_id"]).split(".")[0]),
     "C": ("CPUS", lambda s, now: str(s.get("alloc_cpus") or 0)),
 }
@@ -123,7 +136,7 @@ STEP_FIELDS: dict[str, tuple[str, F.Getter]] = {
 
 def step_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for r in F.acct_rows(jobs, steps=True):
+    for r in acct_rows(jobs, steps=True):
         if r.get("is_step") and r.get("state") in ACTIVE:
             job = next(j for j in jobs if str(j["job_id"]) == str(r["raw_id"]).split(".")[0])
             rows.append({**r, "partition": job.get("partition"), "user": job.get("user")})
@@ -176,15 +189,15 @@ def command(**o: Any) -> int:
     if o["me"]:
         o["user"] = my_name() if o["user"] is None else o["user"] + "," + my_name()
     try:
-        states = F.parse_state_list(o["states"]) if o["states"] is not None else None
-        ids = F.parse_ids(",".join(o["job_ids"])) if o["job_ids"] else None
+        states = parse_state_list(o["states"]) if o["states"] is not None else None
+        ids = parse_ids(",".join(o["job_ids"])) if o["job_ids"] else None
         if o["steps"]:
-            layout = F.parse_percent(o["fmt"] or F.SQUEUE_STEPS, STEP_FIELDS)
+            layout = parse_percent(o["fmt"] or SQUEUE_STEPS, STEP_FIELDS)
         elif o["fmt_long"] is not None:
-            layout = F.parse_squeue_names(o["fmt_long"])
+            layout = parse_squeue_names(o["fmt_long"])
         else:
-            fmt = o["fmt"] or os.environ.get("SQUEUE_FORMAT") or (F.SQUEUE_LONG if o["long"] else F.SQUEUE_DEFAULT)
-            layout = F.parse_percent(fmt, F.SQUEUE_FIELDS)
+            fmt = o["fmt"] or os.environ.get("SQUEUE_FORMAT") or (SQUEUE_LONG if o["long"] else SQUEUE_DEFAULT)
+            layout = parse_percent(fmt, SQUEUE_FIELDS)
     except ValueError as e:
         raise CliError(str(e), 1) from None
     nodes = None
@@ -200,11 +213,11 @@ def command(**o: Any) -> int:
     ended_too = states is not None and bool(states - ACTIVE)
     if ids is not None:
         recent = {"ended_after": now - MIN_JOB_AGE}
-        jobs, _ = F.jobs_for_ids(lambda f, h: ask(cfg, {**f, **recent} if h else f, h), ids, (False, True))
+        jobs, _ = jobs_for_ids(lambda f, h: ask(cfg, {**f, **recent} if h else f, h), ids, (False, True))
         if not jobs:
             raise CliError("slurm_load_jobs error: Invalid job id specified", 1)
         if states is None:
-            states = set(F.STATE_CODES)  # named jobs: in any state (as Slurm)
+            states = set(STATE_CODES)  # named jobs: in any state (as Slurm)
     else:
         filters: dict[str, Any] = {}
         users = csv(o["user"])
@@ -223,7 +236,7 @@ def command(**o: Any) -> int:
     records = step_rows(jobs) if o["steps"] else jobs
     if o["long"] and not o["noheader"]:
         print(time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(now)))  # as squeue -l: the time first
-    for line in F.render(layout, records, header=not o["noheader"], now=now, escape=safe):
+    for line in render(layout, records, header=not o["noheader"], now=now, escape=safe):
         print(line)
     return 0
 
