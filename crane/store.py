@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -82,6 +83,15 @@ def private(path: str) -> None:
             os.close(fd)
 
 
+def incarnation(conn: sqlite3.Connection) -> int:
+    """This database's incarnation: a random id made once with it and kept in
+    it (the same across controller restarts, another for a replaced
+    database). Launches carry it (crane.actors.job): job ids start at 1 again
+    in a new database, and an agent tells the new job N from the old one by it."""
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('incarnation', ?)", (secrets.randbits(62) + 1,))
+    return int(conn.execute("SELECT value FROM meta WHERE key='incarnation'").fetchone()[0])
+
+
 def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
@@ -101,6 +111,7 @@ class Store:
         self.committed = 0
         self.failed = False  # a batch failed to commit (see failures for how many)
         self.failures = 0
+        self.incarnation = incarnation(self.read)
 
     # ------------------------------------------------------------ loading
 

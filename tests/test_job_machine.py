@@ -324,3 +324,69 @@ def test_an_old_style_record_with_missing_keys_loads() -> None:
     assert view["cancel_time"] == 4.0 and view["steps"][0]["step_id"] == 1 and view["steps"][0]["cancelled_by"] is None
     assert "exit_code" not in view["steps"][1] and "pid" not in view["steps"][1]
     assert Job.from_dict({**old, "cancel": None, "steps": None}).steps == {}
+
+
+def test_a_steps_launch_waits_for_its_record_on_disk() -> None:
+    """Issue 15: a crun step's LaunchStep came before its Persist, so a
+    controller crash in between left a step running that the restarted
+    controller did not know. Now: Persist, then AfterSaved (what follows goes
+    to the nodes once committed), the launches, then the reply."""
+    mc = machine(cpus=2)
+    mc.handle(ev.Allocated(["n1", "n2"], 2), 1.0)
+    acts = mc.handle(ev.NewStepEv(["hostname"], 1, {}, "/"), 2.0)
+    names = kinds(acts)
+    assert names == ["Persist", "AfterSaved", "ToNode", "ToNode", "Reply"], names
+    assert all(isinstance(a.msg, m.LaunchStep) and a.msg.step_id == 2 for a in acts if isinstance(a, ev.ToNode))
+    assert _ok(acts) == {"step_id": 2, "node": "n1", "nodes": ["n1", "n2"], "tasks": [1, 1]}
+    # a refused step writes nothing and launches nothing
+    assert kinds(mc.handle(ev.NewStepEv(["x"], 9, {}, "/"), 3.0)) == ["Reply"]
+
+
+def test_the_job_actor_sends_a_launch_only_once_its_step_is_committed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The job actor with a real store: the launch leaves only after the
+    barrier, the saved record already holds the step, a cancel of the step
+    made meanwhile follows its launch, and the launch carries the database's
+    incarnation (issue 15)."""
+    import asyncio
+
+    from crane.actors.job import JobActor
+    from crane.store import Store
+
+    store = Store(str(tmp_path / "db" / "crane.db"))
+    sent: list[tuple[str, m.Message, dict[str, object] | None]] = []
+
+    class Port:  # what a job actor uses of the job table here: the real store, a recorded send
+        def __init__(self) -> None:
+            self.store = store
+
+        def to_node(self, node: str, msg: m.Message) -> None:
+            sent.append((node, msg, store.get_job(7)))  # what is on disk when it leaves
+
+        def node_devices(self, node: str) -> list[list[object]]:
+            return []
+
+        def step_done(self, *args: object) -> None:
+            pass
+
+    async def run() -> None:
+        store.start()
+        try:
+            actor = JobActor(machine(cpus=2).job, Port())  # type: ignore[arg-type]
+            actor.machine.handle(ev.Allocated(["n1"], 2), 1.0)
+            done = asyncio.get_running_loop().create_future()
+            actor.execute(actor.machine.handle(ev.NewStepEv(["sleep", "9"], 1, {}, "/"), 2.0))
+            assert sent == []  # not before the commit
+            actor.execute(actor.machine.handle(ev.CancelEv(0, "root", step_id=2), 2.5))
+            assert sent == []  # queued behind the launch, never ahead of it
+            store.barrier(lambda: done.set_result(None))
+            await asyncio.wait_for(done, 30)
+        finally:
+            store.stop()
+            store.read.close()
+
+    asyncio.run(run())
+    assert [type(msg).__name__ for _n, msg, _rec in sent] == ["LaunchStep", "KillJob"], sent
+    node, launch, rec = sent[0]
+    assert node == "n1" and isinstance(launch, m.LaunchStep) and launch.step_id == 2
+    assert rec is not None and "2" in {str(k) for k in rec["steps"]}, rec
+    assert launch.spec["incarnation"] == store.incarnation and store.incarnation > 0

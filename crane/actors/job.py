@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +23,16 @@ log = logging.getLogger("crane.job")
 class JobActor(Actor):
     """Runs a JobMachine and carries out its actions through its port."""
 
-    __slots__ = ("machine", "port")
+    __slots__ = ("held", "machine", "port")
 
     def __init__(self, job: Job, port: JobPort) -> None:
         super().__init__()
         self.machine = JobMachine(job)
         self.port = port
+        # messages to nodes waiting for a store commit (ev.AfterSaved), a group
+        # per barrier, oldest first: while any waits, every later one queues
+        # behind it (a step's cancel never overtakes its launch)
+        self.held: deque[list[ev.ToNode]] = deque()
 
     @property
     def job(self) -> Job:
@@ -54,11 +59,33 @@ class JobActor(Actor):
             _EXECUTE[type(a)](self, a)
 
     def _to_node(self, a: ev.ToNode) -> None:
+        if self.held:
+            self.held[-1].append(a)
+        else:
+            self._send(a)
+
+    def _after_saved(self, a: ev.AfterSaved) -> None:
+        self.held.append([])
+        # the store's barriers answer in order, one callback each
+        self.port.store.barrier(self._saved, self._not_saved)
+
+    def _saved(self) -> None:
+        for a in self.held.popleft():
+            self._send(a)
+
+    def _not_saved(self, reason: str) -> None:
+        # the record is not on disk; the controller still knows the step: as before the barrier
+        log.error("job %d: store commit failed (%s): sending its held messages anyway", self.job.id, reason)
+        self._saved()
+
+    def _send(self, a: ev.ToNode) -> None:
         msg = a.msg
         if isinstance(msg, m.LaunchStep):
             devices = self.port.node_devices(a.node)
             if devices:  # the agent denies the job every device it was not given
                 msg.spec["gpu_devices"] = devices
+            # tells this launch from one of another controller database reusing the job id
+            msg.spec["incarnation"] = getattr(self.port.store, "incarnation", "")
         self.port.to_node(a.node, msg)
 
     def _to_scheduler(self, a: ev.ToScheduler) -> None:
@@ -82,6 +109,7 @@ _EXECUTE: dict[type, Callable[[JobActor, Any], None]] = {
     ev.ToNode: JobActor._to_node,
     ev.ToScheduler: JobActor._to_scheduler,
     ev.Persist: JobActor._persist,
+    ev.AfterSaved: JobActor._after_saved,
     ev.Terminal: JobActor._terminal,
     ev.Reply: JobActor._reply,
     ev.StepDone: JobActor._step_ended,

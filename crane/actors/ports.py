@@ -8,6 +8,7 @@ the job and node ports, the scheduler actor, the store, the agent socket.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from crane.core import messages as m
@@ -32,6 +33,11 @@ class JobStore(Protocol):
     def get_launch(self, job_id: int) -> dict[str, Any] | None: ...
 
     def put_job(self, rec: dict[str, Any]) -> None: ...
+
+    def barrier(self, callback: Callable[[], None], on_error: Callable[[str], None] | None = None) -> None: ...
+
+    @property
+    def incarnation(self) -> int: ...
 
 
 class JobPort(Protocol):

@@ -69,10 +69,11 @@ WRAPPER = f'__crane_rc=$1; shift; trap : {_CATCH}; {_HOLD}"$@" 8<&- 9<&-; rc=$?;
 
 def launch(sm: StepManager, msg: m.LaunchStep) -> None:
     attempt = int(msg.spec.get("attempt") or 0)
-    if sm.is_stale(msg.job_id, msg.step_id, attempt):
+    incarnation = msg.spec.get("incarnation") or ""  # the controller database's (crane.store)
+    if sm.is_stale(msg.job_id, msg.step_id, attempt, incarnation):
         log.info("launch of %d.%d already done: ignored", msg.job_id, msg.step_id)
         return
-    sm.launching(msg.job_id, attempt)
+    sm.launching(msg.job_id, attempt, incarnation)
     spec = msg.spec
     cg = cgmod.StepCgroup(sm.scope, msg.job_id, msg.step_id, sm.mode)
     run = StepRun(msg.job_id, msg.step_id, spec, cg, start=time.time())

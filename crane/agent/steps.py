@@ -47,7 +47,9 @@ class StepManager:
         self.children: dict[int, Callable[[int], None]] = {}  # pid -> on exit(status)
         self.ended: dict[tuple[int, int], dict[str, Any]] = {}  # reports kept until the job is released
         self.released: dict[int, float] = {}  # recently released jobs
-        self.attempt: dict[int, int] = {}  # job -> its latest run (requeue count) launched here
+        # job -> (controller incarnation, requeue count) of its latest run launched here:
+        # a job id is reused only by another controller database (another incarnation)
+        self.launched: dict[int, tuple[Any, int]] = {}
         self.releasing: set[int] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
         self.owners: dict[int, int] = {}  # job -> its owner's uid, until the job is released here
@@ -108,15 +110,23 @@ class StepManager:
         if "uid" in run.spec:
             self.owners[run.job_id] = int(run.spec["uid"])
 
-    def is_stale(self, job_id: int, step_id: int, attempt: int) -> bool:
-        """Whether a launch was already handled (a resend, or a released run)."""
+    def is_stale(self, job_id: int, step_id: int, attempt: int, incarnation: Any = "") -> bool:
+        """Whether a launch was already handled (a resend, or a released run).
+        A launch is told apart by (its controller database's incarnation, job
+        id, requeue count): a released job id whose launch came from another
+        incarnation (a replaced database counting from 1 again), or that was
+        never launched here (killed as unknown), is a new job."""
         key = (job_id, step_id)
-        stale = job_id in self.released and attempt <= self.attempt.get(job_id, 0)
-        return key in self.steps or key in self.ended or stale
+        if key in self.steps or key in self.ended:
+            return True
+        if job_id not in self.released:
+            return False
+        inc, last = self.launched.get(job_id, ("", 0))
+        return inc == incarnation and attempt <= last
 
-    def launching(self, job_id: int, attempt: int) -> None:
+    def launching(self, job_id: int, attempt: int, incarnation: Any = "") -> None:
         self.released.pop(job_id, None)  # a requeued job's next run
-        self.attempt[job_id] = attempt
+        self.launched[job_id] = (incarnation, attempt)
 
     def ended_step(self, run: StepRun, body: dict[str, Any]) -> None:
         """``run`` ended: its report is kept (for re-registration) until its job is released."""
@@ -131,7 +141,7 @@ class StepManager:
         if len(self.released) > RELEASED_KEEP:
             for j in sorted(self.released, key=self.released.__getitem__)[: RELEASED_KEEP // 2]:
                 del self.released[j]
-                self.attempt.pop(j, None)
+                self.launched.pop(j, None)
         return self.owners.pop(job_id, None)
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -244,6 +244,13 @@ class Persist(Traced):
 
 
 @dataclass(slots=True)
+class AfterSaved(Traced):
+    """The job's messages to nodes from here on (``ToNode``, this and later
+    events') go out only once what was persisted before is committed: a
+    step's launch never precedes its record on disk."""
+
+
+@dataclass(slots=True)
 class Terminal(Traced):
     """The job reached a terminal state; waiters may be told once persisted."""
 

@@ -1,8 +1,8 @@
 """One job: its record and its state machine.
 
 ``JobMachine.handle(event, now)`` is pure: it changes the job record and
-returns actions (``ToNode``, ``ToScheduler``, ``Persist``, ``Terminal``,
-``Reply``). ``crane.actors.job.JobActor`` executes those actions against the controller. Tests
+returns actions (``ToNode``, ``ToScheduler``, ``Persist``, ``AfterSaved``,
+``Terminal``, ``Reply``). ``crane.actors.job.JobActor`` executes those actions against the controller. Tests
 drive ``JobMachine`` directly, with no sockets.
 
 Life of a job::
@@ -192,7 +192,8 @@ class JobMachine:
         answer: dict[str, Any] = {"step_id": sid, "node": nodes[0]}
         if st.nodes:
             answer.update(nodes=list(nodes), tasks=list(layout))
-        return actions + [ev.Persist(), ev.Reply(e.reply, m.Ok(answer))]
+        # launched once the step is on disk: a controller that crashes before knows nothing ran
+        return [ev.Persist(), ev.AfterSaved(), *actions, ev.Reply(e.reply, m.Ok(answer))]
 
     @on(ev.StepStartedEv)
     def _on_StepStartedEv(self, e: ev.StepStartedEv, now: float) -> list[Any]:
