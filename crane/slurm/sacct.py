@@ -14,13 +14,12 @@ their own jobs (with ``-j``: the jobs named, whoever owns them). Exit codes: 0, 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
 import click
 
-from crane.cli.common import CliError, call, click_main, load_config, print_json
+from crane.cli.common import CliError, call, load_config, print_json
 from crane.core.states import JobState
 from crane.core.text import safe
 from crane.slurm.job_values import nodes_text, reason_text
@@ -36,7 +35,7 @@ from crane.slurm.sacct_fields import (
 )
 from crane.slurm.states import job_state, parse_state_list
 from crane.slurm.times import elapsed, parse_when
-from crane.slurm.translate import VERSION
+from crane.slurm.translate import VERSION, click_slurm_main
 
 EPILOG = "Exit codes: 0, or 1 on any error (as Slurm's). Crane's own command: cacct."
 PROG = "sacct"
@@ -233,11 +232,7 @@ def command(**o: Any) -> int:
 
 
 def main() -> None:
-    """Slurm's exit codes: 0, or 1 on any error."""
-    try:
-        click_main(command, PROG)
-    except SystemExit as e:
-        sys.exit(0 if e.code in (0, None) else 1)
+    click_slurm_main(command, PROG)
 
 
 if __name__ == "__main__":

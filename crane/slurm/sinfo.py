@@ -9,13 +9,12 @@ Exit codes: 0, or 1 on any error.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
 import click
 
-from crane.cli.common import CliError, call, click_main, load_config, print_json
+from crane.cli.common import CliError, call, load_config, print_json
 from crane.core.ids import compress_nodes
 from crane.core.states import NodeState
 from crane.core.text import safe
@@ -32,7 +31,7 @@ from crane.slurm.sinfo_fields import (
     sinfo_groups,
 )
 from crane.slurm.times import mb
-from crane.slurm.translate import VERSION
+from crane.slurm.translate import VERSION, click_slurm_main
 
 EPILOG = "Exit codes: 0, or 1 on any error (as Slurm's). Crane's own command: cinfo."
 PROG = "sinfo"
@@ -171,11 +170,7 @@ def command(**o: Any) -> int:
 
 
 def main() -> None:
-    """Slurm's exit codes: 0, or 1 on any error."""
-    try:
-        click_main(command, PROG)
-    except SystemExit as e:
-        sys.exit(0 if e.code in (0, None) else 1)
+    click_slurm_main(command, PROG)
 
 
 if __name__ == "__main__":

@@ -445,3 +445,15 @@ def main_guard(prog: str, body: Callable[[list[str]], int]) -> NoReturn:
         code = 0
     sys.stdout.flush()
     sys.exit(code)
+
+
+def click_slurm_main(command: Any, prog: str) -> NoReturn:
+    """A click command as a Slurm-named one: its errors as ours (one line,
+    the program's name first), Slurm's exit codes: 0, or 1 on any error."""
+    from crane.cli.common import click_main
+
+    try:
+        click_main(command, prog)
+    except SystemExit as e:
+        sys.exit(0 if e.code in (0, None) else 1)
+    sys.exit(0)
