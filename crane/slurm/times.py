@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+from crane.core.ids import format_duration
 from crane.slurm.layout import Rec
 
 
@@ -27,17 +28,7 @@ def clock(seconds: float | None) -> str:
 def squeue_time(seconds: float | None) -> str:
     """squeue's TIME and TIME_LIMIT: ``0:05``, ``1:02:03``, ``2-03:04:05``;
     None: ``UNLIMITED``."""
-    if seconds is None:
-        return "UNLIMITED"
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    h, rest = divmod(rest, 3600)
-    mi, s = divmod(rest, 60)
-    if days:
-        return f"{days}-{h:02d}:{mi:02d}:{s:02d}"
-    if h:
-        return f"{h}:{mi:02d}:{s:02d}"
-    return f"{mi}:{s:02d}"
+    return format_duration(seconds)  # cqueue's, which is squeue's
 
 
 def date(t: float | None, missing: str = "Unknown") -> str:
