@@ -251,7 +251,6 @@ while not os.path.exists(marker) and time.monotonic() < deadline:
 if not os.path.exists(marker):
     raise SystemExit("the task never started")
 if %(interrupt)s:
-    time.sleep(2)  # the task's signal handlers are set before it writes the marker; let it settle
     job._interrupt()
 print(json.dumps({"job_id": job.job_id, "result": job.result()}))
 """
