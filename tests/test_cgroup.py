@@ -330,6 +330,28 @@ def test_signal_reaches_trap(mode: str, steps, workdir: Path) -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+
+@pytest.mark.parametrize("mode", [*CG_MODES, "none"])
+def test_signal_reaches_parent_first(mode: str, steps, workdir: Path) -> None:
+    # a script that traps TERM while it waits for its children must get the
+    # signal before they die, or its wait returns their death and it ends
+    # without running its trap (seen in CI: ccancel --grace lost the trap)
+    cg = steps(mode)
+    pid = launch(
+        cg,
+        workdir,
+        "trap 'echo got > $D/term; exit 0' TERM\n"
+        "for i in 1 2 3 4 5 6 7 8; do sleep 300 & done\necho ready > $D/ready\nwait",
+    )
+    assert wait_for((workdir / "ready").exists)
+    assert wait_for(lambda: len(cg.pids()) >= 9)
+    order = sorted(cg.pids(), key=cgmod._started)
+    assert order[0] == pid, (order, pid)
+    assert cg.signal(signal.SIGTERM) >= 9
+    assert wait_for((workdir / "term").exists)
+    status = wait_exit(pid)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
 COUNTER = (
     "i=0\nwhile true; do i=$((i+1)); echo $i > $D/c.tmp; mv $D/c.tmp $D/counter; sleep 0.01; done"
 )

@@ -219,9 +219,24 @@ def _scan_env(scope: str, pgid: int | None = None) -> dict[int, tuple[int, int]]
     return found
 
 
+def _started(pid: int) -> tuple[int, int]:
+    """When ``pid`` started (clock ticks since boot), then the pid: a parent
+    sorts before its children. A vanished process sorts first (and is skipped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19]), pid
+    except (OSError, ValueError, IndexError):
+        return 0, pid
+
+
 def _send(pids: set[int], sig: int) -> int:
+    """Signal ``pids`` oldest first: a shell that traps the signal while it
+    ``wait``s for a child gets it before the child dies, so that its trap runs
+    (the other order lets ``wait`` return the child's death and the script end
+    without its trap)."""
     n = 0
-    for pid in pids:
+    for pid in sorted(pids, key=_started):
         try:
             os.kill(pid, sig)
             n += 1
