@@ -330,7 +330,6 @@ def test_signal_reaches_trap(mode: str, steps, workdir: Path) -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-
 @pytest.mark.parametrize("mode", [*CG_MODES, "none"])
 def test_signal_reaches_parent_first(mode: str, steps, workdir: Path) -> None:
     # a script that traps TERM while it waits for its children must get the
@@ -351,6 +350,7 @@ def test_signal_reaches_parent_first(mode: str, steps, workdir: Path) -> None:
     assert wait_for((workdir / "term").exists)
     status = wait_exit(pid)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
 
 COUNTER = (
     "i=0\nwhile true; do i=$((i+1)); echo $i > $D/c.tmp; mv $D/c.tmp $D/counter; sleep 0.01; done"
