@@ -52,7 +52,9 @@ class Cluster(LocalCluster):
 
     def ok(self, *argv: str, **kw: Any) -> str:
         r = self.run(*argv, **kw)
-        assert r.returncode == 0, f"{argv} -> {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+        assert r.returncode == 0, (
+            f"{argv} -> {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+        )
         return r.stdout
 
     def submit(self, *argv: str, wrap: str | None = None, user: str | None = None) -> int:
@@ -209,3 +211,7 @@ def clear(c: Cluster) -> None:
     if ids:
         call(cfg, m.Cancel(ids=[[j, None] for j in ids], force=True))
         call(cfg, m.WaitJobs(ids), timeout=60)
+
+
+# the multi-host lab's fixture (tests/netcluster.py imports this module first)
+from tests.netcluster import make_net_cluster  # noqa: E402, F401
