@@ -239,7 +239,7 @@ def test_allocated_keeps_gpu_alloc_and_step_env_names_them() -> None:
     j = job(gpus_per_node=1, gpu_type="a100")
     j.launch = {"argv": ["true"], "env": {"PATH": "/bin"}}
     acts = JobMachine(j).handle(ev.Allocated(["n2"], 1, {"n2": [1]}), 0.0)
-    spec = acts[0].msg.spec
+    spec = next(a for a in acts if isinstance(a, ev.ToNode)).msg.spec
     assert j.gpu_alloc == {"n2": [1]}
     assert spec["gpus"] == [1]
     assert spec["env"]["CUDA_VISIBLE_DEVICES"] == spec["env"]["CRANE_GPUS"] == spec["env"]["GPU_DEVICE_ORDINAL"] == "1"
@@ -251,7 +251,8 @@ def test_allocated_keeps_gpu_alloc_and_step_env_names_them() -> None:
 def test_a_job_without_gpus_gets_no_gpu_env() -> None:
     j = job()
     j.launch = {"argv": ["true"], "env": {}}
-    spec = JobMachine(j).handle(ev.Allocated(["n1"], 1), 0.0)[0].msg.spec
+    acts = JobMachine(j).handle(ev.Allocated(["n1"], 1), 0.0)
+    spec = next(a for a in acts if isinstance(a, ev.ToNode)).msg.spec
     assert spec["gpus"] == [] and "CUDA_VISIBLE_DEVICES" not in spec["env"]
     assert job_view(j)["gres"] == "" and job_view(j)["gpu_alloc"] == {}
 

@@ -23,7 +23,10 @@ def test_pending_job_enqueues_then_launches_its_batch_step() -> None:
     assert kinds(mc.start(0.0)) == ["ToScheduler"]
     mc.job.launch = {"script": "#!/bin/sh\ntrue\n", "argv": [], "env": {"A": "1"}}
     acts = mc.handle(ev.Allocated(["n1", "n2"], 2), 1.0)
-    launch = acts[0]
+    # RUNNING on disk before the launch leaves (issue 15): a crash in between
+    # restarts the job PENDING with nothing of it running anywhere
+    assert kinds(acts) == ["Persist", "AfterSaved", "ToNode"], kinds(acts)
+    launch = acts[2]
     assert isinstance(launch, ev.ToNode) and launch.node == "n1"
     assert isinstance(launch.msg, m.LaunchStep) and launch.msg.step_id == 1
     assert launch.msg.spec["env"]["CRANE_JOB_NODELIST"] == "n[1-2]" and launch.msg.spec["env"]["A"] == "1"

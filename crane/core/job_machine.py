@@ -108,7 +108,9 @@ class JobMachine:
         spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, e.cpus,
                            launch.get("script") or "", j.nodes[0])  # fmt: skip
         spec["stream"] = stream
-        return [ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec)), ev.Persist()]
+        # launched once RUNNING is on disk: a controller that crashes before
+        # restarts with the job PENDING and nothing of it running anywhere
+        return [ev.Persist(), ev.AfterSaved(), ev.ToNode(j.nodes[0], m.LaunchStep(j.id, 1, spec))]
 
     def _crun_job(self, launch: dict[str, Any], stream: list[int], now: float) -> list[Any]:
         """The batch step of crun's own job: the command on each node (its
@@ -132,7 +134,7 @@ class JobMachine:
                                launch.get("script") or "", node, task)  # fmt: skip
             spec["stream"] = [s for s in stream if index == 0 or s != STDIN]
             actions.append(ev.ToNode(node, m.LaunchStep(j.id, 1, spec)))
-        return actions + [ev.Persist()]
+        return [ev.Persist(), ev.AfterSaved(), *actions]
 
     @on(ev.NewStepEv)
     def _on_NewStepEv(self, e: ev.NewStepEv, now: float) -> list[Any]:
