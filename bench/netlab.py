@@ -140,6 +140,15 @@ class Lab:
                     p.kill()
                     p.wait()
         self.munged.clear()
+        for name in self.host_names:  # munged started by another process (python -m bench.netlab up)
+            try:
+                with open(os.path.join(self.munge_dir(name), "munged.pid")) as f:
+                    pid = int(f.read().strip())
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "munged":
+                        os.kill(pid, 15)
+            except (OSError, ValueError):
+                pass
         for name in self.host_names:
             sh("ip", "netns", "del", self.ns(name), check=False)
         sh("ip", "netns", "del", self.switch, check=False)
@@ -343,3 +352,76 @@ class NetCluster(LocalCluster):
         if not isinstance(reply, m.Ok):
             raise ControllerError(f"unexpected reply {reply.TYPE}")
         return reply.data  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- python -m bench.netlab
+
+USAGE = """usage: python -m bench.netlab COMMAND   (as root)
+  up [--nodes N] [--tag T]      make the lab and start a cluster on it (default 3 nodes, tag lab)
+  run [--tag T] HOST [--user U] -- CMD ...
+                                run CMD on HOST (ctl, login, crane01, ...) with the cluster's config
+  fault [--tag T] FAULT HOST [HOST2]
+                                cut|heal|pull|plug|slow|fast HOST, block|unblock HOST HOST2, heal-all
+  down [--tag T]                stop the cluster, remove the namespaces"""
+
+
+def _cluster(tag: str) -> NetCluster:
+    import yaml
+
+    base = os.path.join(NETLAB_ROOT, f"{tag}.cluster")
+    with open(os.path.join(base, "config.yaml")) as f:
+        nodes = len(yaml.safe_load(f)["Nodes"])
+    return NetCluster(base, tag, nodes)
+
+
+def main(argv: list[str]) -> int:
+    tag, nodes, user = "lab", 3, None
+    args: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--tag":
+            tag = next(it, tag)
+        elif a == "--nodes":
+            nodes = int(next(it, "3"))
+        elif a == "--user":
+            user = next(it, None)
+        elif a == "--":
+            args += ["--", *it]
+        else:
+            args.append(a)
+    if os.geteuid() != 0 or not args:
+        print(USAGE, file=sys.stderr)
+        return 2
+    cmd, rest = args[0], args[1:]
+    if cmd == "up":
+        base = os.path.join(NETLAB_ROOT, f"{tag}.cluster")
+        os.makedirs(NETLAB_ROOT, mode=0o755, exist_ok=True)
+        c = NetCluster(base, tag, nodes, SweepStrays=False)
+        c.create()
+        print(f"cluster up: controller {c.lab.address(CONTROLLER)}, login {c.lab.address(LOGIN)}, "
+              f"nodes {', '.join(f'{n} {c.lab.address(n)}' for n in c.node_list)}")  # fmt: skip
+        print("try: python -m bench.netlab run login --user $SUDO_USER -- cbatch --wrap 'hostname -I; sleep 60'")
+        return 0
+    c = _cluster(tag)
+    if cmd == "down":
+        c.destroy()
+        return 0
+    if cmd == "run" and rest:
+        host, command = rest[0], [a for a in rest[1:] if a != "--"]
+        if user:
+            command = ["runuser", "-u", user, "--", *command]
+        env = dict(os.environ, CRANE_CONF=c.config_path, PATH=f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}")
+        return subprocess.run(c.lab.argv(host, command), env=env).returncode
+    if cmd == "fault" and rest:
+        fault, hosts = rest[0].replace("-", "_"), rest[1:]
+        if fault not in ("cut", "heal", "pull", "plug", "slow", "fast", "block", "unblock", "heal_all"):
+            print(USAGE, file=sys.stderr)
+            return 2
+        getattr(c.lab, fault)(*hosts)
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
