@@ -14,7 +14,7 @@ STAMP="$VENV/.crane-setup"
 say() { echo "setup: $*"; }
 
 # ---------------------------------------------------------------- packages
-PKGS=(python3-venv python3-dev supervisor procps util-linux passwd munge libmunge2)
+PKGS=(python3-venv python3-dev supervisor procps util-linux passwd munge libmunge2 iproute2)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
