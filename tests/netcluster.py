@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,8 +37,19 @@ class NetTestCluster(NetCluster, Cluster):
         return self.nodes_state()
 
 
+_works: bool | None = None
+
+
 def netns_works() -> bool:
-    return IS_ROOT and all(shutil.which(t) for t in ("ip", "tc", "nsenter", "unshare", "munged"))
+    """Root, the tools, and a network namespace can be made here (once per run)."""
+    global _works
+    if _works is None:
+        _works = IS_ROOT and all(shutil.which(t) for t in ("ip", "tc", "nsenter", "unshare", "munged"))
+        if _works:
+            probe = f"crprobe{os.getpid()}"
+            _works = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+            subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return _works
 
 
 _serial = 0
