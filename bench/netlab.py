@@ -335,23 +335,7 @@ class NetCluster(LocalCluster):
     def request(self, msg: Any, timeout: float = 5.0) -> dict[str, Any]:
         """As the controller host's root, over the ipc socket (the lab's faults
         never cut the test itself off)."""
-        from crane.client import Client, Unreachable
-        from crane.core import messages as m
-        from crane.local import ControllerError
-
-        try:
-            client = Client("ipc://" + os.path.join(self.base, "cranectld.sock"), timeout)
-            try:
-                reply = client.request(msg)
-            finally:
-                client.close()
-        except Unreachable as e:
-            raise ControllerError(f"cannot reach the controller: {e}") from None
-        if isinstance(reply, m.Error):
-            raise ControllerError(reply.message)
-        if not isinstance(reply, m.Ok):
-            raise ControllerError(f"unexpected reply {reply.TYPE}")
-        return reply.data  # type: ignore[no-any-return]
+        return self.request_at("ipc://" + os.path.join(self.base, "cranectld.sock"), msg, timeout)
 
 
 # ---------------------------------------------------------------- python -m bench.netlab

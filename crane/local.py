@@ -562,16 +562,21 @@ class LocalCluster:
 
     def request(self, msg: Any, timeout: float = 5.0) -> dict[str, Any]:
         """One request to this cluster's controller; ControllerError if it fails."""
-        from crane.client import Client, Unreachable
         from crane.config import ConfigError, load
-        from crane.core import messages as m
 
         try:
             cfg = load(self.config_path)
         except ConfigError as e:
             raise ControllerError(str(e)) from None
+        return self.request_at(cfg.cli_address, msg, timeout, munge=cfg.auth_type == "munge")
+
+    def request_at(self, address: str, msg: Any, timeout: float = 5.0, munge: bool = False) -> dict[str, Any]:
+        """One request to the controller at ``address``; ControllerError if it fails."""
+        from crane.client import Client, Unreachable
+        from crane.core import messages as m
+
         try:
-            client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge")
+            client = Client(address, timeout, munge=munge)
             try:
                 reply = client.request(msg)
             finally:

@@ -68,11 +68,15 @@ class Cluster(LocalCluster):
         out = self.ok(*(("cacct", "-S", "2000-01-01") if history else ("cqueue",)), "--json")
         return {j["job_id"]: j for j in json.loads(out)}
 
+    def query_config(self) -> str:
+        """The config the test's own queries (``job``) read."""
+        return self.config_path
+
     def job(self, job_id: int) -> dict[str, Any] | None:
         from crane.cli.common import call, load_config
         from crane.core import messages as m
 
-        cfg = load_config(self.config_path)
+        cfg = load_config(self.query_config())
         for history in (False, True):
             data = call(cfg, m.QueryJobs({"jobs": [job_id]}, history=history))
             if data["jobs"]:
