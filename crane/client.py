@@ -34,6 +34,22 @@ def connect_timeout_from_env(default: float = CONNECT_TIMEOUT) -> float:
     return default
 
 
+def reply_timeout_from_env(default: float) -> float:
+    """``$CRANE_REPLY_TIMEOUT`` (seconds, > 0): how long a command waits for
+    the answer to a request already sent, else ``default``. A request whose
+    answer does not come is never sent again by the client (see
+    crane.cli.common.call): it may have been applied."""
+    text = os.environ.get("CRANE_REPLY_TIMEOUT", "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            return default
+        if 0 < value < 1e6:
+            return value
+    return default
+
+
 class Unreachable(Exception):
     """The controller did not answer. ``sent``: the request had been handed to
     the controller (it may have been applied) when the answer did not come."""

@@ -28,6 +28,8 @@ class NodeConf:
     cpus: int
     memory: int  # bytes
     gpus: list[GpuDevice] = field(default_factory=list)
+    outbox_max: int = 10_000  # MaxNodeOutbox (the same for every node)
+    heartbeat: float = 2.0  # HeartbeatInterval (the same for every node)
 
 
 @dataclass(slots=True)
@@ -76,6 +78,9 @@ class Config:
     max_waits_per_user: int = 64  # WaitJobs/WaitStep requests one user may have pending
     max_step_count: int = 40_000  # steps of one job (Slurm's MaxStepCount)
     max_array_size: int = 1001  # --array indices are 0..MaxArraySize-1 (Slurm's MaxArraySize)
+    # messages the controller keeps for one unreachable agent (coalesced per
+    # job); past it they are dropped and the node is DOWN (crane/actors/node.py)
+    max_node_outbox: int = 10_000
     # after a user's last job on a host ends, the agent kills that user's
     # processes outside any job (crane/agent/sweep.py), except these users'
     sweep_strays: bool = True
@@ -136,10 +141,12 @@ _KEYS = {
     "MaxWaitsPerUser": ("max_waits_per_user", int),
     "MaxStepCount": ("max_step_count", int),
     "MaxArraySize": ("max_array_size", int),
+    "MaxNodeOutbox": ("max_node_outbox", int),
     "SweepStrays": ("sweep_strays", bool),
     "SweepMinUid": ("sweep_min_uid", int),
 }
-_AT_LEAST_ONE = ("MaxJobCount", "MaxSubmitJobsPerUser", "MaxWaitsPerUser", "MaxStepCount", "MaxArraySize")
+_AT_LEAST_ONE = ("MaxJobCount", "MaxSubmitJobsPerUser", "MaxWaitsPerUser", "MaxStepCount", "MaxArraySize",
+                 "MaxNodeOutbox")  # fmt: skip
 _STRUCT_KEYS = {"Nodes", "Partitions", "Preempt", "Auth", "ExemptUsers"}
 PREEMPT_TYPES = ("none", "qos", "partition")
 PREEMPT_MODES = tuple(m.value for m in PreemptMode)  # OFF, CANCEL, REQUEUE, SUSPEND
@@ -307,7 +314,7 @@ def parse(raw: Any, path: str = "<config>") -> Config:
         for n in names:
             if n in cfg.nodes:
                 raise ConfigError(f"{where}.name: node {n} defined twice")
-            cfg.nodes[n] = NodeConf(n, cpus, mem, list(gpus))
+            cfg.nodes[n] = NodeConf(n, cpus, mem, list(gpus), cfg.max_node_outbox, cfg.heartbeat_interval)
 
     for i, item in enumerate(raw.get("Partitions") or []):
         where = f"Partitions[{i}]"

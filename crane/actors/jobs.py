@@ -18,6 +18,7 @@ from typing import Any
 
 from crane.actors.base import Actor
 from crane.actors.job import JobActor
+from crane.actors.leftovers import Leftovers
 from crane.actors.node import Send
 from crane.actors.ports import AgentSender, Mailbox
 from crane.actors.streams import Relay
@@ -66,6 +67,7 @@ class JobTable:
         self.active_by_uid: collections.Counter[int] = collections.Counter()  # jobs in self.jobs per owner
         self.cancel_latency = LatencyHistogram()
         self._ended: list[int] = []  # ended this loop turn, waiting for one barrier
+        self.leftovers = Leftovers()  # ended while their node was DOWN: processes unconfirmed
         self.deps = Dependencies(self)
 
     # ------------------------------------------------------------ the table
@@ -104,6 +106,22 @@ class JobTable:
 
     def jobs_on_node(self, node: str) -> list[int]:
         return [j for j, a in self.jobs.items() if node in a.job.nodes and node not in a.job.released]
+
+    def node_lost(self, node: str, job_ids: list[int]) -> None:
+        self.leftovers.node_down(node, job_ids)
+
+    def node_back(self, node: str, running: dict[int, list[int]]) -> None:
+        for job_id in self.leftovers.node_back(node, running):
+            self._confirmed(job_id)
+
+    def step_gone(self, node: str, job_id: int, step_id: int) -> None:
+        if self.leftovers.step_gone(node, job_id, step_id):
+            self._confirmed(job_id)
+
+    def _confirmed(self, job_id: int) -> None:
+        """No process of the ended job ``job_id`` is left on a node that was DOWN."""
+        if job_id not in self.jobs and job_id not in self.recent:
+            self.waits.fire(job_id)
 
     def finished_state(self, job_id: int) -> str | None:
         if job_id in self.recent:
@@ -163,7 +181,8 @@ class JobTable:
         def committed() -> None:
             for job_id in ids:
                 self.recent.pop(job_id, None)
-                self.waits.fire(job_id)
+                if job_id not in self.leftovers:  # else once its node is back and its processes gone
+                    self.waits.fire(job_id)
 
         self.store.barrier(committed)
 
@@ -178,7 +197,7 @@ class JobTable:
                   alive: Callable[[], bool] | None = None) -> str | None:  # fmt: skip
         """Call back once every job is terminal and committed; an error line
         if the caller is at a waiting limit."""
-        live = [j for j in set(job_ids) if j in self.jobs or j in self.recent]
+        live = [j for j in set(job_ids) if j in self.jobs or j in self.recent or j in self.leftovers]
         if not live:
             self.store.barrier(callback)
             return None

@@ -66,3 +66,12 @@ class NodePort(Protocol):
     def job_expected_on(self, job_id: int, node: str) -> bool: ...
 
     def jobs_on_node(self, node: str) -> list[int]: ...
+
+    def node_lost(self, node: str, job_ids: list[int]) -> None:
+        """``node`` went DOWN with these jobs on it: their processes there are unconfirmed."""
+
+    def node_back(self, node: str, running: dict[int, list[int]]) -> None:
+        """``node``'s agent registered, running these steps (job id -> step ids)."""
+
+    def step_gone(self, node: str, job_id: int, step_id: int) -> None:
+        """``node`` reported a step's end (also of a job the controller has forgotten)."""

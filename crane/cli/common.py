@@ -84,13 +84,15 @@ def connect_timeout(cfg: Config) -> float:
 def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
     """One request; returns the Ok payload or raises CliError with the
     documented exit code. Only the connection has the short connect timeout:
-    once the controller has answered it, ``timeout`` is for the reply. Never
+    once the controller has answered it, ``timeout`` (or
+    ``$CRANE_REPLY_TIMEOUT``) is for the reply. Never
     retried here: a request that went out without an answer is reported as
     such (it may have been applied), so no request is applied twice."""
-    from crane.client import Client, Unreachable
+    from crane.client import Client, Unreachable, reply_timeout_from_env
     from crane.core import messages as mm
 
     client = None
+    timeout = reply_timeout_from_env(timeout)
     try:
         client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge",
                         connect_timeout=connect_timeout(cfg))  # fmt: skip
@@ -99,6 +101,10 @@ def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
         note = ""
         if e.sent and isinstance(msg, mm.SubmitJob):
             note = " (the submission was sent and may have been accepted: check cqueue before submitting again)"
+        elif e.sent and isinstance(msg, mm.Cancel) and msg.signal is not None:
+            note = " (the signal was sent and may have been delivered: sending it again may deliver it twice)"
+        elif e.sent and isinstance(msg, mm.Cancel) and not msg.dry_run:
+            note = " (the cancel was sent and may have been applied: check cqueue; cancelling again is harmless)"
         raise CliError(f"cannot reach the controller at {cfg.cli_address}: {e}{note}", EXIT_UNREACHABLE) from None
     except OSError as e:  # MungeError: no munged, bad key, ...
         raise CliError(f"authentication failed: {e}", EXIT_AUTH) from None
