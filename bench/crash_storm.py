@@ -57,9 +57,58 @@ QOS_SETUP = (
     ["add", "qos", "Interactive", "Priority=5000", "Preempt=Background"],
     ["modify", "account", "where", "Name=default", "set", "AllowedQos+=Background,Interactive"],
 )
+# ERROR lines a crash storm may log without a bug behind them (substrings);
+# anything else logged at ERROR, and every traceback, fails the storm
+EXPECTED_LOG_ERRORS: tuple[str, ...] = ()
 MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 10\ncrun sleep 1\n"
 MAX_PENDING = 30  # no new submissions (but "keep" jobs) while this many jobs wait
 KEEP_MULTI_SCRIPT = "#!/bin/sh\ncrun sleep 3\ncrun sleep 2\ncrun true\n"
+
+
+# Why a cancel the storm sent may leave a job it named alone: the job or the
+# step ended between the storm's look at the queue and the cancel. Any other
+# refusal is a finding (the storm runs as root, names only jobs it submitted,
+# sends no signal and no filters with ids).
+EXPECTED_REFUSALS = ("Job already finished (", "Step not found")
+
+
+def cancel_surprises(ids: list[list[int | None]] | None, reply: dict[str, Any],
+                     expected: tuple[str, ...] = EXPECTED_REFUSALS,
+                     being_cancelled: set[int] | frozenset[int] = frozenset()) -> list[str]:  # fmt: skip
+    """What a Cancel's reply says that the request did not ask for. With
+    ``ids``: each (job, step) asked is cancelled or refused (a step is also
+    covered by its whole job; a step of a job ``being_cancelled`` may go
+    unmentioned: it dies with its job), nothing else is cancelled, and every
+    refusal gives an ``expected`` reason. Without ids (filters): every
+    refusal is a surprise unless its reason is expected."""
+    out: list[str] = []
+    cancelled: dict[int, list[int]] = {}
+    for c in reply.get("cancelled") or []:
+        cancelled[c["job_id"]] = list(c.get("steps") or [])
+    refused: dict[tuple[int, int | None], str] = {}
+    for r in reply.get("not_cancelled") or []:
+        refused[r["job_id"], r.get("step_id")] = str(r.get("reason"))
+        if not str(r.get("reason")).startswith(expected):
+            out.append(f"job {r['job_id']}{'' if r.get('step_id') is None else '.' + str(r['step_id'])} "
+                       f"not cancelled: {r.get('reason')!r}")  # fmt: skip
+    if ids is None:
+        return out
+    asked = {(int(j), s) for j, s in ((i[0], i[1]) for i in ids) if j is not None}
+    for jid, steps in cancelled.items():
+        whole = not steps
+        if (whole and (jid, None) not in asked) or any((jid, s) not in asked for s in steps):
+            out.append(
+                f"job {jid} cancelled ({'whole' if whole else 'steps ' + str(steps)}) but not asked"
+            )
+    for jid, step in sorted(asked, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        if (jid, step) in refused:
+            continue
+        done = jid in cancelled and (not cancelled[jid] or step in cancelled[jid])
+        if not done and not (step is not None and jid in being_cancelled):
+            out.append(
+                f"job {jid}{'' if step is None else '.' + str(step)} asked, neither cancelled nor refused"
+            )
+    return out
 
 
 def log(text: str) -> None:
@@ -68,13 +117,18 @@ def log(text: str) -> None:
 
 class Storm:
     def __init__(self, base: str, nodes: int = 4, cpus: int = 4, seed: int | None = None,
-                 deadline: float = 30.0, grace: float = 10.0) -> None:  # fmt: skip
+                 deadline: float = 30.0, grace: float = 10.0, stalls: str | None = None) -> None:  # fmt: skip
         self.base = base
         self.rng = random.Random(seed)
         self.seed = seed
         self.deadline = deadline
         self.grace = grace
-        self.cluster = LocalCluster(base)
+        if stalls:  # cranectld under bench/profiled.py's stall watchdog
+            from bench import profiled
+
+            self.cluster = profiled.watched(base, stalls)
+        else:
+            self.cluster = LocalCluster(base)
         self.workdir = os.path.join(base, "work")
         os.makedirs(self.workdir, exist_ok=True)
         os.chmod(self.workdir, 0o1777)
@@ -96,6 +150,11 @@ class Storm:
         self.cancels: dict[int, float] = {}  # job -> ack time (whole-job cancels)
         self.step_cancels: dict[tuple[int, int], float] = {}
         self.verified_cancels: set[int] = set()
+        # refusals that said "Job already finished (STATE)": checked against the
+        # job's record at the end (it must be over, in that state if terminal)
+        self.finished_claims: dict[int, str] = {}
+        # step cancels the reply did not mention: fine only if the job was cancelled whole
+        self.step_omissions: dict[int, list[int]] = {}
         self.verified_steps: set[tuple[int, int]] = set()
         self.pids: dict[int, set[int]] = {}  # job -> step pids seen while running
         self.view: dict[int, dict[str, Any]] = {}  # last active view (workload targets)
@@ -144,7 +203,8 @@ class Storm:
                 ][0]
                 self.record_submit([jid], "setup")
                 call(self.cfg, m.AcctOp(parse_argv(argv)))
-                self.record_cancel(call(self.cfg, m.Cancel(ids=[[jid, None]])))
+                setup = m.Cancel(ids=[[jid, None]])
+                self.record_cancel(setup, call(self.cfg, setup))
 
     def stop(self) -> None:
         self.cluster.down()
@@ -181,11 +241,36 @@ class Storm:
             self.acks.append((time.monotonic(), self.max_id))
             self.stats["jobs_acknowledged"] += len(ids)
 
-    def record_cancel(self, res: dict[str, Any] | None) -> None:
+    def record_cancel(self, msg: m.Cancel, res: dict[str, Any] | None) -> None:
+        """Record an acknowledged cancel and compare its reply with what was
+        asked (``cancel_surprises``): a job left alone without a reason the
+        storm expects is a violation."""
         if res is None:
             return
         now = time.monotonic()
+        # a step left unmentioned is fine if its job is being cancelled: another
+        # workload thread's cancel may be acknowledged but not yet recorded here,
+        # so those are judged at the final check (``step_omissions``)
+        steps_asked = {int(i[0]) for i in msg.ids if i[1] is not None} if msg.ids else set()
+        done = {c["job_id"] for c in res.get("cancelled") or []}
+        refused = {(r["job_id"], r.get("step_id")) for r in res.get("not_cancelled") or []}
         with self.lock:
+            being = set(self.cancels) | steps_asked
+            for jid, step in msg.ids or []:
+                if step is not None and jid not in done and (jid, step) not in refused:
+                    self.step_omissions.setdefault(int(jid), []).append(int(step))
+        for text in cancel_surprises(msg.ids or None, res, being_cancelled=being):
+            self.stats["cancel_surprises"] += 1
+            self.violation(f"cancel {self._describe(msg)}: {text}")
+        if not msg.ids:  # a filter selects jobs of the storm only as the filter says
+            for text in self._filter_mismatch(msg.filters, res):
+                self.stats["cancel_surprises"] += 1
+                self.violation(f"cancel {self._describe(msg)}: {text}")
+        with self.lock:
+            for r in res.get("not_cancelled") or []:
+                reason = str(r.get("reason"))
+                if reason.startswith("Job already finished (") and r.get("step_id") is None:
+                    self.finished_claims[r["job_id"]] = reason[len("Job already finished (") : -1]
             self.stats["cancels_acknowledged"] += 1
             for c in res["cancelled"]:
                 if c["steps"]:
@@ -195,6 +280,30 @@ class Storm:
                 else:
                     self.cancels.setdefault(c["job_id"], now)
                     self.stats["job_cancels_acknowledged"] += 1
+
+    @staticmethod
+    def _describe(msg: m.Cancel) -> str:
+        what = (
+            f"ids {msg.ids[:5]}{'...' if len(msg.ids) > 5 else ''}"
+            if msg.ids
+            else f"filters {msg.filters}"
+        )
+        return what + (" force" if msg.force else "") + (" graceful" if msg.graceful else "")
+
+    def _filter_mismatch(self, filters: dict[str, Any], res: dict[str, Any]) -> list[str]:
+        """Jobs of the storm a filter cancel selected although their kind
+        does not match its name or QoS (the storm names its jobs by kind)."""
+        want = filters.get("name") or ("bg" if filters.get("qos") == "Background" else None)
+        if want is None:
+            return []
+        with self.lock:
+            kinds = dict(self.jobs)
+        out = []
+        for c in res.get("cancelled") or []:
+            kind = kinds.get(c["job_id"])
+            if kind is not None and kind != want:
+                out.append(f"job {c['job_id']} ({kind}) cancelled by a filter for {want!r}")
+        return out
 
     def refresh_view(self, rng: random.Random | None = None) -> None:
         data = self.req(m.QueryJobs(), timeout=3)
@@ -312,7 +421,8 @@ class Storm:
         if rng.random() < 0.3 and len(live) > 1:  # several ids in one request
             ids += [[o["job_id"], None] for o in rng.sample(live, min(3, len(live)))
                     if o["job_id"] != j["job_id"] and how != "graceful"]  # fmt: skip
-        self.record_cancel(self.req(m.Cancel(ids=ids, **kw), timeout=5))
+        msg = m.Cancel(ids=ids, **kw)
+        self.record_cancel(msg, self.req(msg, timeout=5))
 
     def cancel_by_filter(self, rng: random.Random) -> None:
         filters = rng.choice([
@@ -320,7 +430,8 @@ class Storm:
             {"states": ["PENDING"], "name": "short"}, {"name": "bg", "states": ["PENDING"]}, {"qos": "Background"},
             {"name": "multi", "states": ["RUNNING"]},
         ])  # fmt: skip
-        self.record_cancel(self.req(m.Cancel(filters=filters, message="storm filter"), timeout=5))
+        msg = m.Cancel(filters=filters, message="storm filter")
+        self.record_cancel(msg, self.req(msg, timeout=5))
 
     def cancel_step(self, rng: random.Random) -> None:
         cands = []
@@ -330,9 +441,8 @@ class Storm:
                     cands.append([j["job_id"], st["step_id"]])
         if not cands:
             return
-        self.record_cancel(
-            self.req(m.Cancel(ids=[rng.choice(cands)], message="storm step"), timeout=5)
-        )
+        msg = m.Cancel(ids=[rng.choice(cands)], message="storm step")
+        self.record_cancel(msg, self.req(msg, timeout=5))
 
     # ------------------------------------------------------------ the storm
 
@@ -363,7 +473,7 @@ class Storm:
                 call(self.cfg, m.QueryNodes(), timeout=1)
                 return time.monotonic() - t0
             except CliError:
-                time.sleep(0.05)
+                time.sleep(0.01)  # the figure's resolution
         raise RuntimeError("cranectld did not answer within 60 s of its restart")
 
     def run(self, crashes: int, threads: int = 3) -> None:
@@ -402,7 +512,8 @@ class Storm:
         violation: "hung"); then cancel whatever is left and check once more."""
         log("draining: cancelling long, Background and held jobs")
         for filters in ({"name": "long"}, {"name": "bg"}, {"name": "held"}, {"qos": "Background"}):
-            self.record_cancel(self._retry(m.Cancel(filters=filters, force=True)))
+            msg = m.Cancel(filters=filters, force=True)
+            self.record_cancel(msg, self._retry(msg))
         finite = ("short", "ia", "multi", "keep-multi", "keep-short")
         # the queue drains at its own pace: wait while jobs keep finishing; stop when
         # none has finished for ``finish_timeout`` seconds (a hung one blocks the rest)
@@ -435,10 +546,8 @@ class Storm:
                 + f", steps {[(s['step_id'], s['state']) for s in j.get('steps', [])]}"
             )
         log("draining: cancelling every active job")
-        res = self._retry(
-            m.Cancel(filters={"states": ["PENDING", "RUNNING", "SUSPENDED"]}, force=True)
-        )
-        self.record_cancel(res)
+        msg = m.Cancel(filters={"states": ["PENDING", "RUNNING", "SUSPENDED"]}, force=True)
+        self.record_cancel(msg, self._retry(msg))
         self.check(time.monotonic(), final=True)
 
     def _retry(self, msg: m.Message) -> dict[str, Any] | None:
@@ -541,6 +650,7 @@ class Storm:
             if fresh is not None:
                 known = fresh
         if final:
+            self.check_claims(known)
             stuck = [jid for jid, j in known.items() if j["state"] not in TERMINAL]
             for jid in stuck:
                 self.violation(f"job {jid} still {known[jid]['state']} after the final cancel")
@@ -550,6 +660,28 @@ class Storm:
         # 4. a RUNNING step has its cgroup on its node (no phantom: RUNNING with nothing running)
         if self.root:
             self.check_phantoms(known)
+
+    def check_claims(self, known: dict[int, dict[str, Any]]) -> None:
+        """A refusal said "Job already finished (STATE)": the job is over, in
+        that state when it named a terminal one (COMPLETING ends on its own)."""
+        with self.lock:
+            claims = dict(self.finished_claims)
+            omitted = {
+                j: steps for j, steps in self.step_omissions.items() if j not in self.cancels
+            }
+        for jid, steps in sorted(omitted.items()):
+            self.stats["cancel_surprises"] += 1
+            self.violation(f"a cancel of steps {steps} of job {jid} was neither done nor refused, "
+                           "and the job was not cancelled")  # fmt: skip
+        for jid, said in sorted(claims.items()):
+            j = known.get(jid)
+            if j is None:
+                continue  # reported as lost already
+            if j["state"] not in TERMINAL or (said in TERMINAL and j["state"] != said):
+                self.stats["cancel_surprises"] += 1
+                self.violation(
+                    f"a cancel of job {jid} was refused as already finished ({said}); it is {j['state']}"
+                )
 
     def check_phantoms(self, known: dict[int, dict[str, Any]]) -> None:
         def suspects(known: dict[int, dict[str, Any]]) -> list[tuple[int, int, str]]:
@@ -584,13 +716,17 @@ class Storm:
             )
 
     def daemon_errors(self) -> list[str]:
+        """Tracebacks and ERROR lines in the daemons' logs (each one a bug the
+        daemons' safety nets caught), but those in ``EXPECTED_LOG_ERRORS``."""
         out = []
         logdir = os.path.join(self.base, "log")
         for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
             with open(os.path.join(logdir, name), errors="replace") as f:
                 lines = f.read().splitlines()
             for i, line in enumerate(lines):
-                if "Traceback" in line or " ERROR " in line:
+                if ("Traceback" in line or " ERROR " in line or " CRITICAL " in line) and not any(
+                    e in line for e in EXPECTED_LOG_ERRORS
+                ):
                     out.append(
                         f"{name}: {line[:200]}"
                         + (
@@ -770,6 +906,7 @@ class Storm:
     def result(self, crashes: int, wall: float) -> dict[str, Any]:
         s = self.stats
         kinds = Counter(self.jobs.values())
+        errors = self.daemon_errors()
         return {
             "crashes_requested": crashes,
             "crashes_injected": s["crashes"],
@@ -789,7 +926,7 @@ class Storm:
             "phantoms": s["phantoms"],
             "pids_recorded": s["pids_recorded"],
             "job_processes_seen": s["job_processes_seen"],
-            "daemon_errors": self.daemon_errors()[:100],
+            "daemon_errors": errors[:100],
             "cancel_not_done": s["cancel_not_done"],
             "stuck_at_end": s["stuck_at_end"],
             "hung": s["hung"],
@@ -804,8 +941,9 @@ class Storm:
             "seed": self.seed,
             "workload_threads": self.threads,
             "root_cgroups_checked": self.root,
+            "cancel_surprises": s["cancel_surprises"],
             "violations": self.violations[:200],
-            "ok": not self.violations,
+            "ok": not self.violations and not errors,
         }
 
 
@@ -839,13 +977,14 @@ def cmdline(pid: int) -> str:
 
 def run_storm(crashes: int = 20, nodes: int = 4, seed: int | None = None, deadline: float = 30.0,
               base: str | None = None, keep: bool = False, out: str | None = RESULTS,
-              threads: int = 3) -> dict[str, Any]:  # fmt: skip
+              threads: int = 3, stalls: str | None = None) -> dict[str, Any]:  # fmt: skip
     own = base is None
     base = base or tempfile.mkdtemp(prefix="crane-storm-")
     os.chmod(base, 0o755)
     if seed is None:
         seed = random.randrange(2**31)
-    storm = Storm(base, nodes=nodes, seed=seed, deadline=deadline)
+    stalls = stalls or os.environ.get("CRANE_STORM_STALLS") or None  # also for the CI test
+    storm = Storm(base, nodes=nodes, seed=seed, deadline=deadline, stalls=stalls)
     t0 = time.monotonic()
     log(f"seed {seed}, cluster in {base}")
     try:
@@ -881,7 +1020,8 @@ def report(res: dict[str, Any]) -> str:
         f"id reuse:              {res['id_reuse']} (must be 0)",
         f"illegal states:        {res['illegal_state']} (must be 0)",
         f"phantom steps:         {res['phantoms']} (must be 0)",
-        f"daemon errors logged:  {len(res['daemon_errors'])}",
+        f"daemon errors logged:  {len(res['daemon_errors'])} (must be 0: tracebacks, ERROR lines) {res['daemon_errors'][:3]}",
+        f"cancel surprises:      {res['cancel_surprises']} (must be 0: asked, neither cancelled nor refused as expected)",
         f"step pids recorded:    {res['pids_recorded']}, most job processes seen at once {res['job_processes_seen']}",
         f"cancels not done:      {res['cancel_not_done']} (must be 0)",
         f"stuck at end:          {res['stuck_at_end']} (must be 0)",
@@ -910,10 +1050,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=3, help="concurrent workload threads")
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory")
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--stalls", metavar="FILE", help="cranectld under bench/profiled.py's stall watchdog "
+                    "(CRANE_STALL_MS, default 100): its event loop's stalls appended to FILE")  # fmt: skip
     a = ap.parse_args(argv)
     res = run_storm(
-        a.crashes, a.nodes, a.seed, a.deadline, keep=a.keep, out=a.out, threads=a.threads
-    )
+        a.crashes, a.nodes, a.seed, a.deadline, keep=a.keep, out=a.out, threads=a.threads,
+        stalls=a.stalls,
+    )  # fmt: skip
     for v in res["violations"][:50]:
         print("violation:", v)
     print(report(res))

@@ -12,11 +12,15 @@ user (nobody) flooding as fast as it can; agent socket
 with random identities and with the identity of a real node ("crane01"),
 each both without a CurveZMQ key (refused at the handshake) and with the key
 of another real node (a compromised node: the frames reach the decoder).
-Meanwhile a good client does cqueue round trips (p50/p99 before, during and
+The agent fuzzers' frames also name the real jobs (the sentinel, a job running
+on the other node, a held one and one waiting for resources): they must come
+through unharmed. Meanwhile a good client does cqueue round trips (p50/p99 before, during and
 after the storm) and the RSS of cranectld and the agents is sampled every
 100 ms. A job runs on crane01 through the storm. At the end: daemon crashes
 (must be 0), nodes up, that job still RUNNING and then cancelled, a new job
-completes, another is cancelled while running, processes gone.
+completes, another is cancelled while running, processes gone; every cancel's
+reply says it cancelled what was asked; no traceback or ERROR line in the
+daemons' logs.
 
 Prints a summary and writes bench/results/fuzz.json. Exit status 1 when a
 check fails.
@@ -35,6 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import fuzzer as fuzz  # noqa: E402
+from bench import profiled  # noqa: E402
 from crane.local import LocalCluster, make_config  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -65,23 +70,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=os.path.join(RESULTS, "fuzz.json"))
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory (logs)")
+    ap.add_argument(
+        "--stalls",
+        metavar="FILE",
+        help="run cranectld under bench/profiled.py's stall watchdog; the loop's stalls go to FILE",
+    )
     args = ap.parse_args(argv)
 
     base = tempfile.mkdtemp(prefix="crane-fuzz-")
     os.chmod(base, 0o755)
     extra = {"Auth": {"Type": "local"}} if args.no_curve else {}
-    cluster = LocalCluster(base)
+    cluster = profiled.watched(base, args.stalls) if args.stalls else LocalCluster(base)
     cluster.write_config(make_config(base, args.nodes, 2, **extra))
     say(f"cluster in {base}")
     cluster.up(timeout=60)
     ok = False
     try:
         sentinel = fuzz.start_sentinel(cluster)
-        say(f"sentinel job {sentinel} running on crane01; fuzzing {args.frames} frames")
-        res = fuzz.campaign(cluster, args.frames, args.seed, progress=say)
+        guards = fuzz.start_guards(cluster, sentinel=sentinel)
+        say(f"sentinel job {sentinel} running on crane01, guard jobs {sorted(set(guards) - {sentinel})} "
+            f"(running elsewhere, held, waiting); fuzzing {args.frames} frames naming them too")  # fmt: skip
+        res = fuzz.campaign(cluster, args.frames, args.seed, progress=say, real_jobs=sorted(guards))
         say("storm over; post checks")
-        res["post"] = fuzz.post_checks(cluster, sentinel)
+        res["post"] = fuzz.post_checks(cluster, sentinel, guards=guards)
         res["caught_exceptions"] = fuzz.log_failures(cluster)
+        res["log_errors"] = fuzz.log_errors(cluster)
         growth = {k: v["peak_mb"] - v["start_mb"] for k, v in res["rss"].items()}
         res["rss_growth_mb"] = growth
         checks = {
@@ -92,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             "good client never failed": res["good_during"]["failures"] == 0 and res["good_after"]["failures"] == 0,
             f"good client p99 < {args.p99_limit_ms:g} ms": (res["good_during"]["p99_ms"] or 1e9) < args.p99_limit_ms,
             "no fuzzer process error": not res["worker_errors"],
+            "no traceback or ERROR line in the daemons' logs": not res["log_errors"],
+            "real jobs the forged frames named unharmed": not res["post"].get("guards_harmed"),
+            "every cancel did what was asked": not res["post"].get("cancel_surprises") and not res["post"].get("guards_cancel"),
         }  # fmt: skip
         res["checks"] = checks
         ok = all(checks.values())
@@ -135,6 +151,10 @@ def print_summary(res: dict, path: str) -> None:  # type: ignore[type-arg]
             f"max {g['max_ms']} ms failures {g['failures']}"
         )
     print(f"caught exceptions:  {res['caught_exceptions']}")
+    print(f"log errors:         {len(res['log_errors'])} {res['log_errors'][:3]}")
+    print(
+        f"guard jobs:         {res['post'].get('guards')} harmed: {res['post'].get('guards_harmed')}"
+    )
     print(f"post checks:        {res['post']}")
     for name, passed in res["checks"].items():
         print(f"  [{'ok' if passed else 'FAIL'}] {name}")

@@ -52,7 +52,9 @@ CLI_TYPES = (
     "AcctOp",
 )
 AGENT_TYPES = ("Register", "Heartbeat", "StepStarted", "StepEnded", "JobReleased")
-# job ids no real job has in a fuzzed cluster: adversarial requests never touch real work
+# job ids no real job has in a fuzzed cluster: adversarial CLI requests (from root,
+# who may cancel anything) never touch real work; agent frames also name the real
+# jobs a campaign is given (``real_jobs``), which must come through unharmed
 FAR = 10**9
 
 
@@ -118,11 +120,16 @@ class FrameGen:
     """Seeded generator: the same seed gives the same frames."""
 
     def __init__(
-        self, seed: int, target: str = "cli", rid_base: int = 1, oversize: bool = True
-    ) -> None:
+        self, seed: int, target: str = "cli", rid_base: int = 1, oversize: bool = True,
+        real_jobs: typing.Sequence[int] = (),
+    ) -> None:  # fmt: skip
         assert target in ("cli", "agent")
         self.r = random.Random(seed)
         self.target = target
+        # agent frames only: ids of real jobs, named by some job_id fields and by
+        # frames made to end, start or release them (no extra draws without them:
+        # the same seed gives the same frames as before)
+        self.real = tuple(real_jobs) if target == "agent" else ()
         self.heavy = float(
             os.environ.get("CRANE_FUZZ_HEAVY", "0.01")
         )  # share of heavy adversarial frames
@@ -191,6 +198,8 @@ class FrameGen:
         if hint is bool:
             return self.r.random() < 0.5
         if hint is int:
+            if self.real and self.r.random() < 0.3:
+                return self.r.choice(self.real)
             return self.r.choice([FAR + self.r.randint(0, 10**6), 1, 2])
         if hint is float:
             return 1.0
@@ -611,12 +620,25 @@ class FrameGen:
             ("cli_msg_to_agent", r.choice(CLI_TYPES), {}),
             ("reply_to_agent", r.choice(["RegisterAck", "LaunchStep", "KillJob"]), {}),
         ]  # fmt: skip
+        # frames that would end, start or release a real job if the controller believed them
+        if self.real:
+            real = r.choice(self.real)
+            cases += [
+                ("step_ended_real", "StepEnded", {"job_id": real, "step_id": r.choice([1, 2]), "exit_code": r.choice([0, 1, 137]),
+                                                  "signal": r.choice([0, 9]), "reason": r.choice(["", "x"])}),
+                ("step_started_real", "StepStarted", {"job_id": real, "step_id": 1, "pid": r.choice([1, 2**31 - 1])}),
+                ("released_real", "JobReleased", {"job_id": real, "epilog_ok": r.random() < 0.5, "kill_failed": r.random() < 0.5}),
+                ("output_real", "StepOutput", {"job_id": real, "step_id": 1, "stream": 1, "data": b"forged output\n"}),
+                ("register_ended_real", "Register", {"node": "fuzz-" + self._str(4), "cpus": 1, "memory": 1,
+                                                     "steps": [[real, 1]], "ended": [{"job_id": real, "step_id": 1, "exit_code": 0}]}),
+            ] * 2  # fmt: skip
         name, t, body = r.choice(cases)
         if name in ("cli_msg_to_agent", "reply_to_agent"):
             body = self._body(t)
             if t == "Cancel":
                 body = {"dry_run": True, "ids": [[far, None]]}
-        return Frame([frame_of(t, body, rid)], "adv:" + name, expect="any", rid=rid)
+        kind = "adv_real:" + name if name.endswith("_real") else "adv:" + name  # counted apart
+        return Frame([frame_of(t, body, rid)], kind, expect="any", rid=rid)
 
 
 # ---------------------------------------------------------------- driver (not pure)
@@ -866,7 +888,8 @@ ROLE_USERS = {"cli-user": "daemon", "cli-flood": "nobody"}
 
 
 def _worker(role: str, address: str, n: int, seed: int, curve: tuple[bytes, bytes, bytes] | None,
-            forged: str, as_uid: int | None, out: Any, oversize: bool = True) -> None:  # fmt: skip
+            forged: str, as_uid: int | None, out: Any, oversize: bool = True,
+            real_jobs: tuple[int, ...] = ()) -> None:  # fmt: skip
     """One fuzzing process (spawned): sends ``n`` frames, puts its stats on ``out``."""
     import zmq
 
@@ -876,7 +899,9 @@ def _worker(role: str, address: str, n: int, seed: int, curve: tuple[bytes, byte
             os.setgid(as_uid)
             os.setuid(as_uid)
         target = "cli" if role.startswith("cli") else "agent"
-        gen = FrameGen(seed, target, rid_base=seed * 10_000_000, oversize=oversize)
+        gen = FrameGen(
+            seed, target, rid_base=seed * 10_000_000, oversize=oversize, real_jobs=real_jobs
+        )
         stats = SendStats()
         if target == "cli":
             ident = b"flood" if role == "cli-flood" else None
@@ -975,8 +1000,14 @@ def _daemon_pids(cluster: Any) -> dict[str, int]:
     return pids
 
 
+# ERROR lines a fuzzing run may log without a bug behind them (substrings); every
+# other ERROR line, and every traceback, is a bug a safety net caught
+EXPECTED_LOG_ERRORS: tuple[str, ...] = ()
+
+
 def log_failures(cluster: Any) -> dict[str, int]:
-    """Exceptions the daemons' safety nets caught (each one is a bug)."""
+    """Exceptions the daemons' safety nets caught (each one is a bug): the
+    tracebacks in each daemon's log."""
     out: dict[str, int] = {}
     logdir = os.path.join(cluster.base, "log")
     for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
@@ -986,12 +1017,31 @@ def log_failures(cluster: Any) -> dict[str, int]:
     return out
 
 
+def log_errors(cluster: Any, expected: tuple[str, ...] = EXPECTED_LOG_ERRORS) -> list[str]:
+    """Tracebacks, ERROR and CRITICAL lines in the daemons' logs, but the
+    ``expected`` ones (with the line after a traceback's first, for context)."""
+    out: list[str] = []
+    logdir = os.path.join(cluster.base, "log")
+    for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
+        with open(os.path.join(logdir, name), errors="replace") as f:
+            lines = f.read().splitlines()
+        for i, line in enumerate(lines):
+            if ("Traceback" in line or " ERROR " in line or " CRITICAL " in line or "handler failed" in line) \
+                    and not any(e in line for e in expected):  # fmt: skip
+                nxt = (
+                    f" | {lines[i + 1][:160]}" if "Traceback" in line and i + 1 < len(lines) else ""
+                )
+                out.append(f"{name}: {line[:240]}{nxt}")
+    return out
+
+
 def campaign(cluster: Any, frames: int, seed: int = 1, roles: dict[str, float] | None = None,
              forged: str = "crane01", baseline: float = 3.0, progress: Any = None,
-             oversize: bool = True) -> dict[str, Any]:  # fmt: skip
+             oversize: bool = True, real_jobs: typing.Iterable[int] = ()) -> dict[str, Any]:  # fmt: skip
     """Fuzz a running cluster with ``frames`` frames split between roles
     (processes), while a good client does cqueue round trips and the daemons'
-    RSS is sampled. Returns the figures; checks nothing itself."""
+    RSS is sampled; the agent fuzzers' frames also name ``real_jobs``.
+    Returns the figures; checks nothing itself."""
     import multiprocessing
 
     from crane.config import load
@@ -1051,8 +1101,8 @@ def campaign(cluster: Any, frames: int, seed: int = 1, roles: dict[str, float] |
         key = curve_key if role.endswith("-key") else None
         uid = role_uid.get(role)
         plan[role] = {"frames": n, "uid": 0 if uid is None else uid, "key": key is not None}
-        p = mp.Process(target=_worker, args=(role, addr, n, seed * 100 + i, key, forged, uid, out, oversize),
-                       daemon=True)  # fmt: skip
+        p = mp.Process(target=_worker, args=(role, addr, n, seed * 100 + i, key, forged, uid, out, oversize,
+                                             tuple(real_jobs)), daemon=True)  # fmt: skip
         p.start()
         procs.append((role, p))
     good = GoodClient(cfg.cli_address)
@@ -1115,10 +1165,13 @@ def campaign(cluster: Any, frames: int, seed: int = 1, roles: dict[str, float] |
     return result
 
 
-def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
-    """After the storm: every node up, the sentinel job still running (then
-    cancelled, its process gone), a new job runs to completion, another is
-    cancelled while running and its process is gone."""
+def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0,
+                guards: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """After the storm: every node up, the guard jobs (``start_guards``) as
+    they were, the sentinel job still running (then cancelled, its process
+    gone), a new job runs to completion, another is cancelled while running
+    and its process is gone; every cancel's reply says it cancelled what was
+    asked (the guards' too, cancelled once checked)."""
     from crane.cli.common import CliError, call, load_config
 
     cfg = load_config(cluster.config_path)
@@ -1165,6 +1218,14 @@ def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0
             time.sleep(0.05)
         return False
 
+    res["cancel_surprises"] = []
+
+    def cancel(ids: list[list[int | None]]) -> None:
+        """A cancel whose reply must say each id was cancelled."""
+        from bench.crash_storm import cancel_surprises
+
+        res["cancel_surprises"] += cancel_surprises(ids, call(cfg, m.Cancel(ids=ids)), expected=())
+
     try:
         deadline = time.monotonic() + timeout
         nodes: dict[str, str] = {}
@@ -1175,11 +1236,16 @@ def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0
             time.sleep(0.2)
         res["nodes"] = nodes
         res["nodes_up"] = all(s != "DOWN" for s in nodes.values())
+        if guards:
+            res["guards"] = sorted(guards)
+            res["guards_harmed"] = check_guards(cluster, guards)
+            # then cancelled (the one waiting for the sentinel's node would hold it after)
+            res["guards_cancel"] = cancel_guards(cluster, [g for g in guards if g != sentinel])
         if sentinel is not None:
             j = job(sentinel)
             res["sentinel_state"] = j["state"] if j else None
             pid = pid_of(j)
-            call(cfg, m.Cancel(ids=[[sentinel, None]]))
+            cancel([[sentinel, None]])
             j = wait(sentinel, ("CANCELLED",))
             res["sentinel_cancelled"] = bool(j and j["state"] == "CANCELLED")
             res["sentinel_process_gone"] = gone(pid)
@@ -1203,24 +1269,138 @@ def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0
         j = wait(jid, ("RUNNING",))
         pid = pid_of(j)
         res["job_ran"] = bool(j and j["state"] == "RUNNING" and pid)
-        call(cfg, m.Cancel(ids=[[jid, None]]))
+        cancel([[jid, None]])
         j = wait(jid, ("CANCELLED",))
         res["job_cancelled"] = bool(j and j["state"] == "CANCELLED")
         res["job_process_gone"] = gone(pid)
     except CliError as e:
         res["error"] = str(e)
-    res["ok"] = all(v for k, v in res.items() if k in (
-        "nodes_up", "sentinel_cancelled", "sentinel_process_gone", "job_completed", "job_output_ok",
-        "job_ran", "job_cancelled", "job_process_gone")) and "error" not in res and (
-        sentinel is None or res.get("sentinel_state") == "RUNNING")  # fmt: skip
+    flags = ("nodes_up", "sentinel_cancelled", "sentinel_process_gone", "job_completed", "job_output_ok",
+             "job_ran", "job_cancelled", "job_process_gone")  # fmt: skip
+    findings = ("error", "cancel_surprises", "guards_harmed", "guards_cancel")
+    res["ok"] = (all(res.get(k, True) for k in flags) and not any(res.get(k) for k in findings)
+                 and (sentinel is None or res.get("sentinel_state") == "RUNNING"))  # fmt: skip
     return res
 
 
-def start_sentinel(cluster: Any, node: str = "crane01", timeout: float = 30.0) -> int:
-    """A long job on ``node`` (the one the forged agent claims to be)."""
+def start_guards(cluster: Any, forged: str = "crane01", sentinel: int | None = None,
+                 timeout: float = 30.0) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Real jobs for the agent fuzzers to name (besides the sentinel on
+    ``forged``): one running on every other node (the fuzzers hold the
+    CurveZMQ key of the last of them), one held and one waiting for
+    resources on ``forged``. Returns each job's record as it is now, the
+    ``sentinel``'s too (``check_guards`` compares)."""
     from crane.cli.common import call, load_config
 
     cfg = load_config(cluster.config_path)
+    others = [n for n in cfg.nodes if n != forged]
+    base = {"argv": ["sleep", "3600"], "cwd": "/tmp", "stdout": "/dev/null", "name": "fuzz-guard"}
+    ids: list[int] = []
+
+    def part(node: str) -> str:
+        return next(p.name for p in cfg.partitions.values() if node in p.nodes)
+
+    for node in others:
+        ids += call(cfg, m.SubmitJob({**base, "nodelist": [node], "partition": part(node)}))[
+            "job_ids"
+        ]
+    ids += call(cfg, m.SubmitJob({**base, "hold": True}))["job_ids"]
+    # all of the forged node's cpus: waits for the sentinel
+    ids += call(cfg, m.SubmitJob({**base, "nodelist": [forged], "partition": part(forged),
+                                  "cpus": cfg.nodes[forged].cpus}))["job_ids"]  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = {j["job_id"]: j for j in call(cfg, m.QueryJobs({"jobs": ids}))["jobs"]}
+        running = [jobs.get(i) for i in ids[: len(others)]]
+        if all(j and j["state"] == "RUNNING" and any(s.get("pid") for s in j["steps"]) for j in running) \
+                and all(jobs.get(i, {}).get("state") == "PENDING" for i in ids[len(others):]):  # fmt: skip
+            snap = {i: jobs[i] for i in ids}
+            if sentinel is not None:
+                snap[sentinel] = call(cfg, m.QueryJobs({"jobs": [sentinel]}))["jobs"][0]
+            return snap
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"guard jobs not in place: {[(i, (jobs.get(i) or {}).get('state')) for i in ids]}"
+            )
+        time.sleep(0.1)
+
+
+def check_guards(cluster: Any, before: dict[int, dict[str, Any]]) -> list[str]:
+    """What happened to the guard jobs that no one asked for: a state,
+    start time, node or step pid changed, a cancel recorded, a step process
+    gone. Empty when every one is as it was."""
+    from crane.cli.common import call, load_config
+
+    cfg = load_config(cluster.config_path)
+    now = {j["job_id"]: j for j in call(cfg, m.QueryJobs({"jobs": list(before)}))["jobs"]}
+    out = []
+    for jid, was in sorted(before.items()):
+        j = now.get(jid)
+        if j is None:
+            hist = call(cfg, m.QueryJobs({"jobs": [jid]}, history=True))["jobs"]
+            out.append(f"job {jid} ({was['state']}) ended: {hist[0]['state'] if hist else 'unknown'} "
+                       f"{hist[0].get('reason') if hist else ''}")  # fmt: skip
+            continue
+        for key in ("state", "nodes", "start_time", "cancelled_by", "requeue_count"):
+            if j.get(key) != was.get(key):
+                out.append(f"job {jid}: {key} {was.get(key)!r} -> {j.get(key)!r}")
+        pids = [(s["step_id"], s.get("pid"), s.get("state")) for s in j["steps"]]
+        if pids != [(s["step_id"], s.get("pid"), s.get("state")) for s in was["steps"]]:
+            out.append(
+                f"job {jid}: steps {[(s['step_id'], s.get('pid'), s.get('state')) for s in was['steps']]} -> {pids}"
+            )
+        for _sid, pid, _st in pids:
+            if pid and not _alive(int(pid)):
+                out.append(f"job {jid}: step process {pid} is gone")
+    return out
+
+
+def cancel_guards(cluster: Any, guards: typing.Iterable[int], timeout: float = 30.0) -> list[str]:
+    """Cancel the guard jobs; what the reply or the jobs' ends contradict."""
+    from bench.crash_storm import cancel_surprises
+    from crane.cli.common import call, load_config
+
+    cfg = load_config(cluster.config_path)
+    ids = sorted(guards)
+    asked: list[list[int | None]] = [[j, None] for j in ids]
+    out = cancel_surprises(asked, call(cfg, m.Cancel(ids=asked)), expected=())
+    deadline = time.monotonic() + timeout
+    left = set(ids)
+    while left and time.monotonic() < deadline:
+        for j in call(cfg, m.QueryJobs({"jobs": sorted(left)}, history=True))["jobs"]:
+            if j["state"] == "CANCELLED":
+                left.discard(j["job_id"])
+        time.sleep(0.1)
+    out += [f"guard job {j} not CANCELLED {timeout:g}s after its cancel" for j in sorted(left)]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[-1][0] not in "ZX"
+    except OSError:
+        return False
+
+
+def start_sentinel(cluster: Any, node: str = "crane01", timeout: float = 30.0) -> int:
+    """A long job on ``node`` (the one the forged agent claims to be).
+
+    Job ids 1 and 2 go first to two held jobs, cancelled at once: the CLI
+    fuzzers' well-typed bodies put 1 or 2 in every integer field (cpus,
+    step ids, job ids), and a request from root may do anything to a job it
+    names (the agent fuzzers name the real jobs on purpose, ``start_guards``)."""
+    from bench.crash_storm import cancel_surprises
+    from crane.cli.common import call, load_config
+
+    cfg = load_config(cluster.config_path)
+    burnt = call(
+        cfg, m.SubmitJob({"argv": ["true"], "cwd": "/tmp", "stdout": "/dev/null", "hold": True}, 2)
+    )["job_ids"]
+    ids: list[list[int | None]] = [[j, None] for j in burnt]
+    surprises = cancel_surprises(ids, call(cfg, m.Cancel(ids=ids)), expected=())
+    if surprises:
+        raise RuntimeError(f"cancel of held jobs {burnt}: {surprises}")
     spec = {"argv": ["sleep", "3600"], "cwd": "/tmp", "stdout": "/dev/null", "nodelist": [node]}
     jid: int = call(cfg, m.SubmitJob(spec))["job_ids"][0]
     deadline = time.monotonic() + timeout

@@ -178,12 +178,18 @@ def report(res: dict[str, Any]) -> str:
     )
 
 
-def _own_cluster(jobs: int) -> tuple[Any, str, set[int]]:
+def _own_cluster(jobs: int, stalls: str | None = None) -> tuple[Any, str, set[int]]:
     from crane.local import LocalCluster, make_config
 
     base = tempfile.mkdtemp(prefix="crane-loadstorm-")
     os.chmod(base, 0o755)
-    c = LocalCluster(base)
+    if stalls:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from bench import profiled
+
+        c = profiled.watched(base, stalls)
+    else:
+        c = LocalCluster(base)
     c.write_config(make_config(base, nodes=2, cpus=max(4, jobs)))
     c.up(timeout=60)
     env = {
@@ -224,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     ap.add_argument("--json", action="store_true", help="print one JSON line last")
+    ap.add_argument("--stalls", metavar="FILE", help="own cluster: cranectld under bench/profiled.py's stall "
+                    "watchdog (CRANE_STALL_MS, default 100), its stalls appended to FILE")  # fmt: skip
     args = ap.parse_args(argv)
     _prepare(args.queries + args.cancels)
 
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg_path = args.config
             expect = {int(x) for x in args.expect_jobs.split(",") if x}
         else:
-            cluster, base, expect = _own_cluster(args.jobs)
+            cluster, base, expect = _own_cluster(args.jobs, args.stalls)
             cfg_path = cluster.config_path
         if expect:
             _wait_running(cfg_path, expect)

@@ -10,8 +10,74 @@ import sys
 
 import pytest
 
-from bench.crash_storm import report, run_storm
+from bench.crash_storm import Storm, cancel_surprises, report, run_storm
 from tests.conftest import IS_ROOT
+
+
+def test_cancel_surprises_compares_the_reply_with_what_was_asked() -> None:
+    def ok(*jobs: int, steps: dict[int, list[int]] | None = None) -> list[dict]:  # type: ignore[type-arg]
+        return [{"job_id": j, "steps": (steps or {}).get(j, [])} for j in jobs]
+
+    def no(job: int, reason: str, step: int | None = None) -> dict:  # type: ignore[type-arg]
+        return {"job_id": job, "step_id": step, "reason": reason}
+
+    asked = [[1, None], [2, None], [3, 2]]
+    assert (
+        cancel_surprises(asked, {"cancelled": ok(1, 2, 3, steps={3: [2]}), "not_cancelled": []})
+        == []
+    )
+    # ended meanwhile: expected
+    reply = {
+        "cancelled": ok(1),
+        "not_cancelled": [no(2, "Job already finished (COMPLETED)"), no(3, "Step not found", 2)],
+    }
+    assert cancel_surprises(asked, reply) == []
+    # refused for another reason, left out, or more than asked: each one said
+    reply = {"cancelled": ok(1, 9), "not_cancelled": [no(2, "Permission denied")]}
+    got = cancel_surprises(asked, reply)
+    assert any("job 2 not cancelled: 'Permission denied'" in g for g in got), got
+    assert any("job 3.2 asked, neither cancelled nor refused" in g for g in got), got
+    assert any("job 9 cancelled (whole) but not asked" in g for g in got), got
+    assert len(got) == 3, got
+    # a step is covered by its whole job, or by a job being cancelled already
+    assert cancel_surprises([[4, None], [4, 1]], {"cancelled": ok(4)}) == []
+    assert cancel_surprises([[5, 2]], {"cancelled": []}, being_cancelled={5}) == []
+    assert cancel_surprises([[5, None]], {"cancelled": []}, being_cancelled={5}) != []
+    # filters: nothing was asked by id, every refusal must be expected
+    assert cancel_surprises(None, {"cancelled": ok(7), "not_cancelled": []}) == []
+    assert (
+        cancel_surprises(None, {"cancelled": [], "not_cancelled": [no(8, "Permission denied")]})
+        != []
+    )
+    # expected=(): every refusal is a surprise (the fuzzer's own cancels)
+    assert cancel_surprises(
+        [[2, None]], {"not_cancelled": [no(2, "Job already finished (COMPLETED)")]}, expected=()
+    )
+
+
+def test_daemon_errors_fail_the_storm_unless_expected(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A traceback or an ERROR line in any daemon's log fails the storm
+    (``ok`` False), but for the lines EXPECTED_LOG_ERRORS names."""
+    import bench.crash_storm as cs
+
+    base = str(tmp_path / "s")
+    os.makedirs(base)
+    storm = Storm(base, nodes=1)
+    os.makedirs(os.path.join(base, "log"), exist_ok=True)
+    with open(os.path.join(base, "log", "cranectld.log"), "w") as f:
+        f.write("2026-01-01 00:00:00,000 crane.ctld INFO fine\n")
+    assert storm.daemon_errors() == [] and storm.result(0, 1.0)["ok"]
+    with open(os.path.join(base, "log", "craned-crane01.log"), "w") as f:
+        f.write(
+            "2026-01-01 00:00:00,000 crane.x ERROR actor JobActor failed on CancelEv\n"
+            'Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: boom\n'
+        )
+    errors = storm.daemon_errors()
+    assert len(errors) == 2 and "File" in errors[1], errors
+    res = storm.result(0, 1.0)
+    assert not res["ok"] and res["daemon_errors"] == errors
+    monkeypatch.setattr(cs, "EXPECTED_LOG_ERRORS", ("failed on CancelEv", "Traceback"))
+    assert storm.daemon_errors() == []
 
 
 def test_crash_storm_ci(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -27,6 +93,10 @@ def test_crash_storm_ci(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert res["orphans"] == 0, res["violations"]
     assert res["id_reuse"] == 0, res["violations"]
     assert res["integrity_ok"], res["violations"]
+    # every acknowledged cancel did what it asked (or said why not, as expected)
+    assert res["cancel_surprises"] == 0, res["violations"]
+    # no traceback or unexpected ERROR line in any daemon's log
+    assert res["daemon_errors"] == [], res["daemon_errors"]
     assert res["ok"], res["violations"]
     assert res["wall_s"] < 120
 
@@ -138,3 +208,32 @@ def test_crun_survives_a_controller_restart(make_cluster) -> None:  # type: igno
         (2, "COMPLETED"),
         (3, "COMPLETED"),
     ]
+
+
+def test_storm_judges_each_acknowledged_cancel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The storm's record of a Cancel: a refusal it does not expect is a
+    violation at once; a step cancel left unmentioned only if its job was
+    not cancelled whole by the end; "already finished" must be true."""
+    from crane.core import messages as m
+
+    def reply(done: list[int], refused: list[tuple[int, str]]) -> dict:  # type: ignore[type-arg]
+        return {
+            "cancelled": [{"job_id": j, "steps": []} for j in done],
+            "not_cancelled": [{"job_id": j, "step_id": None, "reason": r} for j, r in refused],
+        }
+
+    base = str(tmp_path / "s")
+    os.makedirs(base)
+    storm = Storm(base, nodes=1)
+    storm.record_cancel(m.Cancel(ids=[[1, None]]), reply([1], []))
+    storm.record_cancel(m.Cancel(ids=[[2, None]]), reply([], [(2, "Permission denied")]))
+    assert len(storm.violations) == 1 and "Permission denied" in storm.violations[0]
+    storm.record_cancel(m.Cancel(ids=[[1, 3], [4, 2]]), reply([], []))  # job 1 was cancelled whole
+    storm.record_cancel(
+        m.Cancel(ids=[[5, None]]), reply([], [(5, "Job already finished (COMPLETED)")])
+    )
+    assert len(storm.violations) == 1, storm.violations
+    storm.check_claims({5: {"state": "RUNNING"}})
+    assert len(storm.violations) == 3, storm.violations
+    assert "steps [2] of job 4" in storm.violations[1], storm.violations
+    assert "job 5 was refused" in storm.violations[2], storm.violations
