@@ -236,6 +236,11 @@ class NodeActor(Actor):
         return time.monotonic() - self.last_seen > QUIET_HEARTBEATS * beat
 
     def _send(self, msg: m.Message) -> None:
+        if isinstance(msg, m.LaunchStep) and self.last_seen:
+            # when we last heard from the agent (our wall clock): CranedTimeout past
+            # it the node is DOWN here and the job requeued or ended, so the agent
+            # refuses a launch that the network or the outbox held that long
+            msg.spec["heard_at"] = time.time() - (time.monotonic() - self.last_seen)
         direct = self.registered and not self.outbox and not self._quiet()
         if direct and self.port.agents.send(self.identity, msg):
             return
@@ -312,7 +317,7 @@ class NodeActor(Actor):
         self.reregister.forget(identity)
         self.last_seen = time.monotonic()
         self.cgroup_mode = msg.cgroup
-        self.port.agents.send(identity, m.RegisterAck(True))
+        self.port.agents.send(identity, m.RegisterAck(True, now=time.time()))
         log.info("node %s registered (%d steps running, cgroup %s)", self.name, len(msg.steps), msg.cgroup)
         if msg.cpus < conf.cpus:
             log.warning("node %s reports %d cpus, config says %d", self.name, msg.cpus, conf.cpus)

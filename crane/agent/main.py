@@ -26,7 +26,7 @@ from crane.agent.steps import StepManager
 from crane.agent.sweep import Sweeper
 from crane.config import Config, ConfigError, load
 from crane.core import messages as m
-from crane.core.states import RegisterRefusal
+from crane.core.states import RegisterRefusal, StepEnd
 
 log = logging.getLogger("craned")
 
@@ -53,6 +53,7 @@ class Agent:
         self.ctx = zmq.Context()
         self.endpoint: transport.Endpoint | None = None
         self.registered = False
+        self.clock_offset = 0.0  # the controller's wall clock minus ours, from its RegisterAck
         self.register_sent = -REGISTER_WAIT  # monotonic time of our last Register
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -77,6 +78,8 @@ class Agent:
     def on_message(self, peer: transport.Peer, msg: m.Message, rid: int) -> None:
         if isinstance(msg, m.RegisterAck):
             if msg.ok:
+                if msg.now:
+                    self.clock_offset = msg.now - time.time()
                 if not self.registered:
                     log.info("registered with the controller")
                 self.registered = True
@@ -91,7 +94,8 @@ class Agent:
                 self.registered = False
                 self.register()
         elif isinstance(msg, m.LaunchStep):
-            self.steps.launch(msg)
+            if not self._stale_launch(msg):
+                self.steps.launch(msg)
         elif isinstance(msg, m.KillJob):
             self._spawn(self.steps.kill_job(msg))
         elif isinstance(msg, m.SignalJob):
@@ -104,6 +108,24 @@ class Agent:
             streams.on_input(msg)  # crun's stdin / terminal size (owner checked by the controller)
         else:
             log.warning("unexpected %s from the controller", msg.TYPE)
+
+    def _stale_launch(self, msg: m.LaunchStep) -> bool:
+        """A launch that reached us after the controller held this node down:
+        CranedTimeout past its last report from us (``spec["heard_at"]``, by
+        the controller's clock, which the RegisterAck told us) it declares the node down and requeues or
+        ends the job, so a launch the network held that long is refused, not
+        run beside the job's next run. Reported as a failed launch (dropped
+        by a controller that holds the node down; the job's end otherwise)."""
+        heard = msg.spec.get("heard_at")
+        if not isinstance(heard, (int, float)) or isinstance(heard, bool):
+            return False
+        late = time.time() + self.clock_offset - float(heard) - self.cfg.craned_timeout
+        if late <= 0:
+            return False
+        why = f"launch arrived {late:.0f}s after CranedTimeout without contact: refused"
+        log.warning("launch of %d.%d: %s", msg.job_id, msg.step_id, why)
+        self.send(m.StepEnded(msg.job_id, msg.step_id, 127, 0, StepEnd.LAUNCH_FAILED, why))
+        return True
 
     def on_bad(self, peer: transport.Peer, why: str, rid: int) -> None:
         log.warning("bad frame from the controller: %s", why)

@@ -60,6 +60,7 @@ class JobMachine:
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self.streamed = False  # crun's own job (its batch step streams to crun): never requeued by a node's fall
 
     # The job starts its life here (submission or recovery after a restart).
     def start(self, now: float) -> list[Any]:
@@ -103,6 +104,7 @@ class JobMachine:
         launch = j.launch or {}
         j.launch = None  # a requeue reads it from the store again
         stream = list(launch.get("stream") or [])
+        self.streamed = bool(stream)
         if stream:  # crun's own job: its command runs on every node (one task per node, or -n)
             return self._crun_job(launch, stream, now)
         spec = j.step_spec(1, launch.get("argv") or [], launch.get("env") or {}, j.cwd, e.cpus,
@@ -396,6 +398,18 @@ class JobMachine:
         if e.node not in j.nodes or e.node in j.released or j.state not in ACTIVE:
             return []
         actions: list[Any] = []
+        if self._never_started_on(e.node):
+            # its launch never reached the node (or its start never came back):
+            # it never ran, so it goes back to the queue rather than ending with
+            # the node, and a preemptor whose victims died for it still starts.
+            # No kill for that node: its agent refuses the held launch (too old,
+            # see LaunchStep's "heard_at") or kills it as unknown when it
+            # registers; a kill would come back as a release that the job's next
+            # run there would take for its own
+            why = f"Node {e.node} down before the job started"
+            requeue = self.handle(ev.CancelEv(0, "root", CancelPath.ADMIN, force=True, requeue=True, reason=why,
+                                              cause=e.cause), now)  # fmt: skip
+            actions = [a for a in requeue if not (isinstance(a, ev.ToNode) and a.node == e.node)]
         for sid, st in j.steps.items():
             if e.node in st.all_nodes() and st.state == S.RUNNING:
                 st.state, st.end, st.reason = S.FAILED, now, f"Node {e.node} down"
@@ -405,6 +419,14 @@ class JobMachine:
         if j.state != S.COMPLETING:
             actions += self._kill_nodes(j.cancel, cleanup=True)
         return actions + self.handle(ev.ReleasedEv(e.node), now)
+
+    def _never_started_on(self, node: str) -> bool:
+        """The job runs (not cancelled) and its batch step, on ``node`` alone,
+        was never reported started there (no pid came back)."""
+        j = self.job
+        st = j.steps.get(1)
+        return (j.state == S.RUNNING and j.cancel is None and not self.streamed and st is not None
+                and st.node == node and not st.nodes and st.pid is None and st.state == S.RUNNING)  # fmt: skip
 
     @on(ev.AgentStepsEv)
     def _on_AgentStepsEv(self, e: ev.AgentStepsEv, now: float) -> list[Any]:
