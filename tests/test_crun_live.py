@@ -166,6 +166,36 @@ def test_killed_crun_cancels_its_step(cluster: Cluster) -> None:
     assert jobs[0]["state"] == "CANCELLED" and jobs[0]["message"] == "crun gone"
 
 
+def test_a_vanished_watcher_of_a_batch_jobs_output_does_not_cancel_it(cluster: Cluster) -> None:
+    """Only crun's own job ends with its crun: a batch job whose output root
+    (or its owner) watched with WaitStep(stream=True) runs on when the
+    watcher's process is killed (the fuzzer's finding)."""
+    c = cluster
+    j = c.submit(wrap="sleep 300")
+    c.wait_state(j, "RUNNING")
+    ipc = "ipc://" + os.path.join(c.base, "cranectld.sock")
+    code = ("import sys, time\nfrom crane.client import Client\nfrom crane.core import messages as m\n"
+            f"cl = Client({ipc!r}, 300)\ncl.send(m.WaitStep({j}, 1, True))\nprint('sent', flush=True)\n"
+            "time.sleep(300)  # holds the subscription open until killed\n")  # fmt: skip
+    watcher = subprocess.Popen([os.path.join(BIN, "python"), "-c", code], env=c.env(), stdout=subprocess.PIPE)
+    try:
+        assert watcher.stdout is not None and watcher.stdout.readline() == b"sent\n"
+        # a crun killed after it: once its job is CANCELLED "crun gone", the
+        # controller has seen both connections gone
+        probe = Crun(c, "-J", "probe-departed", "sh", "-c", waiting_step("never-probe"))
+        probe.wait_out("ready")
+    finally:
+        watcher.kill()
+        watcher.wait()
+    probe.p.kill()
+    probe.finish()
+    ended = wait_for(lambda: [x for x in json.loads(c.ok("cacct", "-S", "2000-01-01", "--json"))
+                              if x["name"] == "probe-departed"], DEADLINE, "the probe crun's job to end")  # fmt: skip
+    assert ended[0]["message"] == "crun gone"
+    assert c.state(j) == "RUNNING", c.job(j)
+    c.ok("ccancel", str(j))
+
+
 def test_only_the_owner_receives_the_output(cluster: Cluster, users: dict[str, int]) -> None:
     c = cluster
     cr = Crun(c, "-J", "mine", "sh", "-c", waiting_step("/tmp/never-rt-own") + "echo secret", user="alice")

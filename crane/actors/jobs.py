@@ -212,9 +212,11 @@ class JobTable:
             running = st is not None and st.state == JobState.RUNNING
             if actor is None or not (running or (step_id == 1 and actor.job.state == JobState.PENDING)):
                 continue
+            whole = step_id == 1  # the batch step: only crun's own job (its launch streams) ends with its crun
+            if whole and not (self.store.get_launch(actor.job.launch_id or job_id) or {}).get("stream"):
+                continue  # a batch job whose output someone watched (root, its owner): it runs on
             log.info("step %d.%d: its crun is gone: cancelled", job_id, step_id)
             self.metrics["crun_gone_cancels"] += 1
-            whole = step_id == 1  # the batch step: crun's own job (only its crun streams step 1)
             actor.tell(ev.CancelEv(actor.job.uid, actor.job.user, CancelPath.USER, None if whole else step_id,
                                    "crun gone", grace=kill_wait))  # fmt: skip
 
