@@ -460,7 +460,7 @@ def test_a_full_outbox_marks_the_node_down_and_memory_stays_bounded(c: NetTestCl
     assert rss1 - rss0 < FLOOD_MIB * 1024, (rss0, rss1, seen)
     nodes = {n["name"]: n for n in admin(c, m.QueryNodes())["nodes"]}
     assert nodes["crane02"]["state"] == "DOWN", nodes
-    # (the scheduler's node view keeps no reason for a node that is down: the log says why)
+    assert nodes["crane02"]["reason"] == f"{OUTBOX_FULL} ({OUTBOX_LIMIT} messages)", nodes  # cinfo shows why
     with open(os.path.join(c.base, "log", "cranectld.log")) as f:
         assert f"node crane02 is DOWN: {OUTBOX_FULL} ({OUTBOX_LIMIT} messages)" in f.read()
     assert nodes["crane01"]["state"] != "DOWN"

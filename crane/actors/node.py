@@ -350,7 +350,9 @@ class NodeActor(Actor):
     def _lost(self, why: str) -> None:
         log.warning("node %s is DOWN: %s", self.name, why)
         self.registered = False
-        self.port.scheduler.tell(ev.NodeStatus(self.name, up=False, reason=why))
+        # shown by cinfo/ccontrol: an overflowed outbox by name, else Slurm's "Not responding"
+        shown = why if why.startswith(OUTBOX_FULL) else ""
+        self.port.scheduler.tell(ev.NodeStatus(self.name, up=False, reason=shown))
         jobs = self.port.jobs_on_node(self.name)
         self.port.node_lost(self.name, jobs)  # their processes there may live on: unconfirmed
         for job_id in jobs:

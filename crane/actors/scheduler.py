@@ -167,7 +167,7 @@ class Scheduler(Actor):
             out.append({
                 "name": led.name, "state": led.state(), "cpus": led.cpus, "cpus_free": led.cpus_free,
                 "cpus_alloc": led.cpus - led.cpus_free, "memory": led.memory, "mem_free": led.mem_free,
-                "reason": led.reason or ("" if led.up else NodeReason.NOT_RESPONDING),  # its agent is gone
+                "reason": led.reason or ("" if led.up else led.down_reason or NodeReason.NOT_RESPONDING),
                 "jobs": sorted(led.jobs), "time": now, **led.gpu_row(),
             })  # fmt: skip
         return out

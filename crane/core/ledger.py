@@ -48,7 +48,8 @@ class NodeLedger:
     mem_free: int
     up: bool = False
     drain: bool = False
-    reason: str = ""
+    reason: str = ""  # why drained
+    down_reason: str = ""  # why DOWN ("no heartbeat for 30s", "outbox full (N messages)"); "" while up
     jobs: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # job -> (cpus, mem, exclusive)
     suspended: set[int] = field(default_factory=set)
     gpu_types: list[str] = field(default_factory=list)  # the node's GPUs: type by index

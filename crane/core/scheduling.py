@@ -364,6 +364,7 @@ class SchedulingMachine:
         actions: list[Any] = []
         if e.up is not None:
             led.up = e.up
+            led.down_reason = "" if e.up else e.reason
         if e.drain is not None:
             led.drain = e.drain
             led.reason = e.reason if e.drain else ""
