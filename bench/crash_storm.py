@@ -155,6 +155,7 @@ class Storm:
         self.finished_claims: dict[int, str] = {}
         # step cancels the reply did not mention: fine only if the job was cancelled whole
         self.step_omissions: dict[int, list[int]] = {}
+        self.last_error = ""  # the last request that failed: named if the controller stops answering
         self.verified_steps: set[tuple[int, int]] = set()
         self.pids: dict[int, set[int]] = {}  # job -> step pids seen while running
         self.view: dict[int, dict[str, Any]] = {}  # last active view (workload targets)
@@ -177,6 +178,7 @@ class Storm:
             return call(self.cfg, msg, timeout=timeout)
         except CliError as e:
             self.stats["unacknowledged" if e.code == EXIT_UNREACHABLE else "refused"] += 1
+            self.last_error = f"{type(msg).__name__}: {e} (exit {e.code})"
             return None
 
     def violation(self, text: str) -> None:
@@ -579,7 +581,9 @@ class Storm:
             acked = dict(self.jobs)
         known = self.all_jobs()
         if known is None:
-            self.violation("controller stopped answering during the check")
+            p = self.cluster.procs["cranectld"]
+            self.violation("controller stopped answering during the check: " + self.last_error
+                           + f" [cranectld pid {p.pid} returncode {p.poll()}]")
             return
         # 1. every acknowledged job exists, in a legal state
         for jid in acked:

@@ -21,9 +21,9 @@ MAX_REPLY = 256 * 1024 * 1024  # a CLI accepts replies this large (requests: m.M
 CONNECT_TIMEOUT = 2.0
 
 
-def connect_timeout_from_env(default: float = CONNECT_TIMEOUT) -> float:
-    """``$CRANE_CONNECT_TIMEOUT`` (seconds, > 0), else ``default``."""
-    text = os.environ.get("CRANE_CONNECT_TIMEOUT", "").strip()
+def seconds_from_env(name: str, default: float) -> float:
+    """``$name`` as seconds (a number, 0 < s < 1e6), else ``default``."""
+    text = os.environ.get(name, "").strip()
     if text:
         try:
             value = float(text)
@@ -32,6 +32,11 @@ def connect_timeout_from_env(default: float = CONNECT_TIMEOUT) -> float:
         if 0 < value < 1e6:
             return value
     return default
+
+
+def connect_timeout_from_env(default: float = CONNECT_TIMEOUT) -> float:
+    """``$CRANE_CONNECT_TIMEOUT`` (seconds, > 0), else ``default``."""
+    return seconds_from_env("CRANE_CONNECT_TIMEOUT", default)
 
 
 def reply_timeout_from_env(default: float) -> float:
@@ -39,15 +44,7 @@ def reply_timeout_from_env(default: float) -> float:
     the answer to a request already sent, else ``default``. A request whose
     answer does not come is never sent again by the client (see
     crane.cli.common.call): it may have been applied."""
-    text = os.environ.get("CRANE_REPLY_TIMEOUT", "").strip()
-    if text:
-        try:
-            value = float(text)
-        except ValueError:
-            return default
-        if 0 < value < 1e6:
-            return value
-    return default
+    return seconds_from_env("CRANE_REPLY_TIMEOUT", default)
 
 
 class Unreachable(Exception):

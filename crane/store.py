@@ -18,6 +18,7 @@ import os
 import queue
 import secrets
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -70,15 +71,20 @@ def connect(path: str) -> sqlite3.Connection:
 def private(path: str) -> None:
     """The database and its WAL and shared-memory files: 0600 (job scripts
     and environments are in them). Changed through a descriptor opened
-    without following symlinks."""
+    without following symlinks: an O_PATH one, because closing any other
+    descriptor of these files drops every POSIX lock this process holds on
+    them, SQLite's included; another process (the crash storm's integrity
+    check, an admin's sqlite3) then took itself for the first user of the
+    WAL, reset the shared-memory file under our mapping, and the controller
+    died of SIGBUS."""
     for p in (path, path + "-wal", path + "-shm", path + "-journal"):
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(p, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:  # absent, or a symlink: not changed through it
             continue
         try:
-            if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, 0o600)
+            if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_mode & 0o077:
+                os.chmod(f"/proc/self/fd/{fd}", 0o600)  # fchmod refuses O_PATH descriptors
         finally:
             os.close(fd)
 

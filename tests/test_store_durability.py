@@ -53,3 +53,32 @@ def test_commits_fsync_the_wal_and_barriers_follow_the_commit(tmp_path: Any) -> 
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == FULL
     finally:
         conn.close()
+
+
+def test_making_the_files_private_keeps_sqlites_locks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """crane.store.private runs while the store's connections are open (the
+    writer thread connects after the read connection). Closing any ordinary
+    descriptor of the -shm file drops every POSIX lock the process holds on
+    it, SQLite's "this WAL is in use" lock (byte 128) included: another
+    process opening the database then reset the shared memory under the
+    controller's mapping, which died of SIGBUS (the crash storm's integrity
+    check, 1 restart in ~25)."""
+    import subprocess
+    import sys
+
+    from crane.store import connect, private
+
+    db = str(tmp_path / "crane.db")
+    conn = connect(db)
+    conn.execute("SELECT count(*) FROM jobs").fetchall()  # maps the shared memory, holds its lock
+    probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)\n    print('free')\n"
+             "except OSError:\n    print('held')\n")  # fmt: skip
+
+    def dms() -> str:
+        return subprocess.run([sys.executable, "-c", probe, db + "-shm"], capture_output=True, text=True).stdout.strip()
+
+    assert dms() == "held"
+    private(db)
+    assert dms() == "held", "private() dropped SQLite's lock on the shared-memory file"
+    conn.close()
