@@ -36,7 +36,6 @@ from crane.core import messages as m
 from crane.core.states import KillReason, NodeReason, RegisterRefusal
 
 log = logging.getLogger("crane.node")
-OUTBOX_MAX = 10_000  # the default of MaxNodeOutbox (NodeConf.outbox_max)
 SIGNALS_PER_JOB = 8  # distinct pending signals per job in an outbox; more are dropped (logged)
 OUTBOX_FULL = "outbox full"  # the start of a node's DOWN reason when its outbox overflowed
 # An agent not heard from for this many heartbeat intervals has a quiet link
@@ -228,11 +227,11 @@ class NodeActor(Actor):
 
     @property
     def outbox_max(self) -> int:
-        return max(1, getattr(self.conf, "outbox_max", OUTBOX_MAX))
+        return max(1, self.conf.outbox_max)
 
     def _quiet(self) -> bool:
         """Not heard from for QUIET_HEARTBEATS heartbeat intervals."""
-        beat = getattr(self.conf, "heartbeat", 2.0)
+        beat = self.conf.heartbeat
         return time.monotonic() - self.last_seen > QUIET_HEARTBEATS * beat
 
     def _send(self, msg: m.Message) -> None:
