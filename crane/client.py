@@ -1,6 +1,7 @@
-"""The blocking client the CLIs use: one DEALER socket to the controller's
-CLI socket, request/reply matched by request id. Imports only zmq and the
-message module, so a CLI starts fast."""
+"""The blocking pyzmq client of commands that keep a connection and poll it
+(crun, calloc) and of the bench tools: one DEALER socket to the controller's
+CLI socket, request/reply matched by request id. Commands that send one
+request and read one reply use crane.oneshot (no pyzmq)."""
 
 from __future__ import annotations
 
@@ -11,50 +12,14 @@ import time
 import zmq
 
 from crane.core import messages as m
-
-MAX_REPLY = 256 * 1024 * 1024  # a CLI accepts replies this large (requests: m.MAX_FRAME)
-
-#: The default of the connect timeout the CLIs use (seconds): how long a
-#: command waits for the controller to answer the connection (the ZMTP
-#: handshake, done by the controller's I/O thread however busy it is) before
-#: it says the controller cannot be reached. ``$CRANE_CONNECT_TIMEOUT`` sets it.
-CONNECT_TIMEOUT = 2.0
-
-
-def seconds_from_env(name: str, default: float) -> float:
-    """``$name`` as seconds (a number, 0 < s < 1e6), else ``default``."""
-    text = os.environ.get(name, "").strip()
-    if text:
-        try:
-            value = float(text)
-        except ValueError:
-            return default
-        if 0 < value < 1e6:
-            return value
-    return default
-
-
-def connect_timeout_from_env(default: float = CONNECT_TIMEOUT) -> float:
-    """``$CRANE_CONNECT_TIMEOUT`` (seconds, > 0), else ``default``."""
-    return seconds_from_env("CRANE_CONNECT_TIMEOUT", default)
-
-
-def reply_timeout_from_env(default: float) -> float:
-    """``$CRANE_REPLY_TIMEOUT`` (seconds, > 0): how long a command waits for
-    the answer to a request already sent, else ``default``. A request whose
-    answer does not come is never sent again by the client (see
-    crane.cli.common.call): it may have been applied."""
-    return seconds_from_env("CRANE_REPLY_TIMEOUT", default)
-
-
-class Unreachable(Exception):
-    """The controller did not answer. ``sent``: the request had been handed to
-    the controller (it may have been applied) when the answer did not come."""
-
-    def __init__(self, message: str, sent: bool = False) -> None:
-        super().__init__(message)
-        self.sent = sent
-
+from crane.oneshot import (  # noqa: F401  (re-exported: one definition for both clients)
+    CONNECT_TIMEOUT,
+    MAX_REPLY,
+    Unreachable,
+    connect_timeout_from_env,
+    reply_timeout_from_env,
+    seconds_from_env,
+)
 
 _MONITORS = itertools.count()  # this process's monitor endpoints, one per connection
 

@@ -6,13 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from crane.client_config import DEFAULT_PATH, ConfigError, find_path  # noqa: F401  (re-exported)
 from crane.core.states import PreemptMode
-
-DEFAULT_PATH = "/etc/crane/config.yaml"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(slots=True, frozen=True)
@@ -255,10 +250,6 @@ def parse_gres(key: str, value: Any) -> list[GpuDevice]:
         for k in range(count):
             gpus.append(GpuDevice(len(gpus), typ, paths[k] if paths is not None else None))
     return gpus
-
-
-def find_path(explicit: str | None) -> str:
-    return explicit or os.environ.get("CRANE_CONF") or DEFAULT_PATH
 
 
 def load(explicit: str | None = None) -> Config:

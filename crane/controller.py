@@ -27,6 +27,7 @@ from crane.actors.scheduler import Scheduler
 from crane.actors.streams import Relay
 from crane.actors.waits import Waits
 from crane.authority import Authority
+from crane.client_config import write_cache
 from crane.config import Config, ConfigError, load
 from crane.core.job import Job
 from crane.core.scheduling import Policy as SchedulingPolicy
@@ -180,6 +181,7 @@ class Controller:
         except ConfigError as e:
             log.error("reconfigure refused, the configuration stays as it was: %s", e)
             return str(e)
+        write_cache(new)
         return self.reconfigure(new)
 
     def reconfigure(self, new_cfg: Config) -> str | None:
@@ -371,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"cranectld: {e}", file=sys.stderr)
         sys.exit(1)
+    write_cache(cfg)  # the settings commands read without parsing the YAML (crane.client_config)
     setup_logging(args.verbose)
     os.umask(0o077)  # the database, its journal and anything else created here: root only
     try:

@@ -94,8 +94,12 @@ class Dealer:
 
     # ---------------------------------------------------------------- wire
 
-    def _send_all(self, data: bytes) -> None:
-        self.sock.setblocking(True)
+    def _send_all(self, data: bytes, deadline: float | None = None) -> None:
+        """All of ``data``; TimeoutError at ``deadline`` (None: no limit)."""
+        if deadline is None:
+            self.sock.setblocking(True)
+        else:
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             self.sock.sendall(data)
         finally:
@@ -125,13 +129,13 @@ class Dealer:
         return out
 
     def _handshake(self, deadline: float) -> None:
-        self._send_all(GREETING)
+        self._send_all(GREETING, deadline)
         peer = self._take(64, deadline)
         if peer[0] != 0xFF or peer[9] != 0x7F or peer[10] < 3:
             raise ZmtpError("not a ZMTP 3 peer")
         if peer[12:32].rstrip(b"\x00") != b"NULL":
             raise ZmtpError("the controller wants another security mechanism")
-        self._send_all(_command(b"READY", _property(b"Socket-Type", b"DEALER")))
+        self._send_all(_command(b"READY", _property(b"Socket-Type", b"DEALER")), deadline)
         flags, body = self._read_frame(deadline)
         if not flags & COMMAND or body[:6] != b"\x05READY":
             raise ZmtpError("no READY from the controller")
@@ -151,9 +155,9 @@ class Dealer:
 
     # ---------------------------------------------------------------- messages
 
-    def send(self, frames: list[bytes]) -> None:
+    def send(self, frames: list[bytes], deadline: float | None = None) -> None:
         out = b"".join(_frame(f, MORE if i < len(frames) - 1 else 0) for i, f in enumerate(frames))
-        self._send_all(out)
+        self._send_all(out, deadline)
 
     def recv(self, deadline: float | None) -> list[bytes]:
         """The next whole message; TimeoutError at ``deadline``. PINGs are

@@ -26,8 +26,10 @@ CORE_FORBIDDEN = {"asyncio", "zmq", "sqlite3", "os", "subprocess", "socket", "th
                   "pwd", "grp", "uvloop", "psutil"}  # fmt: skip
 CORE_THIRD_PARTY = {"msgpack", "hostlist"}
 #: CLI modules shared by the commands (not commands themselves)
-CLI_SHARED = {"crane.cli.common", "crane.cli.format", "crane.cli.gres", "crane.cli.manpages", "crane.cli.job_options"}
-CLI_ALLOWED = ("crane.core", "crane.client", "crane.config", "crane.polling", "crane.cacctmgr_parse")
+CLI_SHARED = {"crane.cli.common", "crane.cli.format", "crane.cli.gres", "crane.cli.manpages", "crane.cli.job_options",
+              "crane.cli.filter_options"}  # fmt: skip
+CLI_ALLOWED = ("crane.core", "crane.client", "crane.oneshot", "crane.zmtp", "crane.config", "crane.client_config",
+               "crane.polling", "crane.cacctmgr_parse")  # fmt: skip
 CONTROLLER_SIDE = ("crane.controller", "crane.actors", "crane.requests", "crane.store", "crane.accounts",
                    "crane.metrics")  # fmt: skip
 

@@ -11,19 +11,17 @@ the window is applied here, over the finished jobs the controller returns.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
+from crane.cli.filter_options import filter_options, with_options
 from crane.cli.format import (
     JOB_FIELDS,
-    Getter,
-    Job,
     build_filters,
     default_layout,
     duration,
-    filter_options,
     fmt_time,
     is_named_format,
     job_elapsed,
@@ -35,9 +33,11 @@ from crane.cli.format import (
     render,
     render_parsable,
     sort_jobs,
-    with_options,
 )
 from crane.core.text import safe
+
+if TYPE_CHECKING:
+    from crane.cli.format import Getter, Job
 
 PROG = "cacct"
 

@@ -34,7 +34,7 @@ from typing import Any
 import click
 
 from crane.cli.common import CliError, call, click_main, load_config
-from crane.cli.job_options import OPTIONS, build_spec
+from crane.cli.job_options import build_spec, click_options
 from crane.core.ids import compress_nodes
 from crane.core.states import JobState
 from crane.core.text import safe
@@ -302,5 +302,5 @@ def main() -> None:
     click_main(command, PROG)
 
 
-for _opt in OPTIONS:
+for _opt in click_options():
     command = _opt(command)

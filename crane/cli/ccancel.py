@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 from crane.cli.common import (
     EXIT_ARGS,
@@ -23,8 +22,14 @@ from crane.cli.common import (
     print_json,
     run,
 )
-from crane.core.states import EndState
+from crane.cli.common import (
+    fast_parse as parse_simple,
+)
 from crane.core.text import safe
+
+TYPE_CHECKING = False  # typing costs a command ~3 ms to import
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "ccancel"
 
@@ -80,8 +85,26 @@ def id_arguments(ids: str | tuple[str, ...] | list[str] | None) -> list[str] | N
     return words
 
 
+def plain_job_ids(words: list[str]) -> list[list[int | None]] | None:
+    """``[[job, None], ...]`` when every word is a plain job number below 10^9
+    (the usual ``ccancel 22 23``), without importing crane.core.ids (its
+    regular expressions cost a command ~3 ms); None for anything else, which
+    crane.core.ids parses (it gives the same result for plain numbers)."""
+    seen: dict[int, None] = {}  # ordered, without duplicates
+    for word in words:
+        if not (word.isascii() and word.isdigit() and word[0] != "0" and len(word) < 10):
+            return None
+        seen[int(word)] = None
+    return [[job, None] for job in seen]
+
+
 def parse_selection(ids: str | tuple[str, ...] | list[str] | None,
                     o: dict[str, Any]) -> tuple[list[list[int | None]], dict[str, Any]]:  # fmt: skip
+    words = id_arguments(ids) or []
+    if words and all(o.get(key) is None for key in ("name", "user", "account", "partition", "qos", "state", "nodes")):
+        plain = plain_job_ids(words)
+        if plain is not None:
+            return plain, {}
     from crane.core.ids import (
         CANCELLABLE,
         IdListError,
@@ -93,7 +116,7 @@ def parse_selection(ids: str | tuple[str, ...] | list[str] | None,
     parsed: list[list[int | None]] = []
     tasks: list[list[int]] = []  # A_T[.S]: the array_tasks filter, [A, T(, S)]
     seen: set[tuple[int, int | None, int | None]] = set()
-    for word in id_arguments(ids) or []:
+    for word in words:
         try:
             for j, s, t in parse_job_refs(word):  # J, J.S, A_T, A_T.S (an array id A: every task)
                 if (j, s, t) not in seen:
@@ -145,15 +168,14 @@ def _ref_text(ref: list[int | None]) -> str:
 
 
 def format_result(res: dict[str, Any], quiet: bool, signal_name: str | None) -> list[str]:
-    from crane.core.ids import format_ids
-
     lines: list[str] = []
     whole = [c["job_id"] for c in res["cancelled"] if not c["steps"]]
+    ids_text = ",".join(str(i) for i in sorted(set(whole)))  # crane.core.ids.format_ids, not imported: ~4 ms
     if whole and not quiet:
         if signal_name:
-            lines.append(f"Signal {signal_name} sent to job {format_ids(whole)}.")
+            lines.append(f"Signal {signal_name} sent to job {ids_text}.")
         else:
-            lines.append(f"Job {format_ids(whole)} cancelled successfully.")
+            lines.append(f"Job {ids_text} cancelled successfully.")
     for c in res["cancelled"]:
         for s in c["steps"]:
             if not quiet:
@@ -242,34 +264,11 @@ def fast_parse(argv: list[str]) -> tuple[str | None, dict[str, Any]] | None:
     """Parse the common forms without importing click (it costs ~35 ms of a
     command that should take a few). None: let click handle it (help,
     typed options, anything unusual, and every error message)."""
-    table = {flag: (dest, takes) for flags, dest, takes in SIMPLE_OPTIONS for flag in flags}
-    o: dict[str, Any] = {dest: (None if takes else False) for _, dest, takes in SIMPLE_OPTIONS}
-    o.update(dict.fromkeys(CLICK_ONLY))
-    job_ids: str | None = None
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        i += 1
-        if tok.startswith("-") and len(tok) > 1:
-            name, eq, value = tok.partition("=")
-            spec = table.get(name if name.startswith("--") else tok)
-            if spec is None or (eq and not spec[1]):
-                return None
-            dest, takes = spec
-            if takes:
-                if not eq:
-                    if i >= len(argv):
-                        return None
-                    value = argv[i]
-                    i += 1
-                o[dest] = value
-            else:
-                o[dest] = True
-        elif job_ids is None:
-            job_ids = tok
-        else:
-            return None
-    return job_ids, o
+    parsed = parse_simple(argv, SIMPLE_OPTIONS, CLICK_ONLY, max_args=1)
+    if parsed is None:
+        return None
+    o, args = parsed
+    return (args[0] if args else None), o
 
 
 def make_command() -> Any:
@@ -298,6 +297,8 @@ def make_command() -> Any:
         cmd.params.append(click.Option([*flags, dest], is_flag=not takes, help=HELP[dest]))
     cmd.params.append(click.Option(["--grace"], type=click.FloatRange(0, 86400),
                                    help="seconds between SIGTERM and SIGKILL for this cancel (default: KillWait)"))  # fmt: skip
+    from crane.core.states import EndState
+
     cmd.params.append(click.Option(["--end-state", "end_state"],
                                    type=click.Choice(list(EndState), case_sensitive=False),
                                    help="the state the jobs end in (FINISHED: COMPLETED, as if done)"))  # fmt: skip
@@ -307,7 +308,7 @@ def make_command() -> Any:
 
 def cancel(job_ids: str | tuple[str, ...] | None, o: dict[str, Any]) -> int:
     """Cancel jobs or steps: JOB_ID[.STEP_ID][,JOB_ID[.STEP_ID]...] and/or filters."""
-    from crane.core import messages as m
+    from crane.core.wire import Request
 
     o["signal"] = o.pop("signal_")
     check_combinations(o)
@@ -322,11 +323,13 @@ def cancel(job_ids: str | tuple[str, ...] | None, o: dict[str, Any]) -> int:
             raise CliError(str(e)) from None
     verbose = o["verbose"] and not o["quiet"]
     cfg = load_config(o["config"])
-    req = m.Cancel(
+    req = Request("Cancel", dict(  # crane.core.messages.Cancel, without importing the classes
         ids=ids, filters=filters, signal=signo, force=o["force"], graceful=o["graceful"],
         grace=o["grace"], message=o["message"] or "",
-        end_state=(o["end_state"] or EndState.CANCELLED).upper(), dry_run=o["dry_run"] or o["interactive"],
-    )  # fmt: skip
+        dry_run=o["dry_run"] or o["interactive"],
+    ))  # fmt: skip
+    if o["end_state"] is not None:  # else the controller's default, CANCELLED
+        req.body["end_state"] = o["end_state"].upper()
     if verbose:
         print(safe(f"ccancel: selecting ids={','.join(_ref_text(r) for r in ids) or '-'} filters={filters}"), file=sys.stderr)
     t0 = time.monotonic()
@@ -339,7 +342,7 @@ def cancel(job_ids: str | tuple[str, ...] | None, o: dict[str, Any]) -> int:
             print("No jobs cancelled.")
             return EXIT_PARTIAL if res["not_cancelled"] else 0
         res = confirmed
-    if req.dry_run:
+    if req.body["dry_run"]:
         return _print_dry_run(res, o["as_json"], o["quiet"])
     if verbose:
         print(safe(f"ccancel: controller answered in {1000 * (time.monotonic() - t0):.1f} ms "
@@ -350,6 +353,8 @@ def cancel(job_ids: str | tuple[str, ...] | None, o: dict[str, Any]) -> int:
         if jobs:
             wait_terminal(cfg, jobs, sys.stderr.isatty() and len(jobs) > 5 and not o["quiet"])
         for c in steps:
+            from crane.core import messages as m
+
             for s in c["steps"]:
                 call_until_answered(cfg, m.WaitStep(c["job_id"], s))
         if verbose:
@@ -403,7 +408,7 @@ def _confirm(cfg: Any, req: Any, res: dict[str, Any]) -> dict[str, Any] | None:
             chosen.append([s["job_id"], s["step_id"]])
     if not chosen:
         return None
-    req.ids, req.filters, req.dry_run = chosen, {}, False
+    req.body.update(ids=chosen, filters={}, dry_run=False)
     out = call(cfg, req)
     out["not_cancelled"] = res["not_cancelled"] + out["not_cancelled"]
     return out

@@ -6,14 +6,17 @@ allocated, free and in total."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
-from crane.cli.format import Field, Getter, duration, node_reason, parse_format, render
+from crane.cli.format import Field, duration, node_reason, parse_format, render
 from crane.core.states import NodeState
 from crane.core.text import safe
+
+if TYPE_CHECKING:
+    from crane.cli.format import Getter
 
 PROG = "cinfo"
 

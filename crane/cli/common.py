@@ -11,15 +11,18 @@ calls).
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from crane.core.text import check_no_control, safe, safe_lines
 
+TYPE_CHECKING = False  # typing costs a command ~3 ms to import
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    from crane.client_config import ClientConfig
     from crane.config import Config
     from crane.core import messages as m
+    from crane.core.wire import Request
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -61,7 +64,20 @@ def check_text(what: str, value: str | None) -> None:
             raise CliError(reason, EXIT_ARGS)
 
 
-def load_config(path: str | None) -> Config:
+def load_config(path: str | None) -> ClientConfig:
+    """What a command needs of the config (crane.client_config: read from
+    the cache the config's owner leaves, else from the YAML)."""
+    from crane.client_config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as e:
+        raise CliError(str(e), EXIT_INTERNAL) from None
+
+
+def load_full_config(path: str | None) -> Config:
+    """The whole config (the YAML parsed), for the commands that need more
+    than crane.client_config keeps (``crane keygen``: the nodes)."""
     from crane.config import ConfigError, load
 
     try:
@@ -70,52 +86,64 @@ def load_config(path: str | None) -> Config:
         raise CliError(str(e), EXIT_INTERNAL) from None
 
 
-def connect_timeout(cfg: Config) -> float:
+def connect_timeout(cfg: Config | ClientConfig) -> float:
     """How long a command waits for the connection to the controller:
     ``$CRANE_CONNECT_TIMEOUT``, else the config's ``connect_timeout`` when
-    the config has one, else 2 s (crane.client.CONNECT_TIMEOUT)."""
-    from crane.client import CONNECT_TIMEOUT, connect_timeout_from_env
+    the config has one, else 2 s (crane.oneshot.CONNECT_TIMEOUT)."""
+    from crane.oneshot import CONNECT_TIMEOUT, connect_timeout_from_env
 
     configured = getattr(cfg, "connect_timeout", None)
     default = float(configured) if isinstance(configured, int | float) and configured > 0 else CONNECT_TIMEOUT
     return connect_timeout_from_env(default)
 
 
-def call(cfg: Config, msg: m.Message, timeout: float = 30.0) -> dict[str, Any]:
+def _sent_note(msg: m.Message | Request) -> str:
+    """What a request that went out without an answer may have done."""
+    fields = msg.body if hasattr(msg, "body") else {"signal": getattr(msg, "signal", None),
+                                                    "dry_run": getattr(msg, "dry_run", False)}  # fmt: skip
+    signal, dry_run = fields.get("signal"), fields.get("dry_run")
+    if msg.TYPE == "SubmitJob":
+        return " (the submission was sent and may have been accepted: check cqueue before submitting again)"
+    if msg.TYPE == "Cancel" and signal is not None:
+        return " (the signal was sent and may have been delivered: sending it again may deliver it twice)"
+    if msg.TYPE == "Cancel" and not dry_run:
+        return " (the cancel was sent and may have been applied: check cqueue; cancelling again is harmless)"
+    return ""
+
+
+def call(cfg: Config | ClientConfig, msg: m.Message | Request, timeout: float = 30.0) -> dict[str, Any]:
     """One request; returns the Ok payload or raises CliError with the
     documented exit code. Only the connection has the short connect timeout:
     once the controller has answered it, ``timeout`` (or
     ``$CRANE_REPLY_TIMEOUT``) is for the reply. Never
     retried here: a request that went out without an answer is reported as
-    such (it may have been applied), so no request is applied twice."""
-    from crane.client import Client, Unreachable, reply_timeout_from_env
-    from crane.core import messages as mm
+    such (it may have been applied), so no request is applied twice.
+    ``msg``: a message, or a crane.core.wire.Request (no message classes to
+    import: the commands' fast paths)."""
+    from crane.core.wire import BadMessage, pack, reply_data
+    from crane.oneshot import Unreachable, reply_timeout_from_env, request
 
-    client = None
-    timeout = reply_timeout_from_env(timeout)
+    if hasattr(msg, "body"):
+        frame = pack(msg.TYPE, msg.body, 1)
+    else:
+        from crane.core import messages as mm
+
+        frame = mm.encode(msg, 1)
     try:
-        client = Client(cfg.cli_address, timeout, munge=cfg.auth_type == "munge",
-                        connect_timeout=connect_timeout(cfg))  # fmt: skip
-        reply = client.request(msg)
+        t, body, _ = request(cfg.cli_address, frame, munge=cfg.auth_type == "munge",
+                             connect_timeout=connect_timeout(cfg),
+                             reply_timeout=reply_timeout_from_env(timeout))  # fmt: skip
+        data, code, message = reply_data(t, body)
     except Unreachable as e:
-        note = ""
-        if e.sent and isinstance(msg, mm.SubmitJob):
-            note = " (the submission was sent and may have been accepted: check cqueue before submitting again)"
-        elif e.sent and isinstance(msg, mm.Cancel) and msg.signal is not None:
-            note = " (the signal was sent and may have been delivered: sending it again may deliver it twice)"
-        elif e.sent and isinstance(msg, mm.Cancel) and not msg.dry_run:
-            note = " (the cancel was sent and may have been applied: check cqueue; cancelling again is harmless)"
+        note = _sent_note(msg) if e.sent else ""
         raise CliError(f"cannot reach the controller at {cfg.cli_address}: {e}{note}", EXIT_UNREACHABLE) from None
+    except BadMessage as e:
+        raise CliError(str(e), EXIT_INTERNAL) from None
     except OSError as e:  # MungeError: no munged, bad key, ...
         raise CliError(f"authentication failed: {e}", EXIT_AUTH) from None
-    finally:
-        if client is not None:
-            client.close()
-    if isinstance(reply, mm.Error):
-        raise CliError(reply.message, reply.code if 1 <= reply.code <= 5 else EXIT_INTERNAL)
-    if not isinstance(reply, mm.Ok):
-        raise CliError(f"unexpected reply {reply.TYPE}", EXIT_INTERNAL)
-    return reply.data
+    if data is None:
+        raise CliError(message, code if 1 <= code <= 5 else EXIT_INTERNAL)
+    return data
 
 
 REASK = 10.0  # seconds without an answer before a long wait is asked again
@@ -138,6 +166,50 @@ def call_until_answered(cfg: Config, msg: m.Message, reask: float = REASK) -> di
         time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))  # retry pacing, not a wait for a condition
 
 
+#: A fast parser's option table: (flags, dest, takes a value).
+SimpleOptions = list[tuple[tuple[str, ...], str, bool]]
+
+
+def fast_parse(argv: list[str], options: SimpleOptions, others: tuple[str, ...] = (),
+               max_args: int = 0) -> tuple[dict[str, Any], list[str]] | None:  # fmt: skip
+    """The common forms of a command line parsed without click (it costs a
+    command ~35 ms to import): ``-x VALUE``, ``--long VALUE``,
+    ``--long=VALUE``, flags, at most ``max_args`` arguments. Options not
+    given are None (flags False); ``others`` (options left to click) None.
+    None for anything else (help, version, ``-xVALUE``, combined flags,
+    unknown options, too many arguments): click then parses the line and
+    gives every error message. Each command's table must parse as its click
+    command does (tests/test_cli_fast_paths.py compares the two)."""
+    table = {flag: (dest, takes) for flags, dest, takes in options for flag in flags}
+    o: dict[str, Any] = {dest: (None if takes else False) for _, dest, takes in options}
+    o.update(dict.fromkeys(others))
+    args: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if tok.startswith("-") and len(tok) > 1:
+            name, eq, value = tok.partition("=")
+            spec = table.get(name if name.startswith("--") else tok)
+            if spec is None or (eq and not spec[1]):
+                return None
+            dest, takes = spec
+            if takes:
+                if not eq:
+                    if i >= len(argv):
+                        return None
+                    value = argv[i]
+                    i += 1
+                o[dest] = value
+            else:
+                o[dest] = True
+        elif len(args) < max_args:
+            args.append(tok)
+        else:
+            return None
+    return o, args
+
+
 def run(prog: str, fn: Any, *args: Any, **kw: Any) -> NoReturn:
     """Run a CLI body; every failure becomes one line on stderr and an exit code."""
     try:
@@ -155,6 +227,8 @@ def json_text(obj: Any) -> str:
     """JSON with every character outside printable ASCII escaped (``\\u001b``,
     ``\\u007f``, ``\\u009b``, ``\\u202e``...): ``ensure_ascii`` does exactly
     that, and ``json.loads`` gives the original strings back."""
+    import json
+
     return json.dumps(obj, sort_keys=False, ensure_ascii=True)
 
 

@@ -5,17 +5,22 @@ crane/cli/format.py."""
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
 
-import click
-
-from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
+from crane.cli.common import (
+    EXIT_ARGS,
+    CliError,
+    SimpleOptions,
+    call,
+    click_main,
+    fast_parse,
+    load_config,
+    print_json,
+    run,
+)
 from crane.cli.format import (
-    FILTER_OPTIONS,
     JOB_FIELDS,
     Field,
-    Getter,
-    Job,
     _s,
     build_filters,
     default_layout,
@@ -29,13 +34,18 @@ from crane.cli.format import (
     short_state,
     sort_jobs,
     time_limit,
-    with_options,
 )
 from crane.core.text import safe
 
+TYPE_CHECKING = False  # typing costs a command ~3 ms to import
+if TYPE_CHECKING:
+    from typing import Any
+
+    from crane.cli.format import Getter, Job
+
 PROG = "cqueue"
 
-__all__ = ["JOB_FIELDS", "QUEUE_COLUMNS", "STEP_FIELDS", "Field", "command", "main"]
+__all__ = ["JOB_FIELDS", "QUEUE_COLUMNS", "STEP_FIELDS", "Field", "make_command", "main"]
 
 QUEUE_COLUMNS: list[tuple[str, Getter]] = [
     ("JOBID", job_label),  # A_T for an array task
@@ -117,17 +127,10 @@ def my_name() -> str:
         return str(os.getuid())
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@with_options(FILTER_OPTIONS)
-@click.option("-s", "--step", "--steps", "steps", is_flag=True, help="list the jobs' steps instead")
-@click.option("-l", "--long", "long", is_flag=True,
-              help="more columns: CPUS, MIN_MEMORY, GRES, GPU_ALLOC, DEPENDENCY; names and reasons as they are")
-@click.option("--me", is_flag=True, help="only my jobs (the same as -u with my user name)")
-@click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
-def command(**o: Any) -> int:
+def show(o: dict[str, Any]) -> int:
     """Show the active jobs (pending, running, suspended...)."""
-    from crane.core import messages as m
-    from crane.core.ids import ACTIVE
+    from crane.core.states import ACTIVE
+    from crane.core.wire import Request
 
     if o["me"]:
         if o["user"] is not None:
@@ -139,7 +142,8 @@ def command(**o: Any) -> int:
     if o["fmt"] is not None:
         layout = parse_format(o["fmt"], STEP_FIELDS if o["steps"] else JOB_FIELDS)
     cfg = load_config(o["config"])
-    jobs = sort_jobs(call(cfg, m.QueryJobs(filters, history=False))["jobs"])
+    # crane.core.messages.QueryJobs, without importing the message classes
+    jobs = sort_jobs(call(cfg, Request("QueryJobs", {"filters": filters, "history": False}))["jobs"])
     if o["steps"]:
         rows = step_rows(jobs, wanted_steps, active_only=not wanted_steps)
         if o["as_json"]:
@@ -158,5 +162,43 @@ def command(**o: Any) -> int:
     return 0
 
 
+
+
+#: The options the fast path parses (flags, dest, takes a value): the same
+#: as make_command's, whose parse it must equal (tests/test_cli_fast_paths.py).
+SIMPLE_OPTIONS: SimpleOptions = [
+    (("-j", "--job", "--jobs"), "job", True), (("-n", "--name"), "name", True),
+    (("-u", "--user"), "user", True), (("-A", "--account"), "account", True),
+    (("-p", "--partition"), "partition", True), (("-q", "--qos"), "qos", True),
+    (("-t", "--state"), "state", True), (("-w", "--nodelist"), "nodelist", True),
+    (("-o", "--format"), "fmt", True), (("-N", "--noheader"), "noheader", False),
+    (("--json",), "as_json", False), (("-C", "--config"), "config", True),
+    (("-s", "--step", "--steps"), "steps", False), (("-l", "--long"), "long", False),
+    (("--me",), "me", False),
+]
+
+
+def make_command() -> Any:
+    import click
+
+    from crane.cli.filter_options import FILTER_OPTIONS, with_options
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @with_options(FILTER_OPTIONS)
+    @click.option("-s", "--step", "--steps", "steps", is_flag=True, help="list the jobs' steps instead")
+    @click.option("-l", "--long", "long", is_flag=True,
+                  help="more columns: CPUS, MIN_MEMORY, GRES, GPU_ALLOC, DEPENDENCY; names and reasons as they are")
+    @click.option("--me", is_flag=True, help="only my jobs (the same as -u with my user name)")
+    @click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
+    def command(**o: Any) -> int:
+        """Show the active jobs (pending, running, suspended...)."""
+        return show(o)
+
+    return command
+
+
 def main() -> None:
-    click_main(command, PROG)
+    parsed = fast_parse(sys.argv[1:], SIMPLE_OPTIONS)
+    if parsed is not None:
+        run(PROG, show, parsed[0])
+    click_main(make_command(), PROG)

@@ -172,10 +172,10 @@ def status(base: str | None) -> None:
 def keygen(config: str | None, force: bool, nodes: str | None) -> None:
     """Write CurveZMQ keys for the controller and the nodes (Auth.CurveKeyDir)."""
     from crane import keys
-    from crane.cli.common import load_config
+    from crane.cli.common import load_full_config
     from crane.core.ids import expand_nodes
 
-    cfg = load_config(config)
+    cfg = load_full_config(config)
     if not cfg.curve_key_dir:
         raise CliError("Auth.CurveKeyDir is not set in the config", 1)
     try:

@@ -56,7 +56,7 @@ from crane.cli.common import (
     connect_timeout,
     load_config,
 )
-from crane.cli.job_options import OPTIONS, absolute, build_spec, current_dir
+from crane.cli.job_options import absolute, build_spec, click_options, current_dir
 from crane.core.states import JobState
 from crane.core.text import safe
 
@@ -510,5 +510,5 @@ def main() -> None:
     click_main(command, PROG)
 
 
-for _opt in OPTIONS:
+for _opt in click_options():
     command = _opt(command)

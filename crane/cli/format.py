@@ -1,6 +1,7 @@
 """Table formatting shared by the viewing CLIs (cqueue, cacct, cinfo,
-ccontrol): state filters, the common filter options, Slurm-like ``-o``
-format strings, column rendering, and one way to print times.
+ccontrol): state filters, Slurm-like ``-o`` format strings, column
+rendering, and one way to print times (their common click options:
+crane.cli.filter_options; this module does not import click).
 
 Times: durations and limits are ``[D-]HH:MM:SS`` (``UNLIMITED`` for none),
 dates ``YYYY-MM-DDTHH:MM:SS`` (local time); a missing value is an empty cell.
@@ -12,19 +13,19 @@ is shown as ``_``), so ``awk`` splits them into the same columns; ``-l``,
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import click
 
 from crane.cli.common import EXIT_ARGS, CliError
 from crane.cli.gres import alloc_text, gres_text
 from crane.core.text import safe
 
-Job = dict[str, Any]
-Getter = Callable[[Job, float], str]
+TYPE_CHECKING = False  # typing costs a command ~3 ms to import
+if TYPE_CHECKING:
+    from typing import Any
+
+    Job = dict[str, Any]
+    Getter = Callable[[Job, float], str]
 
 # --------------------------------------------------------------------------- states
 
@@ -68,14 +69,14 @@ def build_filters(
     named with ``-j J.S`` or ``-j A_T.S`` (used by ``--step``: keys
     ``(job id, step)`` or ``("A_T", step)``). ``-j A`` with an array id
     selects every task of the array; ``A_T`` one task (``array_tasks``)."""
-    from crane.core.ids import IdListError, expand_nodes, parse_job_refs
-
     filters: dict[str, Any] = {}
     steps: set[tuple[Any, int]] = set()
     for key in ("name", "user", "account", "partition", "qos"):
         if o.get(key) is not None:
             filters[key] = o[key]
     if o.get("job") is not None:
+        from crane.core.ids import IdListError, parse_job_refs
+
         try:
             refs = parse_job_refs(o["job"])
         except IdListError as e:
@@ -90,6 +91,8 @@ def build_filters(
     if o.get("state") is not None:
         filters["states"] = parse_states(o["state"], all_states)
     if o.get("nodelist") is not None:
+        from crane.core.ids import expand_nodes
+
         try:
             filters["nodes"] = expand_nodes(o["nodelist"])
         except ValueError as e:
@@ -133,9 +136,12 @@ def job_elapsed(j: Job, now: float) -> str:
 
 
 def nodelist(j: Job) -> str:
+    names = [str(n) for n in j.get("nodes") or [] if n]
+    if len(names) == 1:  # nothing to compress (and no hostlist, re, crane.core.ids to import: ~3 ms)
+        return names[0]
     from crane.core.ids import compress_nodes
 
-    return compress_nodes([str(n) for n in j.get("nodes") or [] if n])
+    return compress_nodes(names)
 
 
 def nodelist_reason(j: Job, now: float) -> str:
@@ -228,7 +234,7 @@ JOB_FIELDS: dict[str, tuple[str, Getter]] = {
 
 # --------------------------------------------------------------------------- rendering
 
-_SPEC_RE = re.compile(r"%(\.)?(-)?([0-9]*)([A-Za-z%])")
+_SPEC_RE = r"%(\.)?(-)?([0-9]*)([A-Za-z%])"  # compiled (and re imported) when a format is given
 
 
 class Field:
@@ -255,7 +261,9 @@ def parse_format(fmt: str, fields: dict[str, tuple[str, Getter]]) -> list[str | 
             raise CliError(f'invalid format "{fmt}": stray "%"', EXIT_ARGS)
         out.append(text)
 
-    for m in _SPEC_RE.finditer(fmt):
+    import re
+
+    for m in re.finditer(_SPEC_RE, fmt):
         if m.start() > pos:
             literal(fmt[pos : m.start()])
         pos = m.end()
@@ -291,12 +299,14 @@ def bounded_width(digits: str, fmt: str) -> int | None:
     return int(digits)
 
 
-_NAMED_RE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9_]*(%-?\.?[0-9]+)?(\s*,\s*[A-Za-z][A-Za-z0-9_]*(%-?\.?[0-9]+)?)*\s*,?\s*$")
+_NAMED_RE = r"^\s*[A-Za-z][A-Za-z0-9_]*(%-?\.?[0-9]+)?(\s*,\s*[A-Za-z][A-Za-z0-9_]*(%-?\.?[0-9]+)?)*\s*,?\s*$"
 
 
 def is_named_format(fmt: str) -> bool:
     """``JobID,State%12`` (sacct's ``--format``), not ``%i %T``."""
-    return bool(_NAMED_RE.match(fmt))
+    import re
+
+    return bool(re.match(_NAMED_RE, fmt))
 
 
 def parse_named_format(fmt: str, fields: dict[str, tuple[str, Getter]]) -> list[str | Field]:
@@ -388,42 +398,6 @@ def render_parsable(
 
 
 # --------------------------------------------------------------------------- options
-
-JOB_FORMAT_HELP = ("Slurm-like format: %i (A_T for an array task) %A (job id) %F %K (array id, index) %j %u %a "
-                   "%P %q %T %t %M %l %D %R %r %E (dependency) %b (GRES) %G (GPUs) ...")
-
-
-def filter_options(format_help: str = JOB_FORMAT_HELP) -> list[Any]:
-    """The options cqueue and cacct share (job selection, output form)."""
-    return [
-        click.option("-j", "--job", "--jobs", "job", help="comma list of job ids (JOB, JOB.STEP, array task A_T or A_T.STEP; an array id A: every task)"),
-        click.option("-n", "--name", help="job name"),
-        click.option("-u", "--user", help="job owner (name or uid)"),
-        click.option("-A", "--account", help="account name"),
-        click.option("-p", "--partition", help="partition name"),
-        click.option("-q", "--qos", help="QoS name"),
-        click.option(
-            "-t", "--state", help="comma list of states: names or short codes (PD,R,...) or ALL"
-        ),
-        click.option("-w", "--nodelist", help="jobs on any of these nodes (hostlist expression)"),
-        click.option("-o", "--format", "fmt", help=format_help),
-        click.option("-N", "--noheader", is_flag=True, help="no header line"),
-        click.option("--json", "as_json", is_flag=True, help="print the jobs as one JSON array"),
-        click.option("-C", "--config", help="config file (default: $CRANE_CONF, else /etc/crane/config.yaml)"),
-    ]
-
-
-FILTER_OPTIONS = filter_options()
-
-
-def with_options(options: list[Any]) -> Callable[[Any], Any]:
-    def deco(f: Any) -> Any:
-        for opt in reversed(options):
-            f = opt(f)
-        return f
-
-    return deco
-
 
 def sort_jobs(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda j: j["job_id"])

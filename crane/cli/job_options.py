@@ -5,11 +5,12 @@ three commands (and #CBATCH lines) cannot drift apart."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import click
+from crane.cli.common import CliError, SimpleOptions, check_text, fast_parse
 
-from crane.cli.common import CliError, check_text
+TYPE_CHECKING = False  # typing costs a command ~3 ms to import
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def current_dir() -> str:
@@ -29,8 +30,6 @@ def build_spec(o: dict[str, Any], script: str | None, wrap: str | None,
                argv: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The SubmitJob spec from the options ``o`` (cbatch's OPTIONS) and what
     the job runs: a script, a --wrap command, or (crun) an ``argv``."""
-    from crane.core.ids import expand_nodes, parse_memory, parse_time_limit
-
     spec: dict[str, Any] = {}
     if argv is not None:
         spec["argv"] = list(argv)
@@ -59,6 +58,12 @@ def build_spec(o: dict[str, Any], script: str | None, wrap: str | None,
         if o.get(key):
             spec[key] = o[key]
     try:
+        if o.get("mem") or o.get("mem_per_cpu") or o.get("time") or o.get("nodelist"):
+            from crane.core.ids import (  # re: ~3 ms, when needed
+                expand_nodes,
+                parse_memory,
+                parse_time_limit,
+            )
         if o.get("mem") and o.get("mem_per_cpu"):
             raise ValueError("give --mem or --mem-per-cpu (not both)")
         if o.get("mem"):
@@ -127,30 +132,110 @@ def exported_env(export: str | None, environ: Any) -> dict[str, str]:
     return env
 
 
-OPTIONS = [
-    click.option("-p", "--partition", help="the partition to run in (default: the default partition, marked * in cinfo)"),
-    click.option("-q", "--qos", help="the QoS (default: the account's default QoS)"),
-    click.option("-A", "--account", help="the account charged (default: the user's default account)"),
-    click.option("-J", "--job-name", help="the job's name (default: the script's file name)"),
-    click.option("-N", "--nodes", type=click.IntRange(1, 10_000), help="number of nodes (default 1)"),
-    click.option("-c", "--cpus-per-task", type=click.IntRange(1, 100_000), help="CPUs per task (default 1)"),
-    click.option("--mem", help="memory per node: 512M, 4G, ..."),
-    click.option("-t", "--time", help="time limit: [D-]HH:MM:SS, MM, MM:SS, D-HH; 0 or UNLIMITED: none"),
-    click.option("-w", "--nodelist", help="run on these nodes (crane[01-02],crane05)"),
-    click.option("--exclusive", is_flag=True, default=None, help="no other job on the job's nodes"),
-    click.option("-o", "--output", help="stdout file (default crane-%j.out in the working directory; %j id, %x name, %u user, %N node, %A/%a array, %% a %)"),
-    click.option("-e", "--error", help="stderr file (default: with stdout)"),
-    click.option("-D", "--chdir", help="the job's working directory (default: the current one)"),
-    click.option("-H", "--hold", is_flag=True, default=None, help="submit held: it runs after ccontrol release"),
-    click.option("--gres", help="GPUs per node: gpu:N or gpu:TYPE:N"),
-    click.option("-G", "--gpus", help="GPUs for the whole job: N or TYPE:N (N / nodes per node)"),
-    click.option("-n", "--ntasks", type=click.IntRange(1, 1_000_000), help="number of tasks (default: one per node); each has --cpus-per-task cpus"),
-    click.option("--ntasks-per-node", type=click.IntRange(1, 100_000), help="tasks on each node"),
-    click.option("--mem-per-cpu", help="memory per cpu: 512M, 4G, ... (instead of --mem)"),
-    click.option("-a", "--array", help="a job array (batch jobs): N-M[:STEP][%LIMIT] or a list 1,3,5-7; tasks are ID_INDEX"),
-    click.option("-d", "--dependency", help="start after other jobs: afterok:ID[:ID], afterany, afternotok, after, singleton; ',' all, '?' any"),
-    click.option("--signal", help="[B:]SIG@SECS: send SIG (to the batch shell only with B:) SECS seconds before the time limit"),
-    click.option("--open-mode", type=click.Choice(["append", "truncate"]), help="output files: append (default) or truncate"),
-    click.option("--comment", help="a comment kept with the job"),
-    click.option("--export", help="the job's environment: ALL (default), NONE, or [ALL,]VAR[,VAR=value]..."),
+#: The job options: (flags, what the option takes, help). What it takes:
+#: "text"; "flag" (None when not given, as click's is_flag with default None);
+#: (low, high), an integer in that range; [choices], one of them. cbatch,
+#: crun and calloc get them as click options (click_options()); cbatch's
+#: fast path parses them without click (fast_job_options()).
+JOB_OPTIONS: list[tuple[tuple[str, ...], Any, str]] = [
+    (("-p", "--partition"), "text",
+     "the partition to run in (default: the default partition, marked * in cinfo)"),
+    (("-q", "--qos"), "text",
+     "the QoS (default: the account's default QoS)"),
+    (("-A", "--account"), "text",
+     "the account charged (default: the user's default account)"),
+    (("-J", "--job-name"), "text",
+     "the job's name (default: the script's file name)"),
+    (("-N", "--nodes"), (1, 10_000),
+     "number of nodes (default 1)"),
+    (("-c", "--cpus-per-task"), (1, 100_000),
+     "CPUs per task (default 1)"),
+    (("--mem",), "text",
+     "memory per node: 512M, 4G, ..."),
+    (("-t", "--time"), "text",
+     "time limit: [D-]HH:MM:SS, MM, MM:SS, D-HH; 0 or UNLIMITED: none"),
+    (("-w", "--nodelist"), "text",
+     "run on these nodes (crane[01-02],crane05)"),
+    (("--exclusive",), "flag",
+     "no other job on the job's nodes"),
+    (("-o", "--output"), "text",
+     "stdout file (default crane-%j.out in the working directory; %j id, %x name, %u user, %N node, %A/%a array, %% a %)"),
+    (("-e", "--error"), "text",
+     "stderr file (default: with stdout)"),
+    (("-D", "--chdir"), "text",
+     "the job's working directory (default: the current one)"),
+    (("-H", "--hold"), "flag",
+     "submit held: it runs after ccontrol release"),
+    (("--gres",), "text",
+     "GPUs per node: gpu:N or gpu:TYPE:N"),
+    (("-G", "--gpus"), "text",
+     "GPUs for the whole job: N or TYPE:N (N / nodes per node)"),
+    (("-n", "--ntasks"), (1, 1_000_000),
+     "number of tasks (default: one per node); each has --cpus-per-task cpus"),
+    (("--ntasks-per-node",), (1, 100_000),
+     "tasks on each node"),
+    (("--mem-per-cpu",), "text",
+     "memory per cpu: 512M, 4G, ... (instead of --mem)"),
+    (("-a", "--array"), "text",
+     "a job array (batch jobs): N-M[:STEP][%LIMIT] or a list 1,3,5-7; tasks are ID_INDEX"),
+    (("-d", "--dependency"), "text",
+     "start after other jobs: afterok:ID[:ID], afterany, afternotok, after, singleton; ',' all, '?' any"),
+    (("--signal",), "text",
+     "[B:]SIG@SECS: send SIG (to the batch shell only with B:) SECS seconds before the time limit"),
+    (("--open-mode",), ["append", "truncate"],
+     "output files: append (default) or truncate"),
+    (("--comment",), "text",
+     "a comment kept with the job"),
+    (("--export",), "text",
+     "the job's environment: ALL (default), NONE, or [ALL,]VAR[,VAR=value]..."),
 ]
+
+
+def dest(flags: tuple[str, ...]) -> str:
+    """The option's key in the parsed options, as click names it: its long flag."""
+    long = next(f for f in flags if f.startswith("--"))
+    return long[2:].replace("-", "_").lower()
+
+
+def click_options() -> list[Any]:
+    """JOB_OPTIONS as click option decorators."""
+    import click
+
+    out = []
+    for flags, takes, text in JOB_OPTIONS:
+        if takes == "text":
+            out.append(click.option(*flags, help=text))
+        elif takes == "flag":
+            out.append(click.option(*flags, is_flag=True, default=None, help=text))
+        elif isinstance(takes, tuple):
+            out.append(click.option(*flags, type=click.IntRange(*takes), help=text))
+        else:
+            out.append(click.option(*flags, type=click.Choice(takes), help=text))
+    return out
+
+
+def fast_job_options(argv: list[str], extra: SimpleOptions, max_args: int = 0) -> tuple[dict[str, Any], list[str]] | None:
+    """``argv`` parsed as click parses JOB_OPTIONS plus ``extra`` (untyped
+    options and flags), without click; None for anything the fast path does
+    not take (then click parses it, with its error messages): an integer
+    written otherwise than plain digits or out of range, a choice not among
+    the choices, and whatever crane.cli.common.fast_parse leaves to click."""
+    table: SimpleOptions = [(flags, dest(flags), takes != "flag") for flags, takes, _ in JOB_OPTIONS]
+    parsed = fast_parse(argv, table + extra, max_args=max_args)
+    if parsed is None:
+        return None
+    o, args = parsed
+    for flags, takes, _ in JOB_OPTIONS:
+        key = dest(flags)
+        value = o[key]
+        if takes == "flag":
+            o[key] = value or None
+        elif value is None or takes == "text":
+            continue
+        elif isinstance(takes, tuple):
+            if not (value.isascii() and value.isdigit() and takes[0] <= int(value) <= takes[1]):
+                return None
+            o[key] = int(value)
+        elif value not in takes:
+            return None
+    return o, args

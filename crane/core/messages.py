@@ -14,19 +14,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import msgpack
-
 from crane.core.states import EndState, KillReason
-
-PROTOCOL_VERSION = 1  # crane.PROTOCOL_VERSION is the same number
-
-MAX_FRAME = 4 * 1024 * 1024  # bytes; larger frames are refused before decoding
-MAX_DEPTH = 16
-
-
-class BadMessage(ValueError):
-    """A frame that is not a valid message. The text says why, in one line."""
-
+from crane.core.wire import (  # noqa: F401  (MAX_FRAME, PROTOCOL_VERSION, BadMessage: re-exported)
+    MAX_DEPTH,
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    BadMessage,
+    Request,
+    pack,
+    unpack,
+)
 
 _REGISTRY: dict[str, type[Message]] = {}
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -218,35 +215,20 @@ def _hints(cls: type) -> dict[str, Any]:
     return h
 
 
-def encode(msg: Message, rid: int = 0) -> bytes:
-    body = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
-    return msgpack.packb({"v": PROTOCOL_VERSION, "t": msg.TYPE, "rid": rid, "b": body})
+def encode(msg: Message | Request, rid: int = 0) -> bytes:
+    if isinstance(msg, Request):
+        return pack(msg.TYPE, msg.body, rid)
+    return pack(msg.TYPE, {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}, rid)
 
 
 def decode(frame: bytes, limit: int = MAX_FRAME) -> tuple[Message, int]:
     """Return (message, request id) or raise BadMessage. ``limit``: the largest
     frame accepted (replies to a CLI, e.g. a cqueue of 100k jobs, may be larger
     than any request)."""
-    if len(frame) > limit:
-        raise BadMessage(f"frame too large ({len(frame)} bytes)")
-    try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=limit)
-    except Exception as e:  # msgpack raises many types for garbage
-        raise BadMessage(f"not msgpack: {type(e).__name__}") from None
-    if not isinstance(raw, dict):
-        raise BadMessage("frame is not a map")
-    v = raw.get("v")
-    if type(v) is not int or v != PROTOCOL_VERSION:  # True == 1.0 == 1 in Python
-        raise BadMessage(f"unsupported protocol version {str(v)[:40]!r}")
-    rid = raw.get("rid", 0)
-    if not isinstance(rid, int) or isinstance(rid, bool):
-        raise BadMessage("request id is not an integer")
-    cls = _REGISTRY.get(raw.get("t")) if isinstance(raw.get("t"), str) else None
+    t, body, rid = unpack(frame, limit)
+    cls = _REGISTRY.get(t)
     if cls is None:
-        raise BadMessage(f"unknown message type {str(raw.get('t'))[:40]!r}")
-    body = raw.get("b")
-    if not isinstance(body, dict):
-        raise BadMessage("message body is not a map")
+        raise BadMessage(f"unknown message type {t[:40]!r}")
     hints = _hints(cls)
     kwargs = {}
     for name, hint in hints.items():

@@ -166,8 +166,9 @@ def body(argv: list[str]) -> int:
         print(VERSION)
         return 0
     p = plan(argv, environ=os.environ)
-    from crane.cli.cbatch import command
+    from crane.cli.cbatch import make_command
 
+    command = make_command()
     words = ["--json", *p["words"]]
     saved_stdin = sys.stdin
     if p["path"] is None and p["own"].get("wrap") is None:
