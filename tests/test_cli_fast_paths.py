@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from crane.cli import cbatch, cqueue
+from crane.cli import cacct, cbatch, cqueue
 from crane.cli.ccancel import plain_job_ids
 from crane.core import messages as m
 from crane.core import wire
@@ -43,6 +43,27 @@ def test_cqueue_fast_path_matches_click(argv: list[str]) -> None:
 @pytest.mark.parametrize("argv", [["--help"], ["-V"], ["x"], ["--bogus"], ["-u"], ["-uroot"], ["-Nl"], ["--json=1"]])
 def test_cqueue_unusual_forms_go_to_click(argv: list[str]) -> None:
     assert cqueue.fast_parse(argv, cqueue.SIMPLE_OPTIONS) is None
+
+
+CACCT_CASES = [
+    [],
+    ["-j", "12,13.2", "--steps"],
+    ["-a", "-S", "2000-01-01", "-E", "now", "-P", "-N"],
+    ["--format=JobID,State", "-u", "alice", "-t", "CA", "-l", "--json", "-C", "/x.yaml"],
+    ["--starttime", "now-1days", "--endtime=now", "-p", "CPU", "-A", "a", "-q", "q", "-n", "n", "-w", "c01"],
+]
+
+
+@pytest.mark.parametrize("argv", CACCT_CASES)
+def test_cacct_fast_path_matches_click(argv: list[str]) -> None:
+    fast = cacct.fast_parse(argv, cacct.SIMPLE_OPTIONS)
+    assert fast is not None and fast[1] == []
+    assert fast[0] == cacct.make_command().make_context("cacct", list(argv)).params
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-V"], ["x"], ["-aP"], ["-S"], ["--steps=1"]])
+def test_cacct_unusual_forms_go_to_click(argv: list[str]) -> None:
+    assert cacct.fast_parse(argv, cacct.SIMPLE_OPTIONS) is None
 
 
 CBATCH_CASES = [

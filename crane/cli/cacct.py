@@ -10,13 +10,20 @@ the window is applied here, over the finished jobs the controller returns.
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import TYPE_CHECKING, Any
 
-import click
-
-from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
-from crane.cli.filter_options import filter_options, with_options
+from crane.cli.common import (
+    EXIT_ARGS,
+    CliError,
+    SimpleOptions,
+    call,
+    click_main,
+    fast_parse,
+    load_config,
+    print_json,
+    run,
+)
 from crane.cli.format import (
     JOB_FIELDS,
     build_filters,
@@ -36,7 +43,10 @@ from crane.cli.format import (
 )
 from crane.core.text import safe
 
+TYPE_CHECKING = False  # typing costs a command ~3 ms to import
 if TYPE_CHECKING:
+    from typing import Any
+
     from crane.cli.format import Getter, Job
 
 PROG = "cacct"
@@ -266,20 +276,7 @@ def with_steps(jobs: list[Job], whole: set[Any] | None, steps: set[tuple[Any, in
 # --------------------------------------------------------------------------- command
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@with_options(filter_options(
-    "sacct's field names, any case, %N a width (--format=JobID,JobName%20,State,Elapsed), "
-    'or %-letters (-o "%i %j %T %x %r")'
-))
-@click.option("-a", "--all", "all_jobs", is_flag=True, help="active jobs too, not only finished ones")
-@click.option("-S", "--starttime", help="jobs not ended before this time (default: midnight today; none with -j)")
-@click.option("-E", "--endtime", help="jobs submitted before this time (default: now)")
-@click.option("-P", "--parsable2", "parsable", is_flag=True, help='fields separated by "|", no padding, no trailing "|"')
-@click.option("--steps", "all_steps", is_flag=True, help="a row for each step (24.1, 24.2) under its job's row")
-@click.option("-l", "--long", "long", is_flag=True,
-              help="more columns (QOS, ALLOCCPUS, SUBMIT, START, END, TIMELIMIT); states and reasons in full")
-@click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
-def command(**o: Any) -> int:
+def show(o: dict[str, Any]) -> int:
     """Show finished jobs (accounting).
 
     \b
@@ -289,13 +286,15 @@ def command(**o: Any) -> int:
     CANCELLED+ (CANCELLED by USER with -l, -P, --format or --json) and each
     space of a name or reason is shown as "_".
     """
-    from crane.core import messages as m
-    from crane.core.ids import ACTIVE, TERMINAL, JobState, parse_job_refs
+    from crane.core.states import ACTIVE, TERMINAL, JobState
+    from crane.core.wire import Request
 
     now = time.time()
     filters, steps = build_filters(o, sorted(TERMINAL | ACTIVE) if o["all_jobs"] else sorted(TERMINAL))
     whole: set[int] | None = None
     if o["job"] is not None:
+        from crane.core.ids import parse_job_refs  # valid: build_filters parsed it
+
         whole = {j if t is None else f"{j}_{t}" for j, s, t in parse_job_refs(o["job"]) if s is None}
     start = parse_when(o["starttime"], now) if o["starttime"] is not None else None
     end = parse_when(o["endtime"], now) if o["endtime"] is not None else None
@@ -314,13 +313,14 @@ def command(**o: Any) -> int:
     cfg = load_config(o["config"])
     if start is not None:  # the controller reads only what ended since (by index), not the whole history
         filters["ended_after"] = start
-    jobs = call(cfg, m.QueryJobs(filters, history=True))["jobs"]
+    # crane.core.messages.QueryJobs, without importing the message classes
+    jobs = call(cfg, Request("QueryJobs", {"filters": filters, "history": True}))["jobs"]
     want_active = o["all_jobs"] or any(JobState(s) in ACTIVE for s in filters.get("states", []))
     if want_active:
         seen = {j["job_id"] for j in jobs}
         jobs += [
             j
-            for j in call(cfg, m.QueryJobs(filters, history=False))["jobs"]
+            for j in call(cfg, Request("QueryJobs", {"filters": filters, "history": False}))["jobs"]
             if j["job_id"] not in seen
         ]
     jobs = sort_jobs([j for j in jobs if in_window(j, start, end, now)])
@@ -337,5 +337,56 @@ def command(**o: Any) -> int:
     return 0
 
 
+#: The options the fast path parses (flags, dest, takes a value): the same
+#: as make_command's, whose parse it must equal (tests/test_cli_fast_paths.py).
+SIMPLE_OPTIONS: SimpleOptions = [
+    (("-j", "--job", "--jobs"), "job", True), (("-n", "--name"), "name", True),
+    (("-u", "--user"), "user", True), (("-A", "--account"), "account", True),
+    (("-p", "--partition"), "partition", True), (("-q", "--qos"), "qos", True),
+    (("-t", "--state"), "state", True), (("-w", "--nodelist"), "nodelist", True),
+    (("-o", "--format"), "fmt", True), (("-N", "--noheader"), "noheader", False),
+    (("--json",), "as_json", False), (("-C", "--config"), "config", True),
+    (("-a", "--all"), "all_jobs", False), (("-S", "--starttime"), "starttime", True),
+    (("-E", "--endtime"), "endtime", True), (("-P", "--parsable2"), "parsable", False),
+    (("--steps",), "all_steps", False), (("-l", "--long"), "long", False),
+]
+
+
+def make_command() -> Any:
+    import click
+
+    from crane.cli.filter_options import filter_options, with_options
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @with_options(filter_options(
+        "sacct's field names, any case, %N a width (--format=JobID,JobName%20,State,Elapsed), "
+        'or %-letters (-o "%i %j %T %x %r")'
+    ))
+    @click.option("-a", "--all", "all_jobs", is_flag=True, help="active jobs too, not only finished ones")
+    @click.option("-S", "--starttime", help="jobs not ended before this time (default: midnight today; none with -j)")
+    @click.option("-E", "--endtime", help="jobs submitted before this time (default: now)")
+    @click.option("-P", "--parsable2", "parsable", is_flag=True, help='fields separated by "|", no padding, no trailing "|"')
+    @click.option("--steps", "all_steps", is_flag=True, help="a row for each step (24.1, 24.2) under its job's row")
+    @click.option("-l", "--long", "long", is_flag=True,
+                  help="more columns (QOS, ALLOCCPUS, SUBMIT, START, END, TIMELIMIT); states and reasons in full")
+    @click.version_option(None, "-V", "--version", package_name="crane", prog_name=PROG)
+    def command(**o: Any) -> int:
+        """Show finished jobs (accounting).
+
+        \b
+        -o/--format takes sacct's field names (--format=JobID,JobName%20,State,
+        Elapsed; any case, %N a width) or cqueue-like %-letters (-o "%i %T %x").
+        The default table has no space inside a cell: a cancelled job's state is
+        CANCELLED+ (CANCELLED by USER with -l, -P, --format or --json) and each
+        space of a name or reason is shown as "_".
+        """
+        return show(o)
+
+    return command
+
+
 def main() -> None:
-    click_main(command, PROG)
+    parsed = fast_parse(sys.argv[1:], SIMPLE_OPTIONS)
+    if parsed is not None:
+        run(PROG, show, parsed[0])
+    click_main(make_command(), PROG)
