@@ -17,6 +17,7 @@ import termios
 import threading
 import time
 
+import psutil
 import pytest
 
 from tests.conftest import Cluster, wait_for
@@ -199,8 +200,12 @@ def test_pty_interactive_shell(cluster: Cluster) -> None:
                 break
             assert time.monotonic() < deadline, t.buf[-2000:]
         # ^C is a byte for the remote terminal: it interrupts the foreground command, not crun
-        t.write("echo start-$((2+3)); sleep 1000\n")
+        t.write("echo start-$((2+3)); sleep 9871\n")
         t.expect(b"start-5")
+        # the ^C once the sleep runs: sent between the echo and the sleep's fork it
+        # would reach the shell alone (which ignores it) and the sleep would go on
+        wait_for(lambda: any(p.info["cmdline"] == ["sleep", "9871"] for p in psutil.process_iter(["cmdline"])),
+                 DEADLINE, "the sleep in the terminal")  # fmt: skip
         t.write("\x03")
         t.write("echo still-$((1+1))\n")
         t.expect(b"still-2")

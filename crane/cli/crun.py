@@ -105,6 +105,10 @@ def command(jobid: int | None, config: str | None, pty: bool, label: bool, argv:
     stdin = pty or forwards_stdin()
     job_id = jobid or int(os.environ.get("CRANE_JOB_ID", "0") or 0)
     cfg = load_config(config)
+    # The stream's connection is made before the step is asked for, so that its
+    # WaitStep follows the answer at once: a step that ends in a few ms (the
+    # controller forgets a job once it has ended) is still found.
+    first = Follower.connect(cfg)
     if job_id:
         extra = sorted(k for k, v in opts.items() if v is not None and k not in STEP_ONLY)
         if extra:
@@ -142,7 +146,8 @@ def command(jobid: int | None, config: str | None, pty: bool, label: bool, argv:
         job_id, step_id, own_job = int(data["job_ids"][0]), 1, True
         if os.environ.get("CRUN_VERBOSE"):
             print(safe(f"crun: job {job_id} submitted"), file=sys.stderr)
-    follower = Follower(cfg, job_id, step_id, own_job, stdin=stdin, pty=pty, lines=lines, prefixes=prefixes)
+    follower = Follower(cfg, job_id, step_id, own_job, stdin=stdin, pty=pty, lines=lines, prefixes=prefixes,
+                        first=first)  # fmt: skip
     saved = None
     if pty and os.isatty(0):
         import termios
@@ -231,8 +236,11 @@ class Follower:
     a SIGINT for the step or a cancel."""
 
     def __init__(self, cfg: Any, job_id: int, step_id: int, own_job: bool, stdin: bool = False,
-                 pty: bool = False, lines: bool = False, prefixes: list[bytes] | None = None) -> None:  # fmt: skip
+                 pty: bool = False, lines: bool = False, prefixes: list[bytes] | None = None,
+                 first: Any = None) -> None:  # fmt: skip
+        """``first``: a connection made beforehand (Follower.connect) for the first subscription."""
         self.cfg, self.job_id, self.step_id, self.own_job = cfg, job_id, step_id, own_job
+        self.first = first
         # several nodes (or -l): each node's output is written a whole line at
         # a time, so that lines of different nodes never mix; ``prefixes``:
         # crun labels the lines itself (by the sending node's index)
@@ -269,6 +277,18 @@ class Follower:
             if client is not None:
                 client.close()
 
+    @staticmethod
+    def connect(cfg: Any) -> Any:
+        """A connection to the controller for the stream, or None (the request
+        that follows reports why the controller cannot be reached)."""
+        from crane.client import Client, Unreachable
+
+        try:
+            return Client(cfg.cli_address, WAIT_REASK, munge=cfg.auth_type == "munge",
+                          connect_timeout=connect_timeout(cfg))  # fmt: skip
+        except Unreachable:
+            return None
+
     def _subscribe(self, old: Any) -> Any:
         """A new connection and subscription (after a silence: the controller
         may have restarted and forgotten the request)."""
@@ -277,8 +297,10 @@ class Follower:
 
         while True:
             try:
-                client = Client(self.cfg.cli_address, WAIT_REASK, munge=self.cfg.auth_type == "munge",
-                                connect_timeout=connect_timeout(self.cfg))
+                client, self.first = self.first, None
+                if client is None:
+                    client = Client(self.cfg.cli_address, WAIT_REASK, munge=self.cfg.auth_type == "munge",
+                                    connect_timeout=connect_timeout(self.cfg))
                 self.rid = client.send(m.WaitStep(self.job_id, self.step_id, True))
                 self.asks += 1
                 if self.input is not None:

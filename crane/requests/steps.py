@@ -133,7 +133,10 @@ def handle_input(port: RequestPort, caller: Caller, msg: m.StepInput | m.StepRes
     if job is None:
         return
     st = port.step(msg.job_id, msg.step_id)
-    if st is None or st.state != JobState.RUNNING or not st.node:
+    # not before its agent reported it started (a pid): input that reached the
+    # agent before the step had its stdin was dropped there while crun, told
+    # Ok, moved on (crun sends it again on this error, 0.2 s later)
+    if st is None or st.state != JobState.RUNNING or not st.node or st.pid is None:
         reply(m.Error(REFUSED, f"Step {msg.job_id}.{msg.step_id} is not running"))
         return
     if isinstance(msg, m.StepInput) and (len(msg.data) > m.INPUT_CHUNK or msg.seq < 0):
