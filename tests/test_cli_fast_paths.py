@@ -69,6 +69,7 @@ def test_cacct_unusual_forms_go_to_click(argv: list[str]) -> None:
 CBATCH_CASES = [
     ["--wrap", "sleep 1"],
     ["job.sh"],
+    ["--json", "-p", "CPU", "--", "-job.sh"],
     ["job.sh", "-p", "CPU", "-N", "2", "-c", "4", "--mem", "1G", "-t", "10"],
     ["--wrap=true", "--repeat", "5", "--json", "-H", "--exclusive"],
     ["-J", "name", "-o", "out-%j", "-e", "err", "-D", "/tmp", "-w", "crane01", "-C", "/x.yaml", "s.sh"],
@@ -87,7 +88,7 @@ def test_cbatch_fast_path_matches_click(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("argv", [["--help"], ["-V"], ["-N", "abc", "x"], ["-N", "0", "x"], ["-N", "+2", "x"],
                                   ["--repeat", "0", "--wrap", "x"], ["--open-mode", "APPEND", "x"],
-                                  ["a", "b"], ["-Hx"], ["--exclusive=1", "x"], ["/"]])  # fmt: skip
+                                  ["a", "b"], ["-Hx"], ["--exclusive=1", "x"], ["/"], ["a", "--", "b"]])  # fmt: skip
 def test_cbatch_unusual_forms_go_to_click(argv: list[str]) -> None:
     assert cbatch.fast_parse(argv) is None
 

@@ -106,6 +106,18 @@ def read_stdin_script() -> str | None:
 def submit(script: str | None, wrap: str | None, repeat: int, as_json: bool, config: str | None, **opts: Any) -> int:
     """Submit a batch job: SCRIPT (#CBATCH lines at its top take the same
     options), --wrap COMMAND, or a script on standard input (echo cmd | cbatch)."""
+    ids = submitted(script, wrap, repeat, config, opts)
+    if as_json:
+        print_json({"job_id": ids[0]} if repeat == 1 else {"job_ids": ids})
+    elif repeat == 1:
+        print(safe(f"Job id allocated: {ids[0]}."))
+    else:
+        print(safe(f"Job ids allocated: {ids[0]}-{ids[-1]}."))
+    return 0
+
+
+def submitted(script: str | None, wrap: str | None, repeat: int, config: str | None, opts: dict[str, Any]) -> list[int]:
+    """What submit does, without printing: the new jobs' ids."""
     if script is not None and wrap is not None:
         raise CliError("give a script or --wrap COMMAND (not both)")
     text = None
@@ -133,14 +145,7 @@ def submit(script: str | None, wrap: str | None, repeat: int, as_json: bool, con
     # never retried: a submission is sent once (a lost answer is reported as such);
     # crane.core.messages.SubmitJob, without importing the message classes
     data = call(cfg, Request("SubmitJob", {"spec": spec, "repeat": repeat}), timeout=120)
-    ids = data["job_ids"]
-    if as_json:
-        print_json({"job_id": ids[0]} if repeat == 1 else {"job_ids": ids})
-    elif repeat == 1:
-        print(safe(f"Job id allocated: {ids[0]}."))
-    else:
-        print(safe(f"Job ids allocated: {ids[0]}-{ids[-1]}."))
-    return 0
+    return [int(i) for i in data["job_ids"]]
 
 
 MAX_REPEAT = 100_000

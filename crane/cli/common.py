@@ -174,7 +174,8 @@ def fast_parse(argv: list[str], options: SimpleOptions, others: tuple[str, ...] 
                max_args: int = 0) -> tuple[dict[str, Any], list[str]] | None:  # fmt: skip
     """The common forms of a command line parsed without click (it costs a
     command ~35 ms to import): ``-x VALUE``, ``--long VALUE``,
-    ``--long=VALUE``, flags, at most ``max_args`` arguments. Options not
+    ``--long=VALUE``, flags, at most ``max_args`` arguments (``--``: only
+    arguments follow). Options not
     given are None (flags False); ``others`` (options left to click) None.
     None for anything else (help, version, ``-xVALUE``, combined flags,
     unknown options, too many arguments): click then parses the line and
@@ -188,6 +189,11 @@ def fast_parse(argv: list[str], options: SimpleOptions, others: tuple[str, ...] 
     while i < len(argv):
         tok = argv[i]
         i += 1
+        if tok == "--":  # what follows is arguments, as for click
+            if len(args) + len(argv) - i > max_args:
+                return None
+            args += argv[i:]
+            break
         if tok.startswith("-") and len(tok) > 1:
             name, eq, value = tok.partition("=")
             spec = table.get(name if name.startswith("--") else tok)

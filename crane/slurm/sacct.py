@@ -51,10 +51,10 @@ def uid_of(name: str) -> int | None:
 
 
 def ask(cfg: Any, filters: dict[str, Any], history: bool) -> list[dict[str, Any]]:
-    from crane.core import messages as m
+    from crane.core.wire import Request  # crane.core.messages.QueryJobs, without the classes
 
     try:
-        return list(call(cfg, m.QueryJobs(filters, history=history))["jobs"])
+        return list(call(cfg, Request("QueryJobs", {"filters": filters, "history": history}))["jobs"])
     except CliError as e:
         raise CliError(str(e), 1) from None
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False  # typing and dataclasses cost a command ~10 ms to import
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 PASS, MAP, IGNORE, REFUSE, LOCAL = "pass", "map", "ignore", "refuse", "local"
 NONE, REQUIRED, OPTIONAL = 0, 1, 2  # does the option take a value
@@ -29,15 +31,23 @@ class TranslateError(Exception):
     """A Slurm command line Crane cannot run: one line, exit 1."""
 
 
-@dataclass(frozen=True)
 class Opt:
-    names: tuple[str, ...]  # Slurm's spellings: ("-p", "--partition")
-    value: int = REQUIRED
-    kind: str = PASS
-    crane: str = ""  # PASS: the Crane option (default: the Slurm long name)
-    mapper: Callable[[str], list[str]] | None = None  # MAP: value -> Crane words
-    reason: str = ""  # IGNORE / REFUSE: why (shown by --help)
-    dest: str = ""  # LOCAL: the key the command reads
+    """One Slurm option's row (read-only by convention)."""
+
+    __slots__ = ("names", "value", "kind", "crane", "mapper", "reason", "dest")
+
+    def __init__(self, names: tuple[str, ...], value: int = REQUIRED, kind: str = PASS, crane: str = "",
+                 mapper: Callable[[str], list[str]] | None = None, reason: str = "", dest: str = "") -> None:  # fmt: skip
+        self.names = names  # Slurm's spellings: ("-p", "--partition")
+        self.value = value
+        self.kind = kind
+        self.crane = crane  # PASS: the Crane option (default: the Slurm long name)
+        self.mapper = mapper  # MAP: value -> Crane words
+        self.reason = reason  # IGNORE / REFUSE: why (shown by --help)
+        self.dest = dest  # LOCAL: the key the command reads
+
+    def __repr__(self) -> str:
+        return f"Opt({self.names!r}, kind={self.kind!r})"
 
     @property
     def long(self) -> str:
@@ -48,13 +58,15 @@ class Opt:
         return self.dest or self.long.lstrip("-").replace("-", "_")
 
 
-@dataclass
 class Parsed:
     """A command line: the options in order (``(opt, value, spelling)``) and
     the words left after the first non-option (a script, a command)."""
 
-    options: list[tuple[Opt, str | None, str]] = field(default_factory=list)
-    rest: list[str] = field(default_factory=list)
+    __slots__ = ("options", "rest")
+
+    def __init__(self) -> None:
+        self.options: list[tuple[Opt, str | None, str]] = []
+        self.rest: list[str] = []
 
     def local(self) -> dict[str, Any]:
         """The LOCAL options' values (a flag: True; the last one wins)."""
@@ -401,30 +413,41 @@ def fail(prog: str, message: str) -> NoReturn:
     sys.exit(1)
 
 
-def run_crane(command: Any, args: list[str], prog: str, crane_prog: str) -> int:
+def run_crane(command: Any, args: list[str], prog: str, crane_prog: str,
+              fast: Callable[[], int | None] | None = None) -> int:  # fmt: skip
     """Run a Crane click command in this process as ``prog``: its notices
     renamed, every error one ``prog: error:`` line and exit 1 (Slurm's
-    code for every failure); else the command's own exit code."""
-    import click
-
+    code for every failure); else the command's own exit code. ``fast``:
+    the same command's click-free path when it took the line (then click is
+    never imported); ``command`` may be a function that makes the click
+    command."""
     from crane.cli.common import CliError
 
     saved = sys.stderr
     sys.stderr = Renamed(saved, crane_prog, prog)  # type: ignore[assignment]
     try:
-        rv = command.main(args=args, prog_name=prog, standalone_mode=False)
-    except click.UsageError as e:
-        fail(prog, e.format_message())
-    except click.exceptions.Abort:
-        fail(prog, "aborted")
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
+        if fast is not None:
+            rv = fast()
+        else:
+            cmd = command() if not hasattr(command, "main") else command
+            rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
     except CliError as e:
         fail(prog, str(e))
     except KeyboardInterrupt:
         fail(prog, "interrupted")
     except BrokenPipeError:
         return 0
+    except Exception as e:  # click's, when click ran (it is imported only then)
+        click = sys.modules.get("click")
+        if click is None:
+            raise
+        if isinstance(e, click.UsageError):
+            fail(prog, e.format_message())
+        if isinstance(e, click.exceptions.Abort):
+            fail(prog, "aborted")
+        if isinstance(e, click.exceptions.Exit):
+            return int(e.exit_code)
+        raise
     finally:
         sys.stderr = saved
     return int(rv or 0)
