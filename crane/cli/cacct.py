@@ -25,6 +25,7 @@ from crane.cli.common import (
     run,
 )
 from crane.cli.format import (
+    FILTER_FLAGS,
     JOB_FIELDS,
     build_filters,
     default_layout,
@@ -340,12 +341,7 @@ def show(o: dict[str, Any]) -> int:
 #: The options the fast path parses (flags, dest, takes a value): the same
 #: as make_command's, whose parse it must equal (tests/test_cli_fast_paths.py).
 SIMPLE_OPTIONS: SimpleOptions = [
-    (("-j", "--job", "--jobs"), "job", True), (("-n", "--name"), "name", True),
-    (("-u", "--user"), "user", True), (("-A", "--account"), "account", True),
-    (("-p", "--partition"), "partition", True), (("-q", "--qos"), "qos", True),
-    (("-t", "--state"), "state", True), (("-w", "--nodelist"), "nodelist", True),
-    (("-o", "--format"), "fmt", True), (("-N", "--noheader"), "noheader", False),
-    (("--json",), "as_json", False), (("-C", "--config"), "config", True),
+    *FILTER_FLAGS,
     (("-a", "--all"), "all_jobs", False), (("-S", "--starttime"), "starttime", True),
     (("-E", "--endtime"), "endtime", True), (("-P", "--parsable2"), "parsable", False),
     (("--steps",), "all_steps", False), (("-l", "--long"), "long", False),

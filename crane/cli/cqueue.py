@@ -19,6 +19,7 @@ from crane.cli.common import (
     run,
 )
 from crane.cli.format import (
+    FILTER_FLAGS,
     JOB_FIELDS,
     Field,
     _s,
@@ -167,12 +168,7 @@ def show(o: dict[str, Any]) -> int:
 #: The options the fast path parses (flags, dest, takes a value): the same
 #: as make_command's, whose parse it must equal (tests/test_cli_fast_paths.py).
 SIMPLE_OPTIONS: SimpleOptions = [
-    (("-j", "--job", "--jobs"), "job", True), (("-n", "--name"), "name", True),
-    (("-u", "--user"), "user", True), (("-A", "--account"), "account", True),
-    (("-p", "--partition"), "partition", True), (("-q", "--qos"), "qos", True),
-    (("-t", "--state"), "state", True), (("-w", "--nodelist"), "nodelist", True),
-    (("-o", "--format"), "fmt", True), (("-N", "--noheader"), "noheader", False),
-    (("--json",), "as_json", False), (("-C", "--config"), "config", True),
+    *FILTER_FLAGS,
     (("-s", "--step", "--steps"), "steps", False), (("-l", "--long"), "long", False),
     (("--me",), "me", False),
 ]

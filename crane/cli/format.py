@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     Job = dict[str, Any]
     Getter = Callable[[Job, float], str]
 
+#: The options cqueue and cacct share (job selection, output form), as
+#: (flags, dest, takes a value): their fast parsers' rows, and the click
+#: options' (crane.cli.filter_options adds the help texts).
+FILTER_FLAGS: list[tuple[tuple[str, ...], str, bool]] = [
+    (("-j", "--job", "--jobs"), "job", True), (("-n", "--name"), "name", True),
+    (("-u", "--user"), "user", True), (("-A", "--account"), "account", True),
+    (("-p", "--partition"), "partition", True), (("-q", "--qos"), "qos", True),
+    (("-t", "--state"), "state", True), (("-w", "--nodelist"), "nodelist", True),
+    (("-o", "--format"), "fmt", True), (("-N", "--noheader"), "noheader", False),
+    (("--json",), "as_json", False), (("-C", "--config"), "config", True),
+]
+
 # --------------------------------------------------------------------------- states
 
 
