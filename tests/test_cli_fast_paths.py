@@ -169,3 +169,19 @@ def test_commands_are_launchers_without_site_processing(tmp_path: object) -> Non
     assert out.returncode == 0 and "cqueue" in out.stdout, out.stderr
     out = subprocess.run(["./cinfo", "--version"], cwd=BIN, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "cinfo" in out.stdout, out.stderr
+
+
+def test_slurm_config_option() -> None:
+    from crane.cli.common import CliError
+    from crane.slurm.translate import config_option
+
+    argv = ["-C", "a.yaml", "--config=b.yaml", "-M", "x", "--clusters", "y", "--config", "c.yaml", "-o"]
+    assert config_option(argv, 0, "--clusters") == ("a.yaml", 1)
+    assert config_option(argv, 2, "--clusters") == ("b.yaml", 2)
+    assert config_option(argv, 3, "--clusters") == (None, 4)
+    assert config_option(argv, 5, "--clusters") == (None, 6)
+    assert config_option(argv, 5, "--cluster") is None  # sacctmgr's spelling differs
+    assert config_option(argv, 7, "--clusters") == ("c.yaml", 8)
+    assert config_option(argv, 9, "--clusters") is None
+    with pytest.raises(CliError, match="option -C requires an argument"):
+        config_option(["-C"], 0, "--clusters")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from crane.cli.common import EXIT_ARGS, CliError, call, click_main, load_config, print_json
-from crane.cli.format import Field, duration, node_reason, parse_format, render
+from crane.cli.format import Field, aiot_counts, duration, node_reason, parse_format, render
 from crane.core.states import NodeState
 from crane.core.text import safe
 
@@ -94,7 +94,6 @@ def part_limit(p: dict[str, Any]) -> str:
 
 #: sinfo's compact state names (``%t``)
 SHORT_STATE = {**{s.value: s.value.lower() for s in NodeState}, NodeState.DRAINING.value: "drng"}
-OTHER_STATES = {NodeState.DRAIN, NodeState.DRAINING, NodeState.DOWN}  # sinfo's "other": neither allocated nor idle
 
 Group = dict[str, Any]  # {"part": partition, "members": [node, ...]}
 
@@ -104,30 +103,11 @@ def _first(g: Group) -> dict[str, Any]:
 
 
 def _cpus_aiot(g: Group, now: float) -> str:
-    a = i = o = t = 0
-    for n in g["members"]:
-        total = int(n.get("cpus") or 0)
-        alloc = int(n.get("cpus_alloc") or 0)
-        t += total
-        if n.get("state") in OTHER_STATES:
-            o += total
-        else:
-            a += alloc
-            i += total - alloc
-    return f"{a}/{i}/{o}/{t}"
+    return aiot_counts(g["members"])[1]
 
 
 def _nodes_aiot(g: Group, now: float) -> str:
-    a = i = o = 0
-    for n in g["members"]:
-        st = n.get("state")
-        if st in OTHER_STATES:
-            o += 1
-        elif st == NodeState.IDLE:
-            i += 1
-        else:
-            a += 1
-    return f"{a}/{i}/{o}/{a + i + o}"
+    return aiot_counts(g["members"])[0]
 
 
 def _nodelist(g: Group, now: float) -> str:

@@ -174,6 +174,25 @@ def node_reason(n: dict[str, Any]) -> str:
     return NodeReason.NOT_RESPONDING.value if n.get("state") == NodeState.DOWN else ""
 
 
+def aiot_counts(nodes: list[dict[str, Any]]) -> tuple[str, str]:
+    """sinfo's A/I/O/T of some nodes, as cinfo and sinfo show them: nodes
+    (allocated/idle/other/total) and CPUs (allocated/idle/other/total).
+    "Other": drained, draining or down (their CPUs count as other, all of them)."""
+    from crane.core.states import NodeState
+
+    other = (NodeState.DRAIN, NodeState.DRAINING, NodeState.DOWN)
+    a = i = o = ca = ci = co = ct = 0
+    for n in nodes:
+        st, total, alloc = n.get("state"), int(n.get("cpus") or 0), int(n.get("cpus_alloc") or 0)
+        ct += total
+        if st in other:
+            o, co = o + 1, co + total
+        else:
+            i, a = (i + 1, a) if st == NodeState.IDLE else (i, a + 1)
+            ca, ci = ca + alloc, ci + total - alloc
+    return f"{a}/{i}/{o}/{a + i + o}", f"{ca}/{ci}/{co}/{ct}"
+
+
 def short_state(state: str) -> str:
     from crane.core.ids import JobState
 

@@ -23,7 +23,7 @@ from crane.core.text import safe, safe_lines
 from crane.slurm.layout import MAX_WIDTH, Col, Getter, Layout
 from crane.slurm.sacct_fields import render_sacct
 from crane.slurm.times import clock
-from crane.slurm.translate import VERSION
+from crane.slurm.translate import VERSION, config_option
 
 PROG = "sacctmgr"
 VERBS = {"show": "show", "list": "show", "add": "add", "create": "add", "modify": "modify", "update": "modify",
@@ -360,14 +360,9 @@ def body(argv: list[str]) -> int:
         elif a in ("-V", "--version"):
             print(VERSION)
             return 0
-        elif a in ("-C", "--config", "-M", "--cluster"):
-            if i + 1 >= len(argv):
-                raise fail(f"option {a} requires an argument")
-            if a in ("-C", "--config"):
-                Opts.config = argv[i + 1]
-            i += 1
-        elif a.startswith("--config="):
-            Opts.config = a.split("=", 1)[1]
+        elif (given := config_option(argv, i, "--cluster")) is not None:
+            Opts.config = given[0] if given[0] is not None else Opts.config
+            i = given[1]
         else:
             raise fail(f"unrecognized option '{a}'")
         i += 1

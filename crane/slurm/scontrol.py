@@ -33,7 +33,7 @@ from crane.slurm.records import (
 )
 from crane.slurm.refs import id_matches, jobs_for_ids, parse_ids
 from crane.slurm.squeue_fields import command_text
-from crane.slurm.translate import VERSION
+from crane.slurm.translate import VERSION, config_option
 
 PROG = "scontrol"
 INVALID_JOB = "slurm_load_jobs error: Invalid job id specified"
@@ -346,14 +346,9 @@ def body(argv: list[str]) -> int:
         elif a in ("-V", "--version"):
             print(VERSION)
             return 0
-        elif a in ("-C", "--config", "-M", "--clusters"):
-            if i + 1 >= len(argv):
-                raise fail(f"option {a} requires an argument")
-            if a in ("-C", "--config"):
-                Opts.config = argv[i + 1]
-            i += 1
-        elif a.startswith("--config="):
-            Opts.config = a.split("=", 1)[1]
+        elif (given := config_option(argv, i, "--clusters")) is not None:
+            Opts.config = given[0] if given[0] is not None else Opts.config
+            i = given[1]
         else:
             raise fail(f"unrecognized option '{a}'")
         i += 1

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from crane.cli.format import aiot_counts
 from crane.core.ids import compress_nodes
-from crane.core.states import NodeReason, NodeState
+from crane.core.states import NodeReason
 from crane.slurm.layout import Col, Getter, Layout, Rec, parse_percent
 from crane.slurm.records import node_long, node_not_responding, node_short
 from crane.slurm.times import clock, mb
@@ -25,30 +26,11 @@ def _part_limit(g: SgRec, now: float) -> str:
 
 
 def _aiot_nodes(g: SgRec, now: float) -> str:
-    a = i = o = 0
-    for n in g["members"]:
-        st = n.get("state")
-        if st in (NodeState.DRAIN, NodeState.DRAINING, NodeState.DOWN):
-            o += 1
-        elif st == NodeState.IDLE:
-            i += 1
-        else:
-            a += 1
-    return f"{a}/{i}/{o}/{a + i + o}"
+    return aiot_counts(g["members"])[0]
 
 
 def _aiot_cpus(g: SgRec, now: float) -> str:
-    a = i = o = t = 0
-    for n in g["members"]:
-        total = int(n.get("cpus") or 0)
-        alloc = int(n.get("cpus_alloc") or 0)
-        t += total
-        if n.get("state") in (NodeState.DRAIN, NodeState.DRAINING, NodeState.DOWN):
-            o += total
-        else:
-            a += alloc
-            i += total - alloc
-    return f"{a}/{i}/{o}/{t}"
+    return aiot_counts(g["members"])[1]
 
 
 def _nodelist(g: SgRec, now: float) -> str:

@@ -406,6 +406,24 @@ class Renamed:
         return getattr(self.stream, name)
 
 
+def config_option(argv: list[str], i: int, cluster: str) -> tuple[str | None, int] | None:
+    """``-C``/``--config FILE``/``--config=FILE`` (Crane's config file) or
+    Slurm's cluster option (``-M`` or ``cluster``: its value taken and
+    ignored) at ``argv[i]``: ``(the config file or None, the index of the
+    last word it used)``; None when ``argv[i]`` is neither. A missing value:
+    CliError (exit 1)."""
+    a = argv[i]
+    if a.startswith("--config="):
+        return a.split("=", 1)[1], i
+    if a not in ("-C", "--config", "-M", cluster):
+        return None
+    if i + 1 >= len(argv):
+        from crane.cli.common import CliError
+
+        raise CliError(f"option {a} requires an argument", 1)
+    return (argv[i + 1] if a in ("-C", "--config") else None), i + 1
+
+
 def fail(prog: str, message: str) -> NoReturn:
     from crane.core.text import safe
 
