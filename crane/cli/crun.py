@@ -279,15 +279,15 @@ class Follower:
 
     @staticmethod
     def connect(cfg: Any) -> Any:
-        """A connection to the controller for the stream, or None (the request
-        that follows reports why the controller cannot be reached)."""
+        """A connection to the controller for the stream (exit 3 when the
+        controller cannot be reached: nothing was asked of it yet)."""
         from crane.client import Client, Unreachable
 
         try:
             return Client(cfg.cli_address, WAIT_REASK, munge=cfg.auth_type == "munge",
                           connect_timeout=connect_timeout(cfg))  # fmt: skip
-        except Unreachable:
-            return None
+        except Unreachable as e:
+            raise CliError(f"cannot reach the controller at {cfg.cli_address}: {e}", EXIT_UNREACHABLE) from None
 
     def _subscribe(self, old: Any) -> Any:
         """A new connection and subscription (after a silence: the controller
