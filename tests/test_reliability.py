@@ -131,7 +131,10 @@ def test_agent_kill9_readopt_died_meanwhile_and_cancel_on_return(make_cluster) -
     # while the agent is away: died_rc's command dies (its wrapper survives and
     # records the status), every process of died_all dies, cancelled is cancelled
     sigkill_all(procs[died_rc] - {wrappers[died_rc]})
-    sigkill_all(procs[died_all])
+    # the wrapper first: killed after its command, it could still record the
+    # command's status (137), and the step would not be "no trace at all"
+    sigkill_all({wrappers[died_all]})
+    sigkill_all(procs[died_all] - {wrappers[died_all]})
     wait_for(
         lambda: cgs[died_rc].empty() and cgs[died_all].empty(), 10, "killed steps' cgroups empty"
     )

@@ -13,8 +13,8 @@ In ``hybrid`` and ``v1`` the v1 ``devices`` hierarchy is used too when mounted
 * ``none``   no writable cgroups (not root): processes are found through their
   environment (CRANE_JOB_ID/CRANE_STEP_ID/CRANE_SCOPE) and their process group.
 
-Nothing here touches asyncio; calls that wait (freeze, v1 kill) are bounded and
-should be run off the event loop (``asyncio.to_thread``).
+Nothing here touches asyncio; calls that wait (freeze, v1 kill, the sweeps of
+mode 'none') are bounded and are run off the agent's event loop (``agent.offloop``).
 """
 
 from __future__ import annotations
@@ -406,6 +406,11 @@ class StepCgroup:
             except OSError:
                 pass
         return n
+
+    def kill_file(self) -> bool:
+        """Whether the kernel kills the whole step in one write (cgroup v2's ``cgroup.kill``)."""
+        kind = self._hier[0][0] if self._hier else "none"
+        return kind == "v2" and os.path.exists(os.path.join(self.paths["v2"], "cgroup.kill"))
 
     def kill(self) -> None:
         """SIGKILL every process in the step. Never raises for vanished processes."""

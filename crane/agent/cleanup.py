@@ -7,11 +7,14 @@ An adopted step (not our child): ``watch_adopted`` polls its cgroup and reads
 the status the wrapper wrote to its rc file.
 
 ``report`` sends ``StepEnded`` once (after the step's last live output),
-keeps it for re-registration until the job is released, removes the step's
-cgroup, record and rc file, and rewrites the users file crane-pam-check reads.
+as soon as the step's processes are dead, and keeps it for re-registration
+until the job is released; then (``reclaim``, off the event loop) the step's
+cgroup, record and rc file are removed and the users file crane-pam-check
+reads is rewritten.
 
-``release_job`` (after a kill of the whole job): the epilog, the job's cgroup
-directories and batch script removed, ``JobReleased``, then the stray sweep.
+``release_job`` (after a kill of the whole job): the epilog, ``JobReleased``,
+then the job's cgroup directories and batch script removed (``reclaim``),
+then the stray sweep.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from crane.agent import cgroup as cgmod
-from crane.agent import statedir
+from crane.agent import offloop, reclaim, statedir
 from crane.agent.steprun import (
     POLL,
     StepRun,
@@ -32,7 +34,6 @@ from crane.agent.steprun import (
     read_launch_error,
     record_path,
     script_path,
-    users_path,
 )
 from crane.core import messages as m
 from crane.core.states import StepEnd
@@ -106,12 +107,12 @@ def main_exited(sm: StepManager, run: StepRun, status: int) -> None:
 
 async def finish(sm: StepManager, run: StepRun) -> None:
     """The main process is gone: kill what it left behind, then report."""
-    if run.killing and not run.cg.empty():
+    if run.killing and not await offloop.empty(run.cg):
         # a kill with a grace period: what is left gets the rest of the grace
         # (kill.kill_step sends SIGKILL when it ends), e.g. a TERM trap of the script
         await run.wait_empty(max(0.0, run.grace_until - time.monotonic()) + 1.0)
-    if not run.cg.empty():
-        run.cg.kill()
+    if not await offloop.empty(run.cg):
+        await offloop.kill(run.cg)
         ok = await run.wait_empty(5.0)
         if not ok:
             log.error("step %d.%d: processes survive cgroup kill", run.job_id, run.step_id)
@@ -128,9 +129,9 @@ async def watch_adopted(sm: StepManager, run: StepRun) -> None:
     Once the wrapper recorded its status the main process is gone: what is
     left (background processes, an adopted ssh session) is killed, as
     ``finish`` does for a step we launched ourselves."""
-    while not run.cg.empty():
+    while not await offloop.empty(run.cg):
         if not run.killing and read_rc(sm, run.job_id, run.step_id) is not None:
-            run.cg.kill()
+            await offloop.kill(run.cg)
         await asyncio.sleep(0.5 if not run.killing else POLL)
     if not run.reported:
         if run.status is None:
@@ -142,9 +143,10 @@ async def watch_adopted(sm: StepManager, run: StepRun) -> None:
             report(sm, run, run.kill_reason)
 
 
-def report(sm: StepManager, run: StepRun, reason: StepEnd, detail: str = "") -> None:
+def report(sm: StepManager, run: StepRun, reason: StepEnd, detail: str = "", at_once: bool = False) -> None:
     """Once per step: StepEnded (``detail``: why a launch failed, one line),
-    and the step's traces removed."""
+    then the step's traces removed, off the loop (``at_once``: here and now,
+    before the report: a launch that failed, whose caller is the launch)."""
     if run.reported:
         return
     run.reported = True
@@ -159,36 +161,32 @@ def report(sm: StepManager, run: StepRun, reason: StepEnd, detail: str = "") -> 
     if detail:
         body["detail"] = detail
     sm.ended_step(run, body)
-    run.cg.remove()
-    for path in (record_path(sm.state_dir, run.job_id, run.step_id), rc_path(sm.state_dir, run.job_id, run.step_id)):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-    write_users(sm)
+    files = [record_path(sm.state_dir, run.job_id, run.step_id), rc_path(sm.state_dir, run.job_id, run.step_id)]
+    if at_once:
+        for why in reclaim.attempt([reclaim.Item("", run.job_id, run.step_id, list(run.cg.paths.values()), files)]):
+            if why:
+                log.warning("step %d.%d: %s", run.job_id, run.step_id, why)
+        sm.write_users()
     if run.pipes:  # the step's last output before its end (one link: order kept)
-        sm.background(_end_after_output(sm, run, body))
+        sm.background(_end_after_output(sm, run, body, files, at_once))
     else:
-        run.done.set()
-        sm.send(m.StepEnded(**body))
+        _ended(sm, run, body, files, at_once)
 
 
-async def _end_after_output(sm: StepManager, run: StepRun, body: dict[str, Any]) -> None:
+async def _end_after_output(sm: StepManager, run: StepRun, body: dict[str, Any], files: list[str],
+                            done: bool) -> None:  # fmt: skip
     try:
         await asyncio.gather(*(p.drained(DRAIN_TIMEOUT) for p in run.pipes))
     finally:
-        run.done.set()  # a kill of the job waits for it: JobReleased comes after StepEnded
-        sm.send(m.StepEnded(**body))
+        _ended(sm, run, body, files, done)
 
 
-def write_users(sm: StepManager) -> None:
-    """The uids with a running step here, for crane-pam-check."""
-    uids = sorted({int(r.spec["uid"]) for r in sm.steps.values() if "uid" in r.spec})
-    path = users_path(sm.state_dir)
-    try:
-        statedir.replace(path, "".join(f"{u}\n" for u in uids).encode())
-    except OSError as e:
-        log.warning("cannot write %s: %s", path, e)
+def _ended(sm: StepManager, run: StepRun, body: dict[str, Any], files: list[str], cleaned: bool) -> None:
+    run.done.set()  # a kill of the job waits for it: JobReleased comes after StepEnded
+    sm.send(m.StepEnded(**body))
+    if not cleaned:  # the report first, then what the step leaves
+        sm.reclaim.step(run.cg, files)
+        sm.users.changed()
 
 
 # ------------------------------------------------------------ a job's release
@@ -203,14 +201,15 @@ async def release_job(sm: StepManager, msg: m.KillJob, kill_failed: bool) -> Non
         ok = True
         if sm.epilog and not msg.force and msg.job_id not in sm.released:
             ok = await run_epilog(sm, msg.env or {"CRANE_JOB_ID": str(msg.job_id)})
-        cgmod.remove_job(sm.scope, msg.job_id, sm.mode)
         owner = sm.released_job(msg.job_id)
-        try:
-            os.unlink(script_path(sm.state_dir, msg.job_id))
-        except OSError:
-            pass
+        if not sm.runs_here(msg.job_id, None):  # (a new run of the job keeps its directories)
+            sm.reclaim.job(msg.job_id, [script_path(sm.state_dir, msg.job_id)])
         log.info("job %d released (epilog ok %s, kill failed %s)", msg.job_id, ok, kill_failed)
         sm.send(m.JobReleased(msg.job_id, ok, kill_failed))
+        # the job's cgroup directories and files, and the users file, before the
+        # stray sweep (which reads the users files): one attempt, retries go on
+        await sm.reclaim.settled(msg.job_id)
+        await sm.users.flush()
         if owner is None and str((msg.env or {}).get("CRANE_JOB_UID", "")).isdigit():
             owner = int(msg.env["CRANE_JOB_UID"])
         if sm.on_release is not None:

@@ -12,6 +12,14 @@ A kill of the whole job (``kill_job`` with no step) then releases the job on
 this node (``cleanup.release_job``: epilog, ``JobReleased``). If processes
 survived every retry the release says ``kill_failed`` and the controller
 drains the node.
+
+Signals, kills, freezes and thaws never wait on the event loop
+(``offloop``: what can wait or scan runs in a thread), one at a time per
+step (``StepRun.lock``: a SIGSTOP and the SIGCONT after it arrive in that
+order). A cancel's banner is written
+before the signals when there is a grace period (what the job prints in
+its grace comes after it, as in Slurm); with none, beside the SIGKILL,
+which does not wait for it.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from crane.agent import as_user, cleanup
+from crane.agent import as_user, cleanup, offloop
 from crane.agent.steprun import StepRun, path_problem
 from crane.core import messages as m
 from crane.core.signals import JobSignal, job_signal
@@ -43,7 +51,7 @@ BANNER_TIMEOUT = 5.0  # a banner write that takes longer (a hung file system) is
 async def kill_job(sm: StepManager, msg: m.KillJob) -> None:
     runs = sm.of_job(msg.job_id, msg.step_id)
     grace = 0.0 if msg.force else msg.grace
-    if msg.banner:
+    if msg.banner and grace > 0:
         await asyncio.gather(*(write_banner(sm, r, msg.banner) for r in runs))
         runs = [r for r in runs if not r.reported]  # ended while the banner was written
     # a cancel (or preemption, or time limit) ends the steps CANCELLED; the
@@ -51,7 +59,10 @@ async def kill_job(sm: StepManager, msg: m.KillJob) -> None:
     reason = StepEnd.CANCELLED if msg.reason == KillReason.CANCELLED else StepEnd.NORMAL
     log.info("kill job %d step %s: %d steps, grace %.1fs, force %s", msg.job_id,
              "all" if msg.step_id is None else msg.step_id, len(runs), grace, msg.force)  # fmt: skip
-    results = await asyncio.gather(*(kill_step(sm, r, grace, reason) for r in runs))
+    kills = [asyncio.ensure_future(kill_step(sm, r, grace, reason)) for r in runs]  # these first
+    if msg.banner and grace == 0:  # beside the SIGKILL, which does not wait for it
+        await asyncio.gather(*(write_banner(sm, r, msg.banner) for r in runs))
+    results = await asyncio.gather(*kills)
     if msg.step_id is None:
         await cleanup.release_job(sm, msg, kill_failed=not all(results))
 
@@ -60,23 +71,25 @@ async def kill_step(sm: StepManager, run: StepRun, grace: float, reason: StepEnd
     """SIGCONT, SIGTERM, grace, SIGKILL through the cgroup; retry; True if empty."""
     if run.killing:
         if grace == 0:
-            run.cg.kill()  # escalation of a graceful kill in progress
+            await offloop.kill(run.cg)  # escalation of a graceful kill in progress
         await run.done.wait()
         return True
     run.killing = True
     run.kill_reason = reason
-    if run.frozen:
-        run.cg.thaw()
-        run.frozen = False
-    run.cg.signal(signal.SIGCONT)
+    async with run.lock:
+        if run.frozen:
+            run.frozen = False
+            await offloop.thaw(run.cg)
+        await offloop.signal(run.cg, signal.SIGCONT)
+        if grace > 0:
+            run.grace_until = time.monotonic() + grace
+            await offloop.signal(run.cg, signal.SIGTERM)
     if grace > 0:
-        run.grace_until = time.monotonic() + grace
-        run.cg.signal(signal.SIGTERM)
         await run.wait_empty(grace)
     for _ in range(KILL_RETRIES):
-        if run.cg.empty() and run.status is not None:
+        if run.status is not None and await offloop.empty(run.cg):
             break
-        run.cg.kill()
+        await offloop.kill(run.cg)
         if run.status is None and run.pid:
             try:  # our own unreaped child: the pid cannot have been reused
                 os.kill(run.pid, signal.SIGKILL)
@@ -84,7 +97,7 @@ async def kill_step(sm: StepManager, run: StepRun, grace: float, reason: StepEnd
                 pass
         if await run.wait_empty(0.5):
             break
-    empty = run.cg.empty()
+    empty = await offloop.empty(run.cg)
     if run.adopted or run.pid == 0:
         if empty:  # no main process of ours to wait for: the empty cgroup is the end
             cleanup.report(sm, run, reason)
@@ -94,6 +107,27 @@ async def kill_step(sm: StepManager, run: StepRun, grace: float, reason: StepEnd
         except TimeoutError:
             pass
     return empty
+
+
+async def step_signal(run: StepRun, sig: int) -> None:
+    """``sig`` to every process of the step (``ccancel -s``), off the loop, in order."""
+    async with run.lock:
+        try:
+            await offloop.signal(run.cg, sig)
+        except OSError as e:
+            log.warning("step %d.%d: signal %d: %s", run.job_id, run.step_id, sig, e)
+
+
+async def set_frozen(run: StepRun, frozen: bool) -> None:
+    """Freeze or thaw the step (``SuspendJob``), off the loop, unless a later
+    order or a kill came first."""
+    async with run.lock:
+        if run.frozen != frozen or run.killing or run.reported:
+            return
+        try:
+            await (offloop.urgent(run.cg.freeze) if frozen else offloop.thaw(run.cg))
+        except OSError as e:
+            log.warning("step %d.%d: %s: %s", run.job_id, run.step_id, "freeze" if frozen else "thaw", e)
 
 
 def arm_timer(sm: StepManager, run: StepRun) -> None:
@@ -126,19 +160,19 @@ def on_signal_time(sm: StepManager, run: StepRun) -> None:
         return
     warning = job_signal(run.spec.get("signal"))
     if warning is not None:
-        send_job_signal(sm, run, warning)
+        sm.background(send_job_signal(sm, run, warning))
     run.spec["signal_sent"] = True
     _save(sm, run, "signal sent")
     arm_timer(sm, run)
 
 
-def send_job_signal(sm: StepManager, run: StepRun, warning: JobSignal) -> None:
+async def send_job_signal(sm: StepManager, run: StepRun, warning: JobSignal) -> None:
     """Send the job's ``--signal`` as Slurm does: with ``B:`` to the batch
     shell only (the script's process, not its children); without it to every
     other step of the job on this node (every process of each), not to the
     batch shell."""
     if warning.batch_only:
-        shells = batch_shell(run)
+        shells = await offloop.urgent(batch_shell, run)
         for pid in shells:
             try:
                 os.kill(pid, warning.signal)
@@ -148,8 +182,7 @@ def send_job_signal(sm: StepManager, run: StepRun, warning: JobSignal) -> None:
                  ",".join(map(str, shells)) or "gone")  # fmt: skip
         return
     steps = [r for r in sm.of_job(run.job_id) if r.step_id != run.step_id and not r.reported]
-    for r in steps:
-        r.cg.signal(warning.signal)
+    await asyncio.gather(*(step_signal(r, warning.signal) for r in steps))
     log.info("job %d: signal %d sent to %d step(s)", run.job_id, warning.signal, len(steps))
 
 
@@ -228,12 +261,14 @@ async def write_banner(sm: StepManager, run: StepRun, text: str) -> None:
     path = spec.get("stderr")
     if not path or not isinstance(path, str) or "uid" not in spec:
         return
+    if path == os.devnull:
+        return  # not a regular file: the owner's child would refuse it (as_user.append)
     if path_problem({"stderr": path}):
         log.info("banner of %d.%d not written: relative path %r", run.job_id, run.step_id, path)
         return
     who = as_user.owner_of(int(spec["uid"]), int(spec["gid"]), str(spec.get("user") or ""))
     data = (text + "\n").encode(errors="replace")
-    try:
+    try:  # (a fork holds the interpreter's lock: in a thread it would stall the loop all the same)
         pid = as_user.start(who, lambda: as_user.append(path, data, create=True))
     except OSError as e:
         log.warning("cannot write banner to %s: %s", path, e)

@@ -73,6 +73,11 @@ def launch(sm: StepManager, msg: m.LaunchStep) -> None:
     if sm.is_stale(msg.job_id, msg.step_id, attempt, incarnation):
         log.info("launch of %d.%d already done: ignored", msg.job_id, msg.step_id)
         return
+    busy = sm.reclaim.in_progress(msg.job_id)
+    if busy is not None:  # the job's directories are being removed right now: after that
+        sm.deferred.add((msg.job_id, msg.step_id))
+        sm.background(_launch_after(sm, msg, busy))
+        return
     sm.launching(msg.job_id, attempt, incarnation)
     spec = msg.spec
     cg = cgmod.StepCgroup(sm.scope, msg.job_id, msg.step_id, sm.mode)
@@ -83,12 +88,22 @@ def launch(sm: StepManager, msg: m.LaunchStep) -> None:
     except Exception as e:
         log.error("launch of %d.%d failed: %s", msg.job_id, msg.step_id, e)
         run.status = 127 << 8
-        cleanup.report(sm, run, StepEnd.LAUNCH_FAILED, detail_line(str(e)))
+        cleanup.report(sm, run, StepEnd.LAUNCH_FAILED, detail_line(str(e)), at_once=True)
         return
     sm.children[run.pid] = lambda status, r=run: cleanup.main_exited(sm, r, status)
     sm.send(m.StepStarted(msg.job_id, msg.step_id, run.pid))
     if spec.get("time_limit"):
         kill.arm_timer(sm, run)  # the time limit, and the --signal warning before it
+
+
+async def _launch_after(sm: StepManager, msg: m.LaunchStep, busy: asyncio.Future[Any]) -> None:
+    try:
+        await asyncio.shield(busy)
+    except Exception:  # noqa: BLE001 - the cleanup's own failure is logged by it
+        pass
+    finally:
+        sm.deferred.discard((msg.job_id, msg.step_id))
+    launch(sm, msg)
 
 
 def _start(sm: StepManager, run: StepRun) -> int:
@@ -227,7 +242,7 @@ def save_record(sm: StepManager, run: StepRun) -> None:
     """The step's record, read back by ``adopt`` after a restart."""
     body = {"job_id": run.job_id, "step_id": run.step_id, "spec": run.spec, "start": run.start}
     statedir.replace(record_path(sm.state_dir, run.job_id, run.step_id), json.dumps(body).encode())
-    cleanup.write_users(sm)
+    sm.write_users()
 
 
 def adopt(sm: StepManager) -> None:
@@ -251,4 +266,4 @@ def adopt(sm: StepManager) -> None:
             except RuntimeError:
                 pass  # no loop here (a direct call)
         sm.background(cleanup.watch_adopted(sm, run))
-    cleanup.write_users(sm)
+    sm.write_users()

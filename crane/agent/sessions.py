@@ -101,15 +101,16 @@ class SessionService:
             out.append((run.job_id, run.step_id, float(run.start)))
         return out
 
-    def handle(self, req: Any) -> dict[str, Any]:
+    async def handle(self, req: Any) -> dict[str, Any]:
         try:
             op, user, pid, wanted = parse_request(req)
         except ValueError as e:
             return {"error": str(e)}
-        uid = _uid_of(user)
+        # NSS (passwd, groups) may ask a directory server: never on the event loop
+        uid = await asyncio.to_thread(_uid_of, user)
         if uid is None:
             return {"error": f"unknown user {user[:64]!r}"}
-        why = self.exempt(uid)
+        why = await asyncio.to_thread(self.exempt, uid)
         if why:
             return {"exempt": why}
         chosen = choose(self.candidates(uid), wanted)
@@ -131,7 +132,7 @@ class SessionService:
         run = self.steps.steps.get((job, step))
         if run is None:
             return {"error": f"job {job} step {step} ended meanwhile"}
-        try:
+        try:  # here, not in a thread: the step cannot end between the choice and the move
             run.cg.attach_pid(pid)
         except OSError as e:
             return {"error": f"cannot move pid {pid} into job {job}: {e.strerror or e}"}
@@ -179,7 +180,7 @@ class SessionService:
             try:
                 try:
                     line = await asyncio.wait_for(reader.readline(), TIMEOUT)
-                    reply = self.handle(json.loads(line)) if line.endswith(b"\n") else {"error": "no request"}
+                    reply = await self.handle(json.loads(line)) if line.endswith(b"\n") else {"error": "no request"}
                 except (ValueError, asyncio.LimitOverrunError):
                     reply = {"error": f"not one JSON line of at most {MAX_LINE} bytes"}
                 except TimeoutError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crane.agent import cgroup as cgmod
+from crane.agent import offloop
 from crane.agent import stream as streams
 from crane.core.states import StepEnd
 from crane.core.text import safe
@@ -60,6 +61,7 @@ class StepRun:
     reported: bool = False
     timer: asyncio.TimerHandle | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one signal/freeze/thaw of the step at a time
     pipes: list[streams.Pipe] = field(default_factory=list)  # live output (crun)
     exec_fd: int = -1  # read end of the pipe the child reports a failure before its exec on
     launch_error: str = ""  # that failure, one line (StepEnded.detail)
@@ -73,7 +75,7 @@ class StepRun:
         empties it in a few ms), backing off to POLL."""
         deadline = time.monotonic() + timeout
         pause = 0.0005
-        while not self.cg.empty():
+        while not await offloop.empty(self.cg):
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(pause)

@@ -21,7 +21,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from crane.agent import cleanup, kill, launch, statedir
-from crane.agent.steprun import StepRun, path_problem
+from crane.agent.reclaim import Reclaimer, UsersFile
+from crane.agent.steprun import StepRun, path_problem, users_path
 from crane.core import messages as m
 
 __all__ = ["StepManager", "StepRun", "path_problem"]
@@ -55,6 +56,11 @@ class StepManager:
         self.owners: dict[int, int] = {}  # job -> its owner's uid, until the job is released here
         # called with (job, owner uid or None) once a job is released here (the stray sweep)
         self.on_release: Callable[[int, int | None], None] | None = None
+        # launches waiting for a cleanup of their job in progress (a few rmdirs)
+        self.deferred: set[tuple[int, int]] = set()
+        # what ended steps and released jobs leave, removed after their report (off the loop)
+        self.reclaim = Reclaimer(scope, mode, state_dir, self.runs_here)
+        self.users = UsersFile(users_path(state_dir), self.uids)
         statedir.prepare(state_dir)  # raises StateDirError
 
     # ------------------------------------------------------------ the agent's API
@@ -75,22 +81,28 @@ class StepManager:
 
     def signal_job(self, msg: m.SignalJob) -> None:
         for r in self.of_job(msg.job_id, msg.step_id):
-            r.cg.signal(msg.signal)
+            self.background(kill.step_signal(r, msg.signal))
 
     def suspend_job(self, msg: m.SuspendJob) -> None:
         for r in self.of_job(msg.job_id):
-            if msg.suspend:
-                r.cg.freeze()
-            else:
-                r.cg.thaw()
-            r.frozen = msg.suspend
+            r.frozen = msg.suspend  # at once (no ssh session is adopted into it meanwhile); the freezer after
+            self.background(kill.set_frozen(r, msg.suspend))
 
     async def run_epilog(self, env: dict[str, str]) -> bool:
         return await cleanup.run_epilog(self, env)
 
     def write_users(self) -> None:
-        """The uids with a running step here, for crane-pam-check."""
-        cleanup.write_users(self)
+        """The uids with a running step here, for crane-pam-check (written at once)."""
+        self.users.write_now()
+
+    def uids(self) -> list[int]:
+        return [int(r.spec["uid"]) for r in self.steps.values() if "uid" in r.spec]
+
+    def runs_here(self, job_id: int, step_id: int | None) -> bool:
+        """Whether a run of ``job_id`` (of its step ``step_id`` if given) is registered here."""
+        if step_id is not None:
+            return (job_id, step_id) in self.steps or (job_id, step_id) in self.deferred
+        return any(j == job_id for (j, _s) in list(self.steps) + list(self.deferred))
 
     def has_step(self, uid: int) -> bool:
         """Whether ``uid`` has a step running here."""
@@ -117,7 +129,7 @@ class StepManager:
         incarnation (a replaced database counting from 1 again), or that was
         never launched here (killed as unknown), is a new job."""
         key = (job_id, step_id)
-        if key in self.steps or key in self.ended:
+        if key in self.steps or key in self.ended or key in self.deferred:
             return True
         if job_id not in self.released:
             return False

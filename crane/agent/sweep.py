@@ -255,30 +255,40 @@ class Sweeper:
     def job_released(self, job_id: int, uid: int | None, mode: str) -> None:
         if not self.enabled or uid is None or mode == "none":
             return  # without cgroups a job's processes cannot be told from strays
-        name = user_name(uid)
-        why = exempt(uid, name, self.min_uid, self.exempt_users)
-        if why:
-            log.info("no sweep after job %d: user %s is exempt (%s)", job_id, name, why)
-            return
-        if self.busy(uid):
-            log.info("no sweep after job %d: user %s still has a job on this host", job_id, name)
+        if uid == 0 or uid < self.min_uid:  # local accounts (NSS files): no need to leave the loop
+            name = user_name(uid)
+            log.info("no sweep after job %d: user %s is exempt (%s)", job_id, name,
+                     exempt(uid, name, self.min_uid, self.exempt_users))  # fmt: skip
             return
         if uid in self.active:
-            log.info("no sweep after job %d: user %s is being swept already", job_id, name)
+            log.info("no sweep after job %d: user %d is being swept already", job_id, uid)
             return
         self.active.add(uid)
-        t = asyncio.ensure_future(self._sweep(job_id, uid, name))
+        t = asyncio.ensure_future(self._sweep(job_id, uid))
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
-    async def _sweep(self, job_id: int, uid: int, name: str) -> None:
+    async def _busy(self, uid: int) -> bool:
+        """``busy`` with the users files read off the loop."""
+        return self.has_step(uid) or await asyncio.to_thread(self.listed_elsewhere, uid)
+
+    async def _sweep(self, job_id: int, uid: int) -> None:
         hit: set[int] = set()
         finished = False
+        name = str(uid)
         try:
+            name = await asyncio.to_thread(user_name, uid)  # NSS may ask a directory server
+            why = exempt(uid, name, self.min_uid, self.exempt_users)
+            if why:
+                log.info("no sweep after job %d: user %s is exempt (%s)", job_id, name, why)
+                return
+            if await self._busy(uid):
+                log.info("no sweep after job %d: user %s still has a job on this host", job_id, name)
+                return
             deadline = time.monotonic() + self.kill_wait
             # SIGTERM to every stray (and to any that shows up during KillWait)
             while True:
-                if self.busy(uid):
+                if await self._busy(uid):
                     log.info("sweep of user %s after job %d stopped: a new job started", name, job_id)
                     return
                 new, in_jobs = await asyncio.to_thread(_round, uid, signal.SIGTERM, hit)
@@ -294,7 +304,7 @@ class Sweeper:
             end = time.monotonic() + KILL_ROUNDS_FOR
             left = []
             while time.monotonic() < end:
-                if self.busy(uid):
+                if await self._busy(uid):
                     break
                 killed, in_jobs = await asyncio.to_thread(_freeze_and_kill, uid)
                 hit.update(killed)
