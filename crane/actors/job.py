@@ -41,6 +41,11 @@ class JobActor(Actor):
     def describe(self) -> str:
         return f"job {self.machine.job.id}"
 
+    def idle(self) -> bool:
+        """No mail waiting and no message held for a commit: an event
+        handled outside it now comes after everything it handled."""
+        return not self._mailbox and not self._scheduled and not self.held
+
     def start(self) -> None:
         self.execute(self.machine.start(time.time()))
 

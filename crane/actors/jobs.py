@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from crane.actors.base import Actor
+from crane.actors.dependencies import Dependencies
 from crane.actors.job import JobActor
 from crane.actors.leftovers import Leftovers
 from crane.actors.node import Send
@@ -24,19 +26,21 @@ from crane.actors.ports import AgentSender, Mailbox
 from crane.actors.streams import Relay
 from crane.actors.waits import Waits
 from crane.config import NodeConf
-from crane.core import dependency as dp
+from crane.core import bulk_cancel
 from crane.core import events as ev
 from crane.core import messages as m
-from crane.core import scheduling as sc
-from crane.core.job import Job, Step
-from crane.core.states import TERMINAL, CancelPath, JobState, PendingReason
+from crane.core.job import CancelIntent, Job, Step
+from crane.core.states import TERMINAL, CancelPath, JobState
 from crane.metrics import LatencyHistogram
 from crane.store import Store
 
 log = logging.getLogger("crane.jobs")
 
-_ENDED_KEY = {s: "jobs_" + s.lower() for s in TERMINAL}
-_PATH_KEY = {p: "cancel_path_" + p for p in CancelPath}
+_ENDED_KEY: dict[str, str] = {s: "jobs_" + s.lower() for s in TERMINAL}
+_PATH_KEY: dict[str | None, str] = {p: "cancel_path_" + p for p in CancelPath}
+# pending jobs cancelled together from this many on are written as one shared
+# patch over their records (Store.put_cancelled); fewer, as whole records
+PATCH_FROM = 64
 
 
 class LateSender:
@@ -69,6 +73,7 @@ class JobTable:
         self._ended: list[int] = []  # ended this loop turn, waiting for one barrier
         self.leftovers = Leftovers()  # ended while their node was DOWN: processes unconfirmed
         self.deps = Dependencies(self)
+        self.pending_cancels = PendingCancels(self)
 
     # ------------------------------------------------------------ the table
 
@@ -93,6 +98,9 @@ class JobTable:
     def job_event(self, job_id: int, event: Any) -> None:
         actor = self.jobs.get(job_id)
         if actor is not None:
+            if type(event) is ev.CancelEv and bulk_cancel.eligible(actor.job, event) and actor.idle():
+                self.pending_cancels.add(actor, event)  # with the others of this turn
+                return
             actor.tell(event)
             if isinstance(event, ev.Allocated) and job_id in self.deps.waiting and not actor.job.held:
                 self.deps.started(job_id)  # after:ID holds once ID starts
@@ -151,27 +159,89 @@ class JobTable:
         self.waits.fire(key, step_answer(job, step))
 
     def ended(self, job: Job) -> None:
+        self._leave(job)
+        self._after_ended([job])
+        self._deps_ended(job)  # last: the table is consistent whatever happens here
+
+    def _leave(self, job: Job) -> None:
+        """Off the table; its final state kept in ``recent`` until committed."""
         if self.jobs.pop(job.id, None) is not None:
             self.active_by_uid[job.uid] -= 1
             if self.active_by_uid[job.uid] <= 0:
                 del self.active_by_uid[job.uid]
         self.recent[job.id] = job.state
-        self.metrics[_ENDED_KEY.get(JobState(job.state)) or "jobs_" + job.state.lower()] += 1
-        if job.cancel:
-            self.metrics[_PATH_KEY.get(job.cancel.path) or "cancel_path_other"] += 1
-            self.cancel_latency.observe(max(0.0, time.time() - float(job.cancel.time or time.time())))
-        for key in self.waits.keys_of_job(job.id):
-            st = job.steps.get(key[1])
-            self.waits.fire(key, st.to_dict() if st is not None else {"state": job.state})
-        for key in [k for k in self.streams.subs if k[0] == job.id]:
-            self.streams.end(key)
-        self._ended.append(job.id)
-        if len(self._ended) == 1:
-            self.loop.call_soon(self._flush_ended)
+
+    def _deps_ended(self, job: Job) -> None:
         try:
-            self.deps.ended(job)  # last: the table is consistent whatever happens here
+            self.deps.ended(job)
         except Exception:
             log.exception("job %d: re-evaluating the dependencies on it failed", job.id)
+
+    def _after_ended(self, jobs: list[Job]) -> None:
+        """Counted, their step waiters and streams answered, and one store
+        barrier (once the actors have run) before their job waiters are woken."""
+        counts: collections.Counter[str] = collections.Counter()
+        for state, n in collections.Counter(job.state for job in jobs).items():
+            counts[_ENDED_KEY.get(state) or "jobs_" + state.lower()] += n
+        cancels: dict[int, tuple[CancelIntent, int]] = {}  # by identity: a batch shares one intent
+        for job in jobs:
+            c = job.cancel
+            if c:
+                got = cancels.get(id(c))
+                cancels[id(c)] = (c, got[1] + 1 if got else 1)
+        now = time.time()
+        for c, n in cancels.values():
+            counts[_PATH_KEY.get(c.path) or "cancel_path_other"] += n
+            latency = max(0.0, now - float(c.time or now))
+            for _ in range(n):
+                self.cancel_latency.observe(latency)
+        self.metrics.update(counts)
+        if self.waits.step_keys:
+            for job in jobs:
+                for key in self.waits.keys_of_job(job.id):
+                    st = job.steps.get(key[1])
+                    self.waits.fire(key, st.to_dict() if st is not None else {"state": job.state})
+        if self.streams.subs:
+            ids = {job.id for job in jobs}
+            for key in [k for k in self.streams.subs if k[0] in ids]:
+                self.streams.end(key)
+        first = not self._ended
+        self._ended += [job.id for job in jobs]
+        if first and self._ended:
+            Actor.when_idle(self._flush_ended)  # once the actors told so far have run: one barrier for all
+
+    def cancel_pending(self, e: ev.CancelEv, actors: list[JobActor]) -> None:
+        """Whole-job cancels of idle pending jobs told one event object
+        (``PendingCancels``): each job as its machine would
+        (crane.core.bulk_cancel), in the order told, and written together,
+        as one store operation (a few jobs: their records)."""
+        now = time.time()
+        intent = bulk_cancel.intent_of(e, now)
+        done: list[Job] = []
+        tell = self.scheduler.tell
+        involved = self.deps.involved
+        debug = log.isEnabledFor(logging.DEBUG)
+        for actor in actors:
+            job = actor.job
+            if not bulk_cancel.eligible(job, e):  # named twice: ended earlier in this batch
+                actor.tell(e)
+                continue
+            bulk_cancel.end_pending(job, intent, e, now)
+            if debug:
+                log.debug("job %d: %s -> %s on CancelEv (cause %d)", job.id, JobState.PENDING, job.state, e.cause)
+            if not job.held:  # a held job is out of the scheduler's queue (its hold, or its submission)
+                tell(ev.Dequeue(job.id, cause=e.cause))
+            done.append(job)
+            self._leave(job)
+            if involved(job):  # in order: what a job's end re-evaluates sees the jobs before it ended
+                self._deps_ended(job)
+        if len(done) < PATCH_FROM:
+            for job in done:
+                self.store.put_job(job.to_dict())
+        else:
+            for fields, ids in bulk_cancel.stored_fields(done):
+                self.store.put_cancelled(fields, bulk_cancel.id_ranges(ids))
+        self._after_ended(done)
 
     def _flush_ended(self) -> None:
         """One store barrier for every job that ended this loop turn: once
@@ -179,9 +249,10 @@ class JobTable:
         ids, self._ended = self._ended, []
 
         def committed() -> None:
+            recent, waited, left = self.recent, self.waits.by_key, self.leftovers
             for job_id in ids:
-                self.recent.pop(job_id, None)
-                if job_id not in self.leftovers:  # else once its node is back and its processes gone
+                recent.pop(job_id, None)
+                if job_id in waited and job_id not in left:  # else once its node is back and its processes gone
                     self.waits.fire(job_id)
 
         self.store.barrier(committed)
@@ -221,172 +292,39 @@ class JobTable:
                                    "crun gone", grace=kill_wait))  # fmt: skip
 
 
-# ---------------------------------------------------------------- dependencies and arrays
+class PendingCancels(Actor):
+    """The whole-job cancels of idle pending jobs told in one loop turn
+    (``JobTable.job_event``), handled together in one turn of this actor:
+    told once per batch, it runs among the job actors, so a request waiting
+    for its jobs (``after_persisted``) also waits for these, and a job's
+    later mail (its actor was idle) comes after its cancel."""
 
-
-class Dependencies:
-    """The jobs whose ``--dependency`` is not met yet, re-evaluated when a
-    job they name starts or ends (no polling); the scheduler keeps them out
-    of its passes through a ``Gate`` (reason Dependency, or
-    DependencyNeverSatisfied: pending until cancelled, as Slurm). Also the
-    live tasks of each array (an array id stands for all its tasks)."""
+    __slots__ = ("table", "queued")
 
     def __init__(self, table: JobTable) -> None:
+        super().__init__()
         self.table = table
-        self.waiting: dict[int, set[int]] = {}  # job named -> pending jobs whose dependency names it
-        # dependent -> (its dependency, ids named, its (uid, name) if singleton)
-        self.watched: dict[int, tuple[dp.Dependency, list[int], tuple[int, str] | None]] = {}
-        self.singletons: dict[tuple[int, str], set[int]] = {}  # (uid, name) -> dependents with singleton
-        self.array_live: collections.Counter[int] = collections.Counter()  # array id -> active tasks
-        self.array_count: dict[int, int] = {}  # array id -> task count (while tasks are active)
-        # jobs named by each user's waiting dependents, counted once per dependent: a job's
-        # start or end re-evaluates every dependent naming it, so this total bounds that work
-        # (submit refuses past dp.MAX_USER_DEPENDENCY_REFS)
-        self.user_refs: collections.Counter[int] = collections.Counter()
-        self.refs_of: dict[int, tuple[int, int]] = {}  # dependent -> (uid, jobs it names)
+        self.queued: list[tuple[ev.CancelEv, list[JobActor]]] = []  # in order, by event told
 
-    # ------------------------------------------------------------ arrays
+    def add(self, actor: JobActor, e: ev.CancelEv) -> None:
+        q = self.queued
+        if q and q[-1][0] is e:
+            q[-1][1].append(actor)
+            return
+        q.append((e, [actor]))
+        if len(q) == 1:
+            self.tell(None)
 
-    def array_added(self, job: Job) -> None:
-        aid = job.array_job_id
-        self.array_live[aid] += 1
-        self.array_count[aid] = max(job.array_task_count, 1)
-        if job.array_limit:
-            self.table.scheduler.tell(sc.ArrayTask(job.id, aid, job.array_limit))
-
-    def tasks(self, job_id: int) -> list[int]:
-        """The jobs ``job_id`` stands for: every task when it is an array id."""
-        count = self.array_count.get(job_id)
-        if count is None:
-            rec = self.table.store.get_job(job_id) if job_id not in self.table.jobs else None
-            job = self.table.get(job_id)
-            if job is not None and job.array_job_id == job_id:
-                count = job.array_task_count
-            elif rec is not None and rec.get("array_job_id") == job_id:
-                count = int(rec.get("array_task_count") or 1)
-        return list(range(job_id, job_id + count)) if count and count > 1 else [job_id]
-
-    # ------------------------------------------------------------ evaluation
-
-    def status(self, job_id: int, starting: int = 0) -> dp.Status:
-        actor = self.table.jobs.get(job_id)
-        if actor is not None:
-            st = actor.job.state
-            if st == JobState.PENDING and job_id != starting:
-                return dp.Status.PENDING
-            return dp.Status.STARTED
-        state = self.table.recent.get(job_id)
-        if state is None:
-            rec = self.table.store.get_job(job_id)
-            state = rec.get("state") if rec else None
-        if state is None or state not in TERMINAL:
-            return dp.Status.UNKNOWN
-        return dp.Status.OK if state == JobState.COMPLETED else dp.Status.NOTOK
-
-    def singleton_clear(self, job: Job, seen: dict[tuple[int, str], tuple[int, set[int]]] | None = None) -> bool:
-        """No other job of the same user and name runs, or is queued ahead.
-        ``seen``: what one pass over the jobs found for each (uid, name),
-        shared by the evaluations of one event (a job's end re-evaluates
-        every singleton of its name: one pass each was N x M work)."""
-        key = (job.uid, job.name)
-        if seen is None:
-            seen = {}
-        if key not in seen:
-            first, started = 2**63, set()  # the smallest id of that user's jobs of that name
-            for a in self.table.jobs.values():
-                o = a.job
-                if o.uid == job.uid and o.name == job.name:
-                    first = min(first, o.id)
-                    if o.state != JobState.PENDING:
-                        started.add(o.id)
-            seen[key] = (first, started)
-        first, started = seen[key]
-        return first >= job.id and not (started - {job.id})
-
-    def outcome(self, job: Job, dep: dp.Dependency, starting: int = 0,
-                seen: dict[tuple[int, str], tuple[int, set[int]]] | None = None) -> dp.Outcome:  # fmt: skip
-        clear = self.singleton_clear(job, seen) if dep.singleton else True
-        return dp.evaluate(dep, lambda i: [self.status(t, starting) for t in self.tasks(i)], clear)
-
-    def watch(self, job: Job) -> None:
-        """A pending job with a dependency enters (submitted or recovered)."""
+    def receive(self, msg: Any) -> None:
+        batch, self.queued = self.queued, []
+        was = gc.isenabled()
+        gc.disable()  # no collection over every job while thousands end
         try:
-            dep = dp.parse(job.dependency)
-        except ValueError as e:  # accepted at submission: a record from elsewhere
-            log.error("job %d: %s: ignored", job.id, e)
-            return
-        result = self.outcome(job, dep)
-        if result == dp.Outcome.MET:
-            return
-        self._gate(job.id, result)
-        if result == dp.Outcome.WAIT:
-            named = [t for i in dep.ids for t in self.tasks(i)]
-            key = (job.uid, job.name) if dep.singleton else None
-            self.watched[job.id] = (dep, named, key)
-            self.user_refs[job.uid] += len(named)
-            self.refs_of[job.id] = (job.uid, len(named))
-            for t in named:
-                self.waiting.setdefault(t, set()).add(job.id)
-            if key is not None:
-                self.singletons.setdefault(key, set()).add(job.id)
+            for e, actors in batch:
+                self.table.cancel_pending(e, actors)
+        finally:
+            if was:
+                gc.enable()
 
-    def _gate(self, job_id: int, result: dp.Outcome) -> None:
-        reason = {dp.Outcome.MET: "", dp.Outcome.WAIT: PendingReason.DEPENDENCY,
-                  dp.Outcome.NEVER: PendingReason.DEPENDENCY_NEVER_SATISFIED}[result]  # fmt: skip
-        self.table.scheduler.tell(sc.Gate(job_id, reason))
-
-    def _unwatch(self, job_id: int) -> None:
-        got = self.watched.pop(job_id, None)
-        if got is None:
-            return
-        uid, n = self.refs_of.pop(job_id, (0, 0))
-        self.user_refs[uid] -= n
-        if self.user_refs[uid] <= 0:
-            del self.user_refs[uid]
-        for t in got[1]:
-            w = self.waiting.get(t)
-            if w is not None:
-                w.discard(job_id)
-                if not w:
-                    del self.waiting[t]
-        key = got[2]
-        if key is not None:
-            s = self.singletons.get(key)
-            if s is not None:
-                s.discard(job_id)
-                if not s:
-                    del self.singletons[key]
-
-    def reevaluate(self, dependents: set[int], starting: int = 0) -> None:
-        seen: dict[tuple[int, str], tuple[int, set[int]]] = {}  # one pass over the jobs per (uid, name)
-        for jid in sorted(dependents):
-            got = self.watched.get(jid)
-            job = self.table.get(jid)
-            if got is None or job is None:
-                continue
-            result = self.outcome(job, got[0], starting, seen)
-            if result != dp.Outcome.WAIT:
-                self._unwatch(jid)
-                self._gate(jid, result)
-
-    # ------------------------------------------------------------ events
-
-    def started(self, job_id: int) -> None:
-        self.reevaluate(set(self.waiting.get(job_id, ())), starting=job_id)
-
-    def ended(self, job: Job) -> None:
-        if job.id in self.watched:
-            self._unwatch(job.id)
-        if job.dependency or job.array_limit:
-            self.table.scheduler.tell(sc.Forget(job.id))
-        aid = job.array_job_id
-        if aid and aid in self.array_live:
-            self.array_live[aid] -= 1
-            if self.array_live[aid] <= 0:
-                del self.array_live[aid]
-                self.array_count.pop(aid, None)
-        todo = set(self.waiting.get(job.id, ()))
-        if self.singletons:
-            todo |= self.singletons.get((job.uid, job.name), set())
-        if todo:
-            self.reevaluate(todo)
+    def describe(self) -> str:
+        return "pending cancels"

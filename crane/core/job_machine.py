@@ -20,6 +20,7 @@ from typing import Any
 from crane.core import events as ev
 from crane.core import messages as m
 from crane.core import patterns
+from crane.core.bulk_cancel import end_pending, intent_of
 from crane.core.ids import compress_nodes
 from crane.core.job import (
     CancelIntent,
@@ -289,17 +290,12 @@ class JobMachine:
                 j.cancel.force = True  # escalate a graceful kill in progress
                 return self._kill_nodes(j.cancel, cleanup=False) + [ev.Persist()]
             return []  # duplicate cancel: harmless
-        j.cancel = CancelIntent(
-            by_uid=e.by_uid, by_name=e.by_name, path=e.path, message=e.message,
-            time=now, force=e.force, graceful=e.graceful, grace=e.grace,
-            end_state=e.end_state, rid=e.rid, requeue=e.requeue, reason=e.reason,
-        )  # fmt: skip
+        if j.state == S.PENDING:  # no processes: the record alone (also in bulk: crane.core.bulk_cancel)
+            end_pending(j, intent_of(e, now), e, now)
+            return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Terminal()]
+        j.cancel = intent_of(e, now)
         if e.reason:
             j.reason = e.reason
-        if j.state == S.PENDING:
-            j.start_time = j.end_time = now
-            j.state = S.COMPLETED if e.end_state == EndState.FINISHED else S.CANCELLED
-            return [ev.ToScheduler(ev.Dequeue(j.id)), ev.Persist(), ev.Terminal()]
         if e.graceful:  # running steps finish; no new ones start
             j.reason = PendingReason.CANCEL_PENDING_GRACEFUL
             return [ev.ToScheduler(ev.Ending(j.id)), ev.Persist()]
