@@ -4,6 +4,9 @@ the table and write bench/results/latest.json (+ profile_*.txt).
     python -m bench                 # default sizes, < 10 minutes on 2 cores
     python -m bench --full          # 100,000 pending jobs for the mass cancel
     python -m bench --only cancel1,preempt --no-profile
+    python -m bench --with-slurm    # the Slurm anchor (../shared/anchor-slurm) first, then ours:
+                                    # one side-by-side table -> bench/results/side_by_side.md
+    python -m bench --with-slurm --quick   # a short smoke of the same (few rounds, small sizes)
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from bench.common import LEAKS, RESULTS, Result, log, machine, raise_fd_limit
 GROUPS = {
     "cancel1": (
         scenarios.cancel_one,
-        ["cancel_cli_dead", "cancel_cli_visible", "cancel_api_done", "ccancel_wall"],
+        [
+            "floor_bare",
+            "floor",
+            "cancel_cli_dead",
+            "cancel_cli_visible",
+            "cancel_cli_visible_acct",
+            "cancel_api_done",
+            "ccancel_wall",
+            "cqueue_wall",
+        ],  # fmt: skip
     ),
     "queue": (
         scenarios.queue_scale,
@@ -33,7 +45,8 @@ GROUPS = {
     "preempt": (scenarios.preemption, ["preemption"]),
     "idle": (scenarios.idle_agents, ["idle_agents_cpu"]),
 }
-ORDER = ["cancel_cli_dead", "cancel_cli_visible", "cancel_api_done", "ccancel_wall", "cancel_pending_user",
+ORDER = ["floor_bare", "floor", "cancel_cli_dead", "cancel_cli_visible", "cancel_cli_visible_acct",
+         "cancel_api_done", "ccancel_wall", "cqueue_wall", "cancel_pending_user",
          "cancel_running", "preemption", "submit_api", "submit_cbatch_single", "memory_per_job", "idle_agents_cpu"]  # fmt: skip
 
 
@@ -65,7 +78,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help=f"comma list of {','.join(GROUPS)},profile")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", default=os.path.join(RESULTS, "latest.json"))
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--with-slurm",
+        action="store_true",
+        help="run the Slurm anchor first (then stop it), then ours (by default the groups of the "
+        "side-by-side table, 100,000 pending jobs, no profiles); print and write the side-by-side table",
+    )
+    ap.add_argument("--quick", action="store_true", help="a short smoke: few rounds, small sizes")
+    ap.add_argument(
+        "--no-scaling", action="store_true", help="with --with-slurm: skip the scaling table"
+    )
+    ap.add_argument(
+        "--slurm-pending", type=int, default=1000, help="Slurm: held jobs for its mass cancel"
+    )
+    ap.add_argument("--slurm-pending-reps", type=int, default=3)
+    ap.add_argument(
+        "--slurm-running", type=int, default=256, help="Slurm: running jobs for its mass cancel"
+    )
+    ap.add_argument("--slurm-running-reps", type=int, default=2)
+    ap.add_argument("--side-md", default=os.path.join(RESULTS, "side_by_side.md"))
+    opts = ap.parse_args(argv)
+    given = {
+        a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")
+    }
+    if opts.quick:
+        for k, v in QUICK.items():
+            if f"--{k.replace('_', '-')}" not in given:
+                setattr(opts, k, v)
+    if opts.with_slurm:
+        if "--only" not in given:
+            opts.only = ",".join(SIDE_GROUPS)
+        if "--pending" not in given and not opts.quick:
+            opts.pending = 100_000
+    return opts
+
+
+# --quick: sizes for a smoke run (each can still be given explicitly)
+QUICK = {"rounds": 3, "pending": 2000, "singles": 10, "agents": 10, "agent_cpus": 4, "running_rounds": 1,
+         "idle_agents": 50, "idle_seconds": 3, "slurm_pending": 200, "slurm_pending_reps": 1,
+         "slurm_running": 16, "slurm_running_reps": 1, "no_profile": True}  # fmt: skip
+SIDE_GROUPS = ["cancel1", "queue", "running"]  # what the side-by-side table needs
 
 
 def fmt(v: float | None, unit: str) -> str:
@@ -138,6 +190,135 @@ def details(results: list[Result]) -> str:
     return "\n".join(out)
 
 
+def run_slurm(opts: argparse.Namespace) -> dict[str, Any]:
+    """The Slurm anchor's column; its daemons are stopped before ours start."""
+    from bench import slurm_side
+
+    why = slurm_side.available()
+    if why:
+        log(f"slurm: not run: {why}")
+        return {"figures": {}, "errors": {"anchor": why}, "version": "-", "seconds": 0}
+    t0 = time.monotonic()
+    try:
+        out = slurm_side.run(opts)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        traceback.print_exc()
+        out = {
+            "figures": {},
+            "errors": {"anchor": f"{type(e).__name__}: {e}"[:300]},
+            "version": "-",
+        }
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    log(f"slurm: part took {out['seconds']:.1f}s")
+    return out
+
+
+def run_scaling(opts: argparse.Namespace) -> dict[str, Any]:
+    """The scaling table: a mass cancel of 1k -> 10k -> 100k pending jobs
+    (bench/scaling.py) and 2,000 running jobs over 10 -> 100 -> 1,000 fake
+    agents (bench/scaling_agents.py), controller side, over the API."""
+    from bench import scaling_agents
+    from bench import side_by_side as sbs
+
+    t0 = time.monotonic()
+    rows: list[sbs.ScaleRow] = []
+    out: dict[str, Any] = {}
+    try:
+        from bench import scaling
+
+        q = opts.quick
+        ns = argparse.Namespace(sizes=[1000, 10_000] if q else [1000, 10_000, 100_000],
+                                runs=3 if q else 10, big_runs=1 if q else 3)  # fmt: skip
+        out["pending"] = scaling.pending_figures(ns)
+        rows += sbs.scale_rows_pending(out["pending"])
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        traceback.print_exc()
+        rows.append(
+            sbs.ScaleRow(
+                "cancel pending jobs by filter", "-", 0, [], [], f"{type(e).__name__}: {e}"
+            )
+        )
+    sizes, jobs = ((10, 100), 200) if opts.quick else ((10, 100, 1000), 2000)
+    rounds = {n: 3 for n in sizes} if opts.quick else None
+    out["agents"] = scaling_agents.run(sizes, jobs, rounds)
+    rows += sbs.scale_rows_agents(out["agents"])
+    heading = ["Scaling (same run, controller side, over the bench's API connection; 0.5 ms resolution): one "
+               "Cancel by user, until WaitJobs answers. Fake agents: one helper process answering launches and "
+               "kills at once (bench/scaling_agents.py), so these rows are the controller's and the messages' "
+               "share only."]  # fmt: skip
+    out["md"] = sbs.scaling_markdown(rows, heading)
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    log(f"scaling took {out['seconds']:.1f}s")
+    return out
+
+
+ROW_NOTES = {
+    "cqueue_wall": ["one running job in the queue on both sides"],
+    "cancel_dead": ["Slurm: measure.py's test_single (the job's shell and children polled every 1 ms while its "
+                    "scontrol/squeue/sacct pollers run); Crane: the step's pid polled every 0.5 ms"],
+    "visible_queue": ["Slurm: the end of the first `scontrol show job` showing CANCELLED (polled every 5 ms, the "
+                      "command's own time included); Crane: cqueue's query (the active queue) over the bench's API "
+                      "connection every 0.5 ms, showing the job CANCELLED or no longer listing it"],
+    "visible_acct": ["Slurm: the first `sacct` showing CANCELLED (as above); Crane: cacct's query (the history) "
+                     "showing CANCELLED"],
+    "server_side": ["Crane only: API Cancel + WaitJobs on the bench's persistent connection (two local round trips "
+                    "included)"],
+    "mass_pending": ["Slurm: measure.py's test_pending: N held jobs submitted by 8 parallel sbatch, `scancel -u "
+                     "root` until squeue lists none; Crane: N held jobs, one `ccancel -u root`, until WaitJobs says "
+                     "all terminal and persisted; jobs/s = N / that time"],
+    "cancel_running": ["Slurm: measure.py's test_running (until processes and slurmstepd gone, squeue and sacct "
+                       "show it); Crane: `sleep 300` jobs on real agents, `ccancel -v --wait -t R` until it exits "
+                       "(terminal, processes gone, persisted); jobs/s = jobs / that time"],
+    "cbatch_seq": ["per command, one after the other: 1000 / wall ms of `sbatch --hold -o /dev/null --wrap true` / "
+                   "`cbatch --hold --wrap true -o /dev/null`"],
+}  # fmt: skip
+
+
+def side_table(results: list[Result], slurm: dict[str, Any] | None, scaling: dict[str, Any] | None,
+               info: dict[str, Any], total: float, opts: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    from bench import side_by_side as sbs
+
+    crane = sbs.crane_figures([r.to_json() for r in results])
+    sfig = {k: sbs.Figure(list(v[0]), v[1]) for k, v in (slurm or {}).get("figures", {}).items()}
+    rows = sbs.build_rows(crane, sfig, ROW_NOTES)
+    floor = sbs.floor_of(rows)
+    how = "`python -m bench --with-slurm" + (" --quick`" if opts.quick else "`")
+    heading = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {info['cpu_model']} ({info['cores']} cores, "
+        f"{(info['memory_bytes'] or 0) / 2**30:.0f} GiB), kernel {info['kernel']}, Python {info['python']}, "
+        f"cgroup {info['cgroup_mode']}; {how}, one run, total {total / 60:.1f} min; load average at start "
+        f"{info['loadavg_at_start'][0]:.2f}, at end {info['loadavg_at_end'][0]:.2f}.",
+    ]
+    if slurm is not None:
+        heading.append(
+            f"Slurm: {slurm.get('version', '-')} from Debian, the anchor of ../shared/anchor-slurm (16 slurmd x 16 "
+            f"CPUs on this host, munge, slurmdbd + MariaDB), measured first ({slurm.get('seconds', 0):.0f} s), "
+            "its daemons stopped before ours started."
+        )
+    heading.append(
+        "Each cell: median (p99, n runs): nearest-rank p99, which with fewer than 100 runs is the slowest run "
+        "(for rates the slowest); min-max where fewer than 10 runs were possible. Whole-command walls: "
+        "fork+exec+wait timed from outside, after a warm-up run. Crane/Slurm: ratio of the medians. Goals "
+        f"from the floor measured in this run ({'-' if floor is None else f'{floor:.1f} ms'})."
+    )
+    notes: list[str] = []
+    for k, e in ((slurm or {}).get("errors") or {}).items():
+        notes.append(f"- Slurm {k}: FAILED: {' '.join(str(e).split())}")
+    for r in results:
+        if r.error:
+            notes.append(f"- Crane {r.key}: FAILED: {' '.join(r.error.split())}")
+    md = sbs.markdown(rows, floor, heading)
+    if notes:
+        md += "\n" + "\n".join(notes) + "\n"
+    if scaling is not None:
+        md += "\n" + str(scaling.get("md") or scaling.get("error") or "") + "\n"
+    return {"md": md, "json": sbs.to_json(rows, floor)}
+
+
 def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
     if opts.full:
@@ -158,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     log(f"machine: {info['cpu_model']}, {info['cores']} cores, kernel {info['kernel']}, "
         f"python {info['python']}, cgroup {info['cgroup_mode']}")  # fmt: skip
     t_start = time.monotonic()
+    slurm: dict[str, Any] | None = None
+    if opts.with_slurm:
+        slurm = run_slurm(opts)
     results: list[Result] = []
     for group, (fn, keys) in GROUPS.items():
         if only and group not in only:
@@ -187,8 +371,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
             profiles = [{"error": f"{type(e).__name__}: {e}"}]
         log(f"profiles took {time.monotonic() - t0:.1f}s")
+    scaling = run_scaling(opts) if opts.with_slurm and not opts.no_scaling else None
     total = time.monotonic() - t_start
     info["loadavg_at_end"] = list(os.getloadavg())
+    side = side_table(results, slurm, scaling, info, total, opts)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "total_s": round(total, 1),
@@ -197,6 +383,9 @@ def main(argv: list[str] | None = None) -> None:
         "results": [r.to_json() for r in results],
         "profiles": profiles,
         "leaked_processes": LEAKS,
+        "slurm": slurm,
+        "side_by_side": side["json"],
+        "scaling": scaling,
     }
     with open(opts.out, "w") as f:
         json.dump(doc, f, indent=1)
@@ -224,6 +413,12 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"LEAK: cluster {leak['cluster']}: {len(leak['pids'])} job processes outlived down() (killed)"
         )
+    print()
+    print(side["md"])
+    if opts.with_slurm:
+        with open(opts.side_md, "w") as f:
+            f.write(side["md"])
+        print(f"written: {opts.side_md}")
     print(f"\nwritten: {opts.out}")
 
 

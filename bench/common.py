@@ -84,6 +84,36 @@ class Result:
         return d
 
 
+def whole_command_ms(argv: list[str], env: dict[str, str] | None = None,
+                     cwd: str | None = None) -> tuple[float, int]:  # fmt: skip
+    """Wall time of a whole command, from outside: fork + exec + wait, timed
+    with perf_counter (ms), and its exit code."""
+    t0 = time.perf_counter()
+    rc = subprocess.call(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd
+    )
+    return round(1000.0 * (time.perf_counter() - t0), 3), rc
+
+
+def floor_commands(python: str = sys.executable) -> dict[str, list[str]]:
+    """The Python floor of issue 16: a bare interpreter, and the least a
+    command needs (socket + msgpack, with this venv's site-packages put on
+    sys.path by hand since -I -S skips site)."""
+    import sysconfig
+
+    site = sysconfig.get_paths()["purelib"]
+    return {
+        "floor_bare": [python, "-I", "-S", "-c", "pass"],
+        "floor": [
+            python,
+            "-I",
+            "-S",
+            "-c",
+            f"import sys; sys.path.append({site!r}); import socket, msgpack",
+        ],
+    }
+
+
 # ---------------------------------------------------------------- machine
 
 

@@ -22,11 +22,15 @@ from bench.common import (
     Result,
     cluster,
     exec_done,
+    floor_commands,
     log,
+    median,
     pid_alive,
     wait_until,
+    whole_command_ms,
 )
 from crane.core import messages as m
+from crane.core.states import JobState
 
 POLL = 0.0005  # the 0.5 ms poll of the issue's method
 Opts = Any  # argparse.Namespace
@@ -60,6 +64,9 @@ def cancel_one(opts: Opts) -> list[Result]:
     dead_ms: list[float] = []
     cli_exit_ms: list[float] = []
     visible_ms: list[float] = []
+    visible_acct_ms: list[float] = []
+    floor_ms: dict[str, list[float]] = {k: [] for k in floor_commands()}
+    cqueue_ms: list[float] = []
     api_reply_ms: list[float] = []
     api_done_ms: list[float] = []
     notfound_ms: list[float] = []
@@ -104,7 +111,8 @@ def cancel_one(opts: Opts) -> list[Result]:
                 dead_ms.append(_ms(dead - t0))
                 cli_exit_ms.append(_ms(exited - t0))
 
-        # --- 2: CLI start -> CANCELLED visible (active queue drops it; history shows CANCELLED)
+        # --- 2: CLI start -> CANCELLED visible: to cqueue (its query, the active queue, shows
+        # it CANCELLED or no longer lists it) and to cacct (its query, the history, shows CANCELLED)
         log(f"scenario 2: ccancel ID -> CANCELLED visible, {rounds} rounds (+{warm} warm-up)")
         api = c.api()
         for r in range(rounds + warm):
@@ -113,23 +121,31 @@ def cancel_one(opts: Opts) -> list[Result]:
             time.sleep(0.02)
             q = m.QueryJobs({"jobs": [jid]})
             qh = m.QueryJobs({"jobs": [jid]}, history=True)
+            seen: dict[str, float] = {}
 
-            def visible(q: m.QueryJobs = q, qh: m.QueryJobs = qh) -> bool:
-                jobs = api(q)["jobs"]
-                if jobs:
-                    return bool(jobs[0]["state"] == "CANCELLED")
-                jobs = api(qh)["jobs"]
-                return bool(jobs and jobs[0]["state"] == "CANCELLED")
+            def visible(
+                q: m.QueryJobs = q, qh: m.QueryJobs = qh, seen: dict[str, float] = seen
+            ) -> bool:
+                if "queue" not in seen:
+                    jobs = api(q)["jobs"]
+                    if not jobs or jobs[0]["state"] == JobState.CANCELLED:
+                        seen["queue"] = time.perf_counter()
+                if "acct" not in seen:
+                    jobs = api(qh)["jobs"]
+                    if jobs and jobs[0]["state"] == JobState.CANCELLED:
+                        seen["acct"] = time.perf_counter()
+                return len(seen) == 2
 
             t0 = time.perf_counter()
             p = subprocess.Popen(
                 [ccancel, str(jid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
             )
-            t1 = _poll_until(visible, 30, f"job {jid} CANCELLED")
+            _poll_until(visible, 30, f"job {jid} CANCELLED")
             p.wait(30)
             _wait_done(c, [jid])
             if r >= warm:
-                visible_ms.append(_ms(t1 - t0))
+                visible_ms.append(_ms(seen["queue"] - t0))
+                visible_acct_ms.append(_ms(seen["acct"] - t0))
 
         # --- 3: API Cancel -> reply (intent on disk), + WaitJobs -> terminal, processes gone, persisted
         log(f"scenario 3: API Cancel + WaitJobs, {rounds} rounds (+{warm} warm-up)")
@@ -155,15 +171,29 @@ def cancel_one(opts: Opts) -> list[Result]:
         for r in range(rounds + warm):
             jid = c.submit(c.spec())[0]
             c.running_pid(jid)
+            floor_round(floor_ms, r >= warm)  # the floor under the same conditions, just before
             time.sleep(0.02)
-            t0 = time.perf_counter()
-            r2 = subprocess.run([ccancel, str(jid)], capture_output=True, env=env)
-            dt = time.perf_counter() - t0
-            if r2.returncode != 0:
-                raise RuntimeError(f"ccancel {jid} -> {r2.returncode}: {r2.stderr.decode()}")
+            dt, rc = whole_command_ms([ccancel, str(jid)], env=env)
+            if rc != 0:
+                raise RuntimeError(f"ccancel {jid} -> {rc}")
             _wait_done(c, [jid])
             if r >= warm:
-                wall_ms.append(_ms(dt))
+                wall_ms.append(dt)
+        # cqueue whole-command wall, one running job in the queue (as squeue's on the Slurm side);
+        # a failing cqueue is this figure's error only
+        cqueue = os.path.join(BIN, "cqueue")
+        c.running_pid(c.submit(c.spec())[0])
+        cqueue_err = ""
+        for r in range(rounds + warm):
+            floor_round(floor_ms, r >= warm)
+            dt, rc = whole_command_ms([cqueue], env=env)
+            if rc != 0:
+                err = subprocess.run([cqueue], capture_output=True, text=True, env=env).stderr
+                cqueue_err = f"cqueue -> {rc}: {(err.strip().splitlines() or [''])[-1]}"[:300]
+                break
+            if r >= warm:
+                cqueue_ms.append(dt)
+        api(m.Cancel(filters={"user": "root"}))
         for _ in range(rounds):
             t0 = time.perf_counter()
             r2 = subprocess.run([ccancel, "999999"], capture_output=True, env=env)
@@ -180,13 +210,17 @@ def cancel_one(opts: Opts) -> list[Result]:
         imports = import_costs(env)
 
     base = "1 node x 4 cpus, job `sleep 300`, 1 warm-up round dropped"
-    return [
+    return floor_results(floor_ms) + [
         Result("cancel_cli_dead", "cancel one running job: CLI start -> all processes dead", "ms", dead_ms,
                "<= 30 ms", True, 30.0, note=base + "; `ccancel ID` subprocess, step pid polled every 0.5 ms"),
         Result("cancel_cli_visible", "same: CLI start -> CANCELLED visible in the queue", "ms", visible_ms,
                "<= 40 ms", True, 40.0,
                note=base + "; polled over the bench's API connection every 0.5 ms: active queue, then "
                "history (a terminal job leaves the active queue at once; cacct shows it once committed)"),
+        Result("cancel_cli_visible_acct", "same: CLI start -> CANCELLED visible to cacct (history query)", "ms",
+               visible_acct_ms, "<= floor + 15 ms", True, None, note=base + "; polled as scenario 2"),
+        Result("cqueue_wall", "`cqueue` whole command wall time", "ms", cqueue_ms, "<= 1.5 x floor", True, None,
+               note="one running job in the queue; fork+exec+wait, the bench idle meanwhile", error=cqueue_err),
         Result("cancel_api_done", "same, server side: request in -> processes dead -> persisted", "ms", api_done_ms,
                "<= 5 ms", True, 5.0,
                variant="measured outside: API Cancel + WaitJobs round trips (2 x ~0.25 ms zmq floor included)",
@@ -259,6 +293,39 @@ def _rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
+def _one_line(text: str) -> str:
+    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+    return (lines[-1] if lines else "")[:200]
+
+
+def _cbatch_runs(c: BenchCluster, opts: Opts) -> dict[str, Any]:
+    """`cbatch --hold --repeat 10000`, then ``opts.singles`` single `cbatch --hold`
+    one after the other (whole-command walls)."""
+    k = 10_000
+    out: dict[str, Any] = {"repeat_rate": None, "single_ms": [], "single_rate": None, "error": ""}
+    log(f"scenario 8b: cbatch --hold --repeat {k}; then {opts.singles} single cbatch")
+    t0 = time.perf_counter()
+    r = subprocess.run(c.cli("cbatch", "--hold", "--repeat", str(k), "--wrap", "true", "-o", "/dev/null"),
+                       capture_output=True, text=True, env=c.env(), cwd=c.workdir)  # fmt: skip
+    if r.returncode != 0:
+        out["error"] = f"cbatch --repeat -> {r.returncode}: {_one_line(r.stderr)}"
+        return out
+    out["repeat_rate"] = round(k / (time.perf_counter() - t0), 1)
+    argv = c.cli("cbatch", "--hold", "--wrap", "true", "-o", "/dev/null")
+    t_all = time.perf_counter()
+    for _ in range(opts.singles):
+        dt, rc = whole_command_ms(argv, env=c.env(), cwd=c.workdir)
+        if rc != 0:
+            err = subprocess.run(
+                argv, capture_output=True, text=True, env=c.env(), cwd=c.workdir
+            ).stderr
+            out["error"] = f"cbatch -> {rc}: {_one_line(err)}"
+            return out
+        out["single_ms"].append(dt)
+    out["single_rate"] = round(opts.singles / (time.perf_counter() - t_all), 1)
+    return out
+
+
 def queue_scale(opts: Opts) -> list[Result]:
     n = 100_000 if opts.full else opts.pending
     chunk = 10_000
@@ -296,7 +363,7 @@ def queue_scale(opts: Opts) -> list[Result]:
         )
         t1 = time.perf_counter()
         if r.returncode != 0:
-            raise RuntimeError(f"ccancel -u root -> {r.returncode}: {r.stderr}")
+            raise RuntimeError(f"ccancel -u root -> {r.returncode}: {_one_line(r.stderr)}")
         _wait_done(c, ids, timeout=600)
         t2 = time.perf_counter()
         left_active = len(api(m.QueryJobs({"states": ["PENDING"]}))["jobs"])
@@ -304,23 +371,8 @@ def queue_scale(opts: Opts) -> list[Result]:
         cancel_reply, cancel_all = t1 - t0, t2 - t0
         log(f"  reply after {cancel_reply:.2f}s, all terminal after {cancel_all:.2f}s")
 
-        # --- 8b: cbatch --repeat, and one cbatch per job
-        k = 10_000
-        log(f"scenario 8b: cbatch --hold --repeat {k}; then {opts.singles} single cbatch")
-        t0 = time.perf_counter()
-        r = subprocess.run(c.cli("cbatch", "--hold", "--repeat", str(k), "--wrap", "true", "-o", "/dev/null"),
-                           capture_output=True, text=True, env=c.env(), cwd=c.workdir)  # fmt: skip
-        cbatch_repeat_rate = k / (time.perf_counter() - t0)
-        assert r.returncode == 0, r.stderr
-        single_ms = []
-        t_all = time.perf_counter()
-        for _ in range(opts.singles):
-            t0 = time.perf_counter()
-            r = subprocess.run(c.cli("cbatch", "--hold", "--wrap", "true", "-o", "/dev/null"),
-                               capture_output=True, text=True, env=c.env(), cwd=c.workdir)  # fmt: skip
-            single_ms.append(_ms(time.perf_counter() - t0))
-            assert r.returncode == 0, r.stderr
-        single_rate = opts.singles / (time.perf_counter() - t_all)
+        # --- 8b: cbatch --repeat, and one cbatch per job (a failing cbatch is these figures' error only)
+        cb = _cbatch_runs(c, opts)
 
     # the target is stated for 100,000 jobs in <= 2 s: compare the rate (50,000 jobs/s)
     rate = n / cancel_all
@@ -337,11 +389,13 @@ def queue_scale(opts: Opts) -> list[Result]:
                note="held jobs; one CLI request; then WaitJobs over the API", extra=pend_extra),
         Result("submit_api", f"submission: SubmitJob(repeat={chunk}) (held jobs)", "jobs/s", submit_rates,
                ">= 10,000 jobs/s", False, 10_000.0, note=f"{len(submit_rates)} requests of {chunk} held jobs",
-               extra={"cbatch_repeat_10000_jobs_s": round(cbatch_repeat_rate, 1)}),
+               extra={"cbatch_repeat_10000_jobs_s": cb["repeat_rate"]}),
         Result("submit_cbatch_single", f"submission: one `cbatch` per job ({opts.singles} jobs)", "jobs/s",
-               [round(single_rate, 1)], "(sbatch: 370 jobs/s)", False, None,
-               note="sequential CLI processes; no target in the issue (Slurm reference 370 jobs/s)",
-               extra={"per_command_ms_median": statistics.median(single_ms), "per_command_ms_max": max(single_ms)}),
+               [cb["single_rate"]] if cb["single_rate"] else [], "(sbatch: 370 jobs/s)", False, None,
+               note="sequential CLI processes (fork+exec+wait each); no target in the issue (Slurm reference 370 "
+               "jobs/s)", error=cb["error"],
+               extra={"per_command_ms_median": median(cb["single_ms"]), "per_command_ms_max": max(cb["single_ms"], default=None),
+                      "per_command_ms": cb["single_ms"]}),
         Result("memory_per_job", "controller memory per queued job", "B/job", [round(per_job, 1)], "<= 2 KB",
                True, 2048.0, note=f"cranectld RSS before/after queueing {n} held jobs (psutil), divided",
                extra={"rss_before": rss0, "rss_after": rss1}),
@@ -599,4 +653,29 @@ def idle_agents(opts: Opts) -> list[Result]:
                note=f"cranectld cpu_percent (psutil) sampled each second for {opts.idle_seconds} s; "
                f"HeartbeatInterval {extra.get('heartbeat_interval_s')} s; CurveZMQ on (the local default); "
                "extra.without_curve: the same with Auth.CurveKeyDir unset", extra=extra),
+    ]  # fmt: skip
+
+
+# ====================================================================== the floor (issue 16)
+
+
+def floor_round(got: dict[str, list[float]], keep: bool) -> None:
+    """One run of each floor command (``common.floor_commands``), interleaved
+    with the commands measured against it so both see the same machine."""
+    for k, argv in floor_commands().items():
+        dt, rc = whole_command_ms(argv)
+        if rc != 0:
+            raise RuntimeError(f"{' '.join(argv)} -> {rc}")
+        if keep:
+            got[k].append(dt)
+
+
+def floor_results(got: dict[str, list[float]]) -> list[Result]:
+    cmds = floor_commands()
+    how = "whole-process walls, one run of each just before each `ccancel ID` and `cqueue` run of scenario 4: "
+    return [
+        Result("floor_bare", "floor: `python3 -I -S -c pass`", "ms", got["floor_bare"], "-", True, None,
+               note=how + " ".join(cmds["floor_bare"])),
+        Result("floor", "floor: `python3 -I -S` + `import socket, msgpack`", "ms", got["floor"], "-", True, None,
+               note=how + " ".join(cmds["floor"])),
     ]  # fmt: skip
