@@ -40,7 +40,7 @@ from collections import Counter
 from typing import Any
 
 from crane.cacctmgr_parse import parse_argv
-from crane.cli.common import EXIT_UNREACHABLE, CliError, call, load_config
+from crane.cli.common import EXIT_UNREACHABLE, CliError, call, load_full_config
 from crane.core import messages as m
 from crane.local import LocalCluster, make_config
 from crane.polling import pid_alive
@@ -134,7 +134,7 @@ class Storm:
         os.chmod(self.workdir, 0o1777)
         raw = make_config(base, nodes=nodes, cpus=cpus)
         self.cluster.write_config(raw)
-        self.cfg = load_config(self.cluster.config_path)
+        self.cfg = load_full_config(self.cluster.config_path)
         self.scope = f"crane/{self.cfg.cluster}"
         self.db = self.cfg.db_file
         self.root = os.geteuid() == 0 and os.path.isdir(CGROUP_V2)

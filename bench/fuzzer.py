@@ -1172,9 +1172,9 @@ def post_checks(cluster: Any, sentinel: int | None = None, timeout: float = 30.0
     gone), a new job runs to completion, another is cancelled while running
     and its process is gone; every cancel's reply says it cancelled what was
     asked (the guards' too, cancelled once checked)."""
-    from crane.cli.common import CliError, call, load_config
+    from crane.cli.common import CliError, call, load_full_config
 
-    cfg = load_config(cluster.config_path)
+    cfg = load_full_config(cluster.config_path)
     res: dict[str, Any] = {}
 
     def job(jid: int) -> dict[str, Any] | None:
@@ -1290,9 +1290,9 @@ def start_guards(cluster: Any, forged: str = "crane01", sentinel: int | None = N
     CurveZMQ key of the last of them), one held and one waiting for
     resources on ``forged``. Returns each job's record as it is now, the
     ``sentinel``'s too (``check_guards`` compares)."""
-    from crane.cli.common import call, load_config
+    from crane.cli.common import call, load_full_config
 
-    cfg = load_config(cluster.config_path)
+    cfg = load_full_config(cluster.config_path)
     others = [n for n in cfg.nodes if n != forged]
     base = {"argv": ["sleep", "3600"], "cwd": "/tmp", "stdout": "/dev/null", "name": "fuzz-guard"}
     ids: list[int] = []
@@ -1329,9 +1329,9 @@ def check_guards(cluster: Any, before: dict[int, dict[str, Any]]) -> list[str]:
     """What happened to the guard jobs that no one asked for: a state,
     start time, node or step pid changed, a cancel recorded, a step process
     gone. Empty when every one is as it was."""
-    from crane.cli.common import call, load_config
+    from crane.cli.common import call, load_full_config
 
-    cfg = load_config(cluster.config_path)
+    cfg = load_full_config(cluster.config_path)
     now = {j["job_id"]: j for j in call(cfg, m.QueryJobs({"jobs": list(before)}))["jobs"]}
     out = []
     for jid, was in sorted(before.items()):
@@ -1358,9 +1358,9 @@ def check_guards(cluster: Any, before: dict[int, dict[str, Any]]) -> list[str]:
 def cancel_guards(cluster: Any, guards: typing.Iterable[int], timeout: float = 30.0) -> list[str]:
     """Cancel the guard jobs; what the reply or the jobs' ends contradict."""
     from bench.crash_storm import cancel_surprises
-    from crane.cli.common import call, load_config
+    from crane.cli.common import call, load_full_config
 
-    cfg = load_config(cluster.config_path)
+    cfg = load_full_config(cluster.config_path)
     ids = sorted(guards)
     asked: list[list[int | None]] = [[j, None] for j in ids]
     out = cancel_surprises(asked, call(cfg, m.Cancel(ids=asked)), expected=())
@@ -1391,9 +1391,9 @@ def start_sentinel(cluster: Any, node: str = "crane01", timeout: float = 30.0) -
     step ids, job ids), and a request from root may do anything to a job it
     names (the agent fuzzers name the real jobs on purpose, ``start_guards``)."""
     from bench.crash_storm import cancel_surprises
-    from crane.cli.common import call, load_config
+    from crane.cli.common import call, load_full_config
 
-    cfg = load_config(cluster.config_path)
+    cfg = load_full_config(cluster.config_path)
     burnt = call(
         cfg, m.SubmitJob({"argv": ["true"], "cwd": "/tmp", "stdout": "/dev/null", "hold": True}, 2)
     )["job_ids"]

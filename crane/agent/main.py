@@ -24,6 +24,7 @@ from crane.agent.sessions import SessionService
 from crane.agent.statedir import StateDirError
 from crane.agent.steps import StepManager
 from crane.agent.sweep import Sweeper
+from crane.client_config import write_cache
 from crane.config import Config, ConfigError, load
 from crane.core import messages as m
 from crane.core.states import RegisterRefusal, StepEnd
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.node not in cfg.nodes:
         print(f"craned: node {args.node} is not in the config {cfg.path}", file=sys.stderr)
         sys.exit(1)
+    write_cache(cfg)  # commands run in jobs read it without parsing the YAML (crane.client_config)
     os.chdir("/")  # nothing may resolve against the directory we were started in
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

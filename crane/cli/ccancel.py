@@ -169,20 +169,19 @@ def _ref_text(ref: list[int | None]) -> str:
 
 def format_result(res: dict[str, Any], quiet: bool, signal_name: str | None) -> list[str]:
     lines: list[str] = []
+    if quiet:  # -Q: nothing, errors included (as scancel -Q); the exit code still tells
+        return lines
     whole = [c["job_id"] for c in res["cancelled"] if not c["steps"]]
     ids_text = ",".join(str(i) for i in sorted(set(whole)))  # crane.core.ids.format_ids, not imported: ~4 ms
-    if whole and not quiet:
+    if whole:
         if signal_name:
             lines.append(f"Signal {signal_name} sent to job {ids_text}.")
         else:
             lines.append(f"Job {ids_text} cancelled successfully.")
     for c in res["cancelled"]:
         for s in c["steps"]:
-            if not quiet:
-                verb = f"Signal {signal_name} sent to" if signal_name else "cancelled successfully"
-                lines.append(f"{verb} step {c['job_id']}.{s}." if signal_name else f"Step {c['job_id']}.{s} {verb}.")
-    if quiet:  # -Q: errors too (as scancel -Q); the exit code still tells
-        return lines
+            verb = f"Signal {signal_name} sent to" if signal_name else "cancelled successfully"
+            lines.append(f"{verb} step {c['job_id']}.{s}." if signal_name else f"Step {c['job_id']}.{s} {verb}.")
     for f in res["not_cancelled"]:
         kind, ident = ("step", f"{f['job_id']}.{f['step_id']}") if f["step_id"] else ("job", str(f["job_id"]))
         if signal_name:

@@ -9,6 +9,8 @@ only this module and msgpack, so it starts without dataclasses and typing
 
 from __future__ import annotations
 
+import gc
+
 import msgpack
 
 TYPE_CHECKING = False  # typing costs a command ~3 ms to import
@@ -46,10 +48,15 @@ def unpack(frame: bytes, limit: int = MAX_FRAME) -> tuple[str, dict[Any, Any], i
     fields are not checked here (crane.core.messages does that)."""
     if len(frame) > limit:
         raise BadMessage(f"frame too large ({len(frame)} bytes)")
+    collecting = gc.isenabled()  # a large frame is many objects: no collections while they are made
+    gc.disable()  # (a 100,000-job reply: 104 ms with, 32 ms without)
     try:
         raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=limit)
     except Exception as e:  # msgpack raises many types for garbage
         raise BadMessage(f"not msgpack: {type(e).__name__}") from None
+    finally:
+        if collecting:
+            gc.enable()
     if not isinstance(raw, dict):
         raise BadMessage("frame is not a map")
     v = raw.get("v")
