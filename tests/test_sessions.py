@@ -468,11 +468,15 @@ def test_stop_all_of_a_user_stops_every_process_at_once(sc: Cluster) -> None:
     timing, and each of its exited parents is left for PID 1 to reap.)"""
     from crane.agent.sweep import stop_all_of
 
-    mine, mine_pid = _stray("erin")
-    other, other_pid = _stray("dave")
+    # users no sweep of this module's jobs may reach (a sweep goes on for KillWait
+    # after a job and takes strays that show up meanwhile): one without jobs, and
+    # frank (ExemptUsers)
+    ensure_user("rtstopper")
+    mine, mine_pid = _stray("rtstopper")
+    other, other_pid = _stray("frank")
     try:
-        stop_all_of(pwd.getpwnam("erin").pw_uid)
-        wait_for(lambda: psutil.Process(mine_pid).status() == psutil.STATUS_STOPPED, WAIT, "erin's process stopped")
+        stop_all_of(pwd.getpwnam("rtstopper").pw_uid)
+        wait_for(lambda: psutil.Process(mine_pid).status() == psutil.STATUS_STOPPED, WAIT, "rtstopper's process stopped")
         assert psutil.Process(other_pid).status() != psutil.STATUS_STOPPED
     finally:
         _end([mine, other], [mine_pid, other_pid])

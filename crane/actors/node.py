@@ -294,19 +294,25 @@ class NodeActor(Actor):
         if isinstance(msg, m.Heartbeat):
             return
         if isinstance(msg, m.StepStarted):
-            self.port.job_event(msg.job_id, ev.StepStartedEv(self.name, msg.step_id, msg.pid))
+            if self.port.job_expected_on(msg.job_id, self.name):
+                self.port.job_event(msg.job_id, ev.StepStartedEv(self.name, msg.step_id, msg.pid))
         elif isinstance(msg, m.StepEnded):
             self._step_ended(msg)
         elif isinstance(msg, m.JobReleased):
-            self.port.job_event(msg.job_id, ev.ReleasedEv(self.name, msg.kill_failed))
+            if self.port.job_expected_on(msg.job_id, self.name):
+                self.port.job_event(msg.job_id, ev.ReleasedEv(self.name, msg.kill_failed))
             if not msg.epilog_ok:  # as Slurm: a failing epilog drains the node
                 self.port.scheduler.tell(ev.NodeStatus(self.name, drain=True, reason=NodeReason.EPILOG_ERROR))
         else:
             log.warning("node %s: unexpected %s", self.name, msg.TYPE)
 
     def _step_ended(self, msg: m.StepEnded) -> None:
-        e = ev.StepEndedEv(self.name, msg.step_id, msg.exit_code, msg.signal, msg.reason, msg.detail)
-        self.port.job_event(msg.job_id, e)
+        """A step's end here. Told to the job only while the job runs on this
+        node: an earlier run's end, reported when this node came back after
+        the job was requeued and started elsewhere, is not the new run's."""
+        if self.port.job_expected_on(msg.job_id, self.name):
+            e = ev.StepEndedEv(self.name, msg.step_id, msg.exit_code, msg.signal, msg.reason, msg.detail)
+            self.port.job_event(msg.job_id, e)
         self.port.step_gone(self.name, msg.job_id, msg.step_id)
 
     def _register(self, identity: bytes, msg: m.Register) -> None:
