@@ -17,12 +17,37 @@ import argparse
 import signal
 import sys
 import time
+from typing import Any
 
 import zmq
 
 from crane import keys
 from crane.config import load
 from crane.core import messages as m
+
+
+def agent_sockets(cfg: Any, names: list[str], options: dict[int, int]) -> tuple[
+        zmq.Context, list[zmq.Socket], list[bytes], list[bytes]]:  # type: ignore[type-arg]  # fmt: skip
+    """One DEALER per node of ``names`` connected to the controller's agent
+    socket (CurveZMQ with the node's keys when the config has them; LINGER 0
+    and ``options``), and each node's Register and Heartbeat frames."""
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, len(names) + 64)
+    socks: list[zmq.Socket] = []  # type: ignore[type-arg]
+    server_key = keys.controller_public(cfg.curve_key_dir) if cfg.curve_key_dir else b""
+    for name in names:
+        s = ctx.socket(zmq.DEALER)
+        if cfg.curve_key_dir:
+            s.curve_publickey, s.curve_secretkey = keys.node_keys(cfg.curve_key_dir, name)
+            s.curve_serverkey = server_key
+        s.setsockopt(zmq.LINGER, 0)
+        for opt, value in options.items():
+            s.setsockopt(opt, value)
+        s.connect(cfg.agent_address)
+        socks.append(s)
+    register = [m.encode(m.Register(n, cfg.nodes[n].cpus, cfg.nodes[n].memory, [], [], "none")) for n in names]
+    heartbeat = [m.encode(m.Heartbeat(n)) for n in names]
+    return ctx, socks, register, heartbeat
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,25 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit:
         names = names[: args.limit]
     interval = cfg.heartbeat_interval
-    ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, len(names) + 64)
-    socks: list[zmq.Socket] = []
-    server_key = keys.controller_public(cfg.curve_key_dir) if cfg.curve_key_dir else b""
-    for name in names:
-        s = ctx.socket(zmq.DEALER)
-        if cfg.curve_key_dir:
-            s.curve_publickey, s.curve_secretkey = keys.node_keys(cfg.curve_key_dir, name)
-            s.curve_serverkey = server_key
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RECONNECT_IVL, 100)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        s.connect(cfg.agent_address)
-        socks.append(s)
-    register = [
-        m.encode(m.Register(n, cfg.nodes[n].cpus, cfg.nodes[n].memory, [], [], "none"))
-        for n in names
-    ]
-    heartbeat = [m.encode(m.Heartbeat(n)) for n in names]
+    ctx, socks, register, heartbeat = agent_sockets(cfg, names, {zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 2000})
     stop = False
 
     def on_term(*_: object) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from bench.common import cluster, log, wait_until
-from crane import keys
+from bench.fake_agents import agent_sockets
 from crane.config import load
 from crane.core import messages as m
 from crane.core.states import JobState, StepEnd
@@ -47,24 +47,7 @@ def serve(config: str) -> None:
     kills at once (see the module's doc). Ends on SIGTERM."""
     cfg = load(config)
     names = list(cfg.nodes)
-    ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, len(names) + 64)
-    server_key = keys.controller_public(cfg.curve_key_dir) if cfg.curve_key_dir else b""
-    socks: list[zmq.Socket] = []
-    for name in names:
-        s = ctx.socket(zmq.DEALER)
-        if cfg.curve_key_dir:
-            s.curve_publickey, s.curve_secretkey = keys.node_keys(cfg.curve_key_dir, name)
-            s.curve_serverkey = server_key
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 100_000)
-        s.connect(cfg.agent_address)
-        socks.append(s)
-    register = [
-        m.encode(m.Register(n, cfg.nodes[n].cpus, cfg.nodes[n].memory, [], [], "none"))
-        for n in names
-    ]
-    heartbeat = [m.encode(m.Heartbeat(n)) for n in names]
+    ctx, socks, register, heartbeat = agent_sockets(cfg, names, {zmq.SNDHWM: 100_000})
     steps: list[dict[int, list[int]]] = [{} for _ in names]  # per node: job -> its step ids here
     stop = False
 
