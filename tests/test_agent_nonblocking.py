@@ -331,15 +331,15 @@ def test_long_kill_runs_beside_the_loop(none_node: Node) -> None:
 
 
 def test_rmdir_tree_says_why(tmp_path: Path) -> None:
-    """reclaim's rmdir: gone (or never there) is '', a directory it cannot
+    """The agent's bottom-up rmdir (cgroups, reclaim): gone (or never there) is '', a directory it cannot
     remove says which and why; sub-directories go first."""
     d = tmp_path / "a"
     (d / "b" / "c").mkdir(parents=True)
-    assert reclaim._rmdir_tree(str(d)) == "" and not d.exists()
-    assert reclaim._rmdir_tree(str(tmp_path / "never")) == ""
+    assert cgmod.rmdir_tree(str(d)) == "" and not d.exists()
+    assert cgmod.rmdir_tree(str(tmp_path / "never")) == ""
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "file").write_text("")
-    why = reclaim._rmdir_tree(str(tmp_path / "x"))
+    why = cgmod.rmdir_tree(str(tmp_path / "x"))
     assert str(tmp_path / "x") in why and "not empty" in why.lower()
     item = reclaim.Item("t", 1, 1, [str(tmp_path / "x")], [str(tmp_path / "x" / "file")])
     [out] = reclaim.attempt([item])  # directories first, then files: the file is gone now

@@ -85,8 +85,18 @@ def _writable(path: str) -> bool:
     return os.path.isdir(path) and os.access(path, os.W_OK)
 
 
-def _rmdir_tree(path: str) -> bool:
-    """rmdir ``path`` and its sub-cgroups bottom-up; True if it no longer exists."""
+def rmdir_tree(path: str) -> str:
+    """rmdir ``path`` and its sub-cgroups bottom-up; '' once it is gone,
+    else why not. The common case (no sub-directory) is a single rmdir."""
+    try:
+        os.rmdir(path)
+        return ""
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EBUSY, errno.EEXIST):
+            return f"{path}: {e.strerror}"
+    why = ""
     try:
         for dirpath, _dirs, _files in os.walk(path, topdown=False):
             try:
@@ -94,10 +104,10 @@ def _rmdir_tree(path: str) -> bool:
             except FileNotFoundError:
                 pass
             except OSError as e:
-                log.debug("rmdir %s: %s", dirpath, e)
-    except OSError:
-        pass
-    return not os.path.exists(path)
+                why = why or f"{dirpath}: {e.strerror}"
+    except OSError as e:
+        why = why or f"{path}: {e.strerror}"
+    return "" if not os.path.exists(path) else (why or f"{path}: still there")
 
 
 def _check_scope(scope: str) -> str:
@@ -343,7 +353,10 @@ class StepCgroup:
     def remove(self) -> bool:
         ok = True
         for path in self.paths.values():
-            ok = _rmdir_tree(path) and ok
+            why = rmdir_tree(path)
+            if why:
+                log.debug("rmdir %s", why)
+            ok = not why and ok
         return ok
 
     # -- inspection
@@ -532,7 +545,9 @@ def remove_job(scope: str, job_id: int, mode: str | None = None) -> None:
         log.debug("remove_job: %s", e)
         return
     for root in roots:
-        _rmdir_tree(os.path.join(root, rel))
+        why = rmdir_tree(os.path.join(root, rel))
+        if why:
+            log.debug("rmdir %s", why)
 
 
 def existing_steps(scope: str, mode: str | None = None) -> list[tuple[int, int]]:

@@ -17,7 +17,6 @@ that nothing is removed under it.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import threading
@@ -48,31 +47,6 @@ class Item:
     pause: float = RETRY_FIRST  # before the attempt after a failure
 
 
-def _rmdir_tree(path: str) -> str:
-    """rmdir ``path`` and its sub-directories bottom-up; '' once it is gone,
-    else why not. The common case (no sub-directory) is a single rmdir."""
-    try:
-        os.rmdir(path)
-        return ""
-    except FileNotFoundError:
-        return ""
-    except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EBUSY, errno.EEXIST):
-            return f"{path}: {e.strerror}"
-    why = ""
-    try:
-        for dirpath, _dirs, _files in os.walk(path, topdown=False):
-            try:
-                os.rmdir(dirpath)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                why = why or f"{dirpath}: {e.strerror}"
-    except OSError as e:
-        why = why or f"{path}: {e.strerror}"
-    return "" if not os.path.exists(path) else (why or f"{path}: still there")
-
-
 def attempt(items: list[Item]) -> list[str]:
     """Remove what ``items`` name (in the cleanup thread); per item, '' when
     done, else why not."""
@@ -80,7 +54,7 @@ def attempt(items: list[Item]) -> list[str]:
     for item in items:
         why = ""
         for d in item.dirs:
-            why = _rmdir_tree(d) or why
+            why = cgmod.rmdir_tree(d) or why
         for f in item.files:
             try:
                 os.unlink(f)
