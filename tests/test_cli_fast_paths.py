@@ -128,8 +128,8 @@ def test_replies_read_as_the_message_classes_read_them() -> None:
     t, body, _ = wire.unpack(err)
     assert wire.reply_data(t, body) == (None, 5, "permission denied")
     # a Request and its message class make the same frame
-    assert m.encode(wire.Request("Cancel", {f: getattr(m.Cancel(), f) for f in m.Cancel.__dataclass_fields__}), 4) \
-        == m.encode(m.Cancel(), 4)
+    req = wire.Request("Cancel", {f: getattr(m.Cancel(), f) for f in m.Cancel.__dataclass_fields__})
+    assert wire.pack(req.TYPE, req.body, 4) == m.encode(m.Cancel(), 4)
     for bad in ({"code": "5", "message": "x"}, {"code": 1}, {"code": 1, "message": "x", "extra": 1}):
         with pytest.raises(wire.BadMessage):
             wire.reply_data("Error", bad)

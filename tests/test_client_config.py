@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import msgpack
 import pytest
 
 from crane import client_config as cc
 from crane.config import load as load_yaml
-from tests.conftest import BIN, Cluster, open_ancestors
+from tests.conftest import BIN, Cluster, open_ancestors, wait_for
 
 CONFIG = """ClusterName: t
 ControlMachine: 127.0.0.1
@@ -62,8 +61,16 @@ def test_any_change_of_the_config_makes_the_cache_stale(tmp_path: object) -> Non
     assert cc.read_cache(path) is None
     assert cc.load(path).cli_address == "ipc:///run/elsewhere.sock"
     assert cc.read_cache(path) is not None
-    time.sleep(0.01)  # a ctime tick: the stamp holds nanoseconds (not a wait for a condition)
-    os.utime(path)  # the same bytes, touched: the cache no longer vouches for it
+    # the same bytes and the same mtime, touched (utime): only the ctime moves, and
+    # the cache no longer vouches for it (retouched until the kernel's clock ticks)
+    st = os.stat(path)
+
+    def retouched() -> bool:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return os.stat(path).st_ctime_ns != st.st_ctime_ns
+
+    wait_for(retouched, 10, "the config's ctime to move")
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     assert cc.read_cache(path) is None
     os.chmod(path, 0o600)  # a change of mode moves ctime as well
     cc.load(path)

@@ -215,9 +215,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return h
 
 
-def encode(msg: Message | Request, rid: int = 0) -> bytes:
-    if isinstance(msg, Request):
-        return pack(msg.TYPE, msg.body, rid)
+def encode(msg: Message, rid: int = 0) -> bytes:
     return pack(msg.TYPE, {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}, rid)
 
 
