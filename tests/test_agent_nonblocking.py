@@ -266,8 +266,10 @@ def test_refused_cleanup_is_retried_and_blocks_nothing(
             assert node.of(m.StepStarted, 23)
             c = sm.steps[(23, 1)]
             await until(lambda: len(c.cg.pids()) >= 2, "job 23 running")
-            # the retries go on for a while (their pauses grow) without holding the loop
-            await asyncio.sleep(4.0)
+            # the retries go on (their pauses grow: three failures make it 4 x the
+            # first) without holding the loop
+            await until(lambda: any(i.pause >= 4 * reclaim.RETRY_FIRST for i in sm.reclaim.items),
+                        "three failed removals retried", timeout=DEADLINE)  # fmt: skip
             assert os.path.isdir(pin.where) and sm.reclaim.pending()
         assert tick.worst < STALL_BOUND, f"the event loop stalled {tick.worst:.2f}s"
         pin.release()
